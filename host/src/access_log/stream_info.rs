@@ -1,0 +1,115 @@
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::time::Instant;
+
+/// What happened to one downstream connection (or, later, request): the
+/// facts access logs and filters read.
+#[derive(Debug, Clone)]
+pub struct StreamInfo {
+    pub start_time: SystemTime,
+    pub start: Instant,
+    pub connection_id: u64,
+    pub downstream_remote: SocketAddr,
+    pub downstream_local: SocketAddr,
+    pub upstream_host: Option<SocketAddr>,
+    pub upstream_local: Option<SocketAddr>,
+    pub upstream_cluster: Option<Arc<str>>,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub response_flags: ResponseFlags,
+    pub duration: Option<std::time::Duration>,
+}
+
+impl StreamInfo {
+    pub fn new(connection_id: u64, downstream_remote: SocketAddr, downstream_local: SocketAddr) -> Self {
+        StreamInfo {
+            start_time: SystemTime::now(),
+            start: Instant::now(),
+            connection_id,
+            downstream_remote,
+            downstream_local,
+            upstream_host: None,
+            upstream_local: None,
+            upstream_cluster: None,
+            bytes_received: 0,
+            bytes_sent: 0,
+            response_flags: ResponseFlags::default(),
+            duration: None,
+        }
+    }
+
+    /// Marks the stream finished now.
+    pub fn finish(&mut self) {
+        self.duration = Some(self.start.elapsed());
+    }
+}
+
+/// Envoy's response flags, printed by `%RESPONSE_FLAGS%`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResponseFlags(u32);
+
+impl ResponseFlags {
+    /// UH: no healthy upstream.
+    pub const NO_HEALTHY_UPSTREAM: ResponseFlags = ResponseFlags(1);
+    /// UF: upstream connection failure.
+    pub const UPSTREAM_CONNECTION_FAILURE: ResponseFlags = ResponseFlags(1 << 1);
+    /// UT: upstream request timeout.
+    pub const UPSTREAM_REQUEST_TIMEOUT: ResponseFlags = ResponseFlags(1 << 2);
+    /// UO: upstream overflow.
+    pub const UPSTREAM_OVERFLOW: ResponseFlags = ResponseFlags(1 << 3);
+    /// NR: no route.
+    pub const NO_ROUTE_FOUND: ResponseFlags = ResponseFlags(1 << 4);
+    /// DC: downstream connection termination.
+    pub const DOWNSTREAM_CONNECTION_TERMINATION: ResponseFlags = ResponseFlags(1 << 5);
+    /// UC: upstream connection termination.
+    pub const UPSTREAM_CONNECTION_TERMINATION: ResponseFlags = ResponseFlags(1 << 6);
+    /// SI: stream idle timeout.
+    pub const STREAM_IDLE_TIMEOUT: ResponseFlags = ResponseFlags(1 << 7);
+    /// DT: max duration reached.
+    pub const DURATION_TIMEOUT: ResponseFlags = ResponseFlags(1 << 8);
+    /// URX: upstream retry limit exceeded.
+    pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: ResponseFlags = ResponseFlags(1 << 9);
+
+    const NAMES: [(ResponseFlags, &'static str); 10] = [
+        (Self::NO_HEALTHY_UPSTREAM, "UH"),
+        (Self::UPSTREAM_CONNECTION_FAILURE, "UF"),
+        (Self::UPSTREAM_REQUEST_TIMEOUT, "UT"),
+        (Self::UPSTREAM_OVERFLOW, "UO"),
+        (Self::NO_ROUTE_FOUND, "NR"),
+        (Self::DOWNSTREAM_CONNECTION_TERMINATION, "DC"),
+        (Self::UPSTREAM_CONNECTION_TERMINATION, "UC"),
+        (Self::STREAM_IDLE_TIMEOUT, "SI"),
+        (Self::DURATION_TIMEOUT, "DT"),
+        (Self::UPSTREAM_RETRY_LIMIT_EXCEEDED, "URX"),
+    ];
+
+    pub fn set(&mut self, flag: ResponseFlags) {
+        self.0 |= flag.0;
+    }
+
+    pub fn contains(&self, flag: ResponseFlags) -> bool {
+        self.0 & flag.0 == flag.0
+    }
+}
+
+impl fmt::Display for ResponseFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == 0 {
+            return f.write_str("-");
+        }
+        let mut first = true;
+        for (flag, name) in Self::NAMES {
+            if self.contains(flag) {
+                if !first {
+                    f.write_str(",")?;
+                }
+                f.write_str(name)?;
+                first = false;
+            }
+        }
+        Ok(())
+    }
+}

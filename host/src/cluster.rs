@@ -1,0 +1,537 @@
+//! Clusters: named groups of upstream endpoints, how they are discovered and
+//! how one is chosen.
+//!
+//! The main thread owns each [`Cluster`] and publishes its membership as an
+//! immutable [`EndpointSet`] through an `ArcSwap`; DNS refreshes (and, later,
+//! health checks) publish new sets. Each worker wraps every cluster in a
+//! [`WorkerCluster`] with its own load balancer state and stat shards, so
+//! choosing and connecting take no lock.
+
+pub mod dns;
+pub mod endpoint;
+pub mod lb;
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpStream;
+
+use crate::config::path::{index, join};
+use crate::config::{
+    ClusterConfig, DiscoveryType, DnsLookupFamily, LbPolicy, LocalityConfig, ValidationError,
+};
+use crate::stats::{Counter, Gauge, Scope};
+
+pub use endpoint::{Endpoint, EndpointSet};
+pub use lb::{LbContext, LbSettings, LoadBalancer};
+
+/// Where a configured endpoint is.
+#[derive(Debug, Clone)]
+pub enum EndpointAddress {
+    Ip(SocketAddr),
+    Dns { host: String, port: u16 },
+}
+
+/// A configured endpoint, before resolution.
+#[derive(Debug, Clone)]
+pub struct EndpointSpec {
+    pub address: EndpointAddress,
+    pub hostname: String,
+    pub weight: u32,
+    pub priority: u32,
+    pub locality: LocalityConfig,
+}
+
+/// A validated cluster config.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub name: String,
+    pub discovery: DiscoveryType,
+    pub connect_timeout: Duration,
+    pub lb: LbSettings,
+    pub endpoints: Vec<EndpointSpec>,
+    pub dns_refresh_rate: Duration,
+    pub dns_lookup_family: DnsLookupFamily,
+    pub per_connection_buffer_limit_bytes: u32,
+    pub http2: bool,
+}
+
+const DEFAULT_BUFFER_LIMIT: u32 = 1024 * 1024;
+
+impl ClusterConfig {
+    /// Checks the rules Envoy enforces on a cluster; `path` is its YAML path.
+    pub fn validate(&self, path: &str) -> Result<ClusterSettings, ValidationError> {
+        if self.name.is_empty() {
+            return Err(ValidationError::new(join(path, "name"), "cluster name must not be empty"));
+        }
+        let connect_timeout = self.connect_timeout.map_or(Duration::from_secs(5), |d| d.0);
+        if connect_timeout.is_zero() {
+            return Err(ValidationError::new(
+                join(path, "connect_timeout"),
+                "connect_timeout must be greater than zero",
+            ));
+        }
+        let lb = self.lb_settings(path)?;
+        let endpoints = self.endpoint_specs(path)?;
+        if self.discovery_type == DiscoveryType::LogicalDns && endpoints.len() != 1 {
+            return Err(ValidationError::new(
+                join(path, "load_assignment"),
+                "a LOGICAL_DNS cluster must have exactly one endpoint",
+            ));
+        }
+        let dns_refresh_rate = self.dns_refresh_rate.map_or(Duration::from_secs(5), |d| d.0);
+        if dns_refresh_rate < Duration::from_millis(1) {
+            return Err(ValidationError::new(
+                join(path, "dns_refresh_rate"),
+                "dns_refresh_rate must be at least 1ms",
+            ));
+        }
+        let http2 = self.http2_protocol_options.is_some()
+            || self
+                .typed_extension_protocol_options
+                .as_ref()
+                .is_some_and(|v| v.to_string().contains("http2_protocol_options"));
+        Ok(ClusterSettings {
+            name: self.name.clone(),
+            discovery: self.discovery_type,
+            connect_timeout,
+            lb,
+            endpoints,
+            dns_refresh_rate,
+            dns_lookup_family: self.dns_lookup_family,
+            per_connection_buffer_limit_bytes: self
+                .per_connection_buffer_limit_bytes
+                .unwrap_or(DEFAULT_BUFFER_LIMIT),
+            http2,
+        })
+    }
+
+    fn lb_settings(&self, path: &str) -> Result<LbSettings, ValidationError> {
+        let stray = |field: &str, wanted: &str| {
+            ValidationError::new(
+                join(path, field),
+                format!("`{field}` applies only to lb_policy {wanted}"),
+            )
+        };
+        if self.ring_hash_lb_config.is_some() && self.lb_policy != LbPolicy::RingHash {
+            return Err(stray("ring_hash_lb_config", "RING_HASH"));
+        }
+        if self.maglev_lb_config.is_some() && self.lb_policy != LbPolicy::Maglev {
+            return Err(stray("maglev_lb_config", "MAGLEV"));
+        }
+        if self.least_request_lb_config.is_some() && self.lb_policy != LbPolicy::LeastRequest {
+            return Err(stray("least_request_lb_config", "LEAST_REQUEST"));
+        }
+        Ok(match self.lb_policy {
+            LbPolicy::RoundRobin => LbSettings::RoundRobin,
+            LbPolicy::Random => LbSettings::Random,
+            LbPolicy::LeastRequest => {
+                let c = self.least_request_lb_config.clone().unwrap_or_default();
+                let choice_count = c.choice_count.unwrap_or(2);
+                if choice_count < 2 {
+                    return Err(ValidationError::new(
+                        join(path, "least_request_lb_config.choice_count"),
+                        "choice_count must be at least 2",
+                    ));
+                }
+                let bias = c.active_request_bias.map_or(1.0, |b| b.default_value);
+                if !(bias >= 0.0) {
+                    return Err(ValidationError::new(
+                        join(path, "least_request_lb_config.active_request_bias"),
+                        "active_request_bias must be non-negative",
+                    ));
+                }
+                LbSettings::LeastRequest {
+                    choice_count,
+                    active_request_bias: bias,
+                }
+            }
+            LbPolicy::RingHash => {
+                let c = self.ring_hash_lb_config.clone().unwrap_or_default();
+                let min = c.minimum_ring_size.unwrap_or(1024);
+                let max = c.maximum_ring_size.unwrap_or(8 * 1024 * 1024);
+                let at = join(path, "ring_hash_lb_config");
+                if min == 0 || max > 8 * 1024 * 1024 {
+                    return Err(ValidationError::new(
+                        at,
+                        "ring sizes must be between 1 and 8388608",
+                    ));
+                }
+                if min > max {
+                    return Err(ValidationError::new(
+                        at,
+                        format!("minimum_ring_size ({min}) exceeds maximum_ring_size ({max})"),
+                    ));
+                }
+                LbSettings::RingHash {
+                    minimum_ring_size: min,
+                    maximum_ring_size: max,
+                }
+            }
+            LbPolicy::Maglev => {
+                let size = self
+                    .maglev_lb_config
+                    .as_ref()
+                    .and_then(|c| c.table_size)
+                    .unwrap_or(65537);
+                if !is_prime(size) || size > 5_000_011 {
+                    return Err(ValidationError::new(
+                        join(path, "maglev_lb_config.table_size"),
+                        format!("table_size {size} must be a prime no larger than 5000011"),
+                    ));
+                }
+                LbSettings::Maglev { table_size: size }
+            }
+        })
+    }
+
+    fn endpoint_specs(&self, path: &str) -> Result<Vec<EndpointSpec>, ValidationError> {
+        let dns = self.discovery_type != DiscoveryType::Static;
+        let mut specs = Vec::new();
+        let mut push = |addr_path: String,
+                        address: &crate::config::AddressConfig,
+                        hostname: Option<&String>,
+                        weight: Option<u32>,
+                        priority: u32,
+                        locality: &LocalityConfig|
+         -> Result<(), ValidationError> {
+            let Some(sa) = &address.socket_address else {
+                return Err(ValidationError::new(
+                    addr_path,
+                    "only socket_address endpoints are supported",
+                ));
+            };
+            let ip = sa.address.parse::<IpAddr>().ok();
+            let address = match (ip, dns) {
+                (Some(ip), _) => EndpointAddress::Ip(SocketAddr::new(ip, sa.port_value)),
+                (None, true) => EndpointAddress::Dns {
+                    host: sa.address.clone(),
+                    port: sa.port_value,
+                },
+                (None, false) => {
+                    return Err(ValidationError::new(
+                        join(&join(&addr_path, "socket_address"), "address"),
+                        format!(
+                            "`{}` is not an IP address; a STATIC cluster needs IPs (use type STRICT_DNS for names)",
+                            sa.address
+                        ),
+                    ));
+                }
+            };
+            if sa.port_value == 0 {
+                return Err(ValidationError::new(
+                    join(&join(&addr_path, "socket_address"), "port_value"),
+                    "an endpoint needs a port_value between 1 and 65535",
+                ));
+            }
+            if weight == Some(0) {
+                return Err(ValidationError::new(
+                    addr_path,
+                    "load_balancing_weight must be at least 1",
+                ));
+            }
+            specs.push(EndpointSpec {
+                hostname: hostname.cloned().unwrap_or_else(|| match &address {
+                    EndpointAddress::Dns { host, .. } => host.clone(),
+                    EndpointAddress::Ip(_) => String::new(),
+                }),
+                address,
+                weight: weight.unwrap_or(1),
+                priority,
+                locality: locality.clone(),
+            });
+            Ok(())
+        };
+        if let Some(hosts) = &self.hosts {
+            if self.load_assignment.is_some() {
+                return Err(ValidationError::new(
+                    join(path, "hosts"),
+                    "set either `hosts` or `load_assignment`, not both",
+                ));
+            }
+            for (i, h) in hosts.iter().enumerate() {
+                push(index(&join(path, "hosts"), i), h, None, None, 0, &LocalityConfig::default())?;
+            }
+        }
+        if let Some(la) = &self.load_assignment {
+            let la_path = join(path, "load_assignment");
+            for (i, group) in la.endpoints.iter().enumerate() {
+                let group_path = index(&join(&la_path, "endpoints"), i);
+                let locality = group.locality.clone().unwrap_or_default();
+                for (j, lb_endpoint) in group.lb_endpoints.iter().enumerate() {
+                    let ep_path = index(&join(&group_path, "lb_endpoints"), j);
+                    push(
+                        join(&join(&ep_path, "endpoint"), "address"),
+                        &lb_endpoint.endpoint.address,
+                        lb_endpoint.endpoint.hostname.as_ref(),
+                        lb_endpoint.load_balancing_weight,
+                        group.priority,
+                        &locality,
+                    )?;
+                }
+            }
+        }
+        Ok(specs)
+    }
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+// === impl Cluster ===
+
+/// A cluster as the main thread owns it.
+pub struct Cluster {
+    pub settings: ClusterSettings,
+    endpoints: ArcSwap<EndpointSet>,
+    scope: Scope,
+    membership_total: Gauge,
+    membership_healthy: Gauge,
+    membership_change: Counter,
+}
+
+impl Cluster {
+    pub fn new(settings: ClusterSettings, stats: &Scope) -> Arc<Cluster> {
+        let scope = stats.tagged("cluster", "envoy_cluster_name", &settings.name);
+        let cluster = Cluster {
+            membership_total: scope.gauge("membership_total"),
+            membership_healthy: scope.gauge("membership_healthy"),
+            membership_change: scope.counter("membership_change"),
+            endpoints: ArcSwap::from_pointee(EndpointSet::default()),
+            settings,
+            scope,
+        };
+        let statics: Vec<Arc<Endpoint>> = cluster
+            .settings
+            .endpoints
+            .iter()
+            .filter_map(|spec| match spec.address {
+                EndpointAddress::Ip(addr) => Some(Arc::new(Endpoint::new(
+                    addr,
+                    spec.hostname.clone(),
+                    spec.weight,
+                    spec.priority,
+                    spec.locality.clone(),
+                ))),
+                EndpointAddress::Dns { .. } => None,
+            })
+            .collect();
+        cluster.publish(statics);
+        Arc::new(cluster)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// The current membership.
+    pub fn endpoints(&self) -> arc_swap::Guard<Arc<EndpointSet>> {
+        self.endpoints.load()
+    }
+
+    /// Publishes a new membership. Endpoints whose address is unchanged keep
+    /// their identity (and counters).
+    pub fn publish(&self, mut all: Vec<Arc<Endpoint>>) {
+        let old = self.endpoints.load_full();
+        let previous: HashMap<SocketAddr, &Arc<Endpoint>> =
+            old.all.iter().map(|e| (e.address, e)).collect();
+        for e in &mut all {
+            if let Some(prev) = previous.get(&e.address) {
+                if prev.weight == e.weight && prev.priority == e.priority {
+                    *e = Arc::clone(prev);
+                }
+            }
+        }
+        let changed = {
+            let a: HashSet<SocketAddr> = old.all.iter().map(|e| e.address).collect();
+            let b: HashSet<SocketAddr> = all.iter().map(|e| e.address).collect();
+            a != b
+        };
+        self.republish(all, old.version + 1);
+        if changed {
+            self.membership_change.inc();
+        }
+    }
+
+    /// Recomputes the healthy set (after a health change) and publishes.
+    pub fn refresh_health(&self) {
+        let old = self.endpoints.load_full();
+        self.republish(old.all.clone(), old.version + 1);
+    }
+
+    fn republish(&self, all: Vec<Arc<Endpoint>>, version: u64) {
+        let level = all
+            .iter()
+            .filter(|e| e.is_healthy())
+            .map(|e| e.priority)
+            .min();
+        let healthy: Vec<Arc<Endpoint>> = all
+            .iter()
+            .filter(|e| e.is_healthy() && Some(e.priority) == level)
+            .cloned()
+            .collect();
+        let mut acc = 0u64;
+        let cumulative_weights = healthy
+            .iter()
+            .map(|e| {
+                acc += u64::from(e.weight);
+                acc
+            })
+            .collect();
+        let table = self.settings.lb.build_table(&healthy);
+        self.membership_total.set(all.len() as i64);
+        self.membership_healthy
+            .set(all.iter().filter(|e| e.is_healthy()).count() as i64);
+        self.endpoints.store(Arc::new(EndpointSet {
+            version,
+            all,
+            healthy,
+            cumulative_weights,
+            table,
+        }));
+    }
+}
+
+/// All clusters, by name.
+#[derive(Default)]
+pub struct ClusterManager {
+    clusters: Vec<Arc<Cluster>>,
+}
+
+impl ClusterManager {
+    pub fn new(settings: Vec<ClusterSettings>, stats: &Scope) -> Arc<ClusterManager> {
+        Arc::new(ClusterManager {
+            clusters: settings.into_iter().map(|s| Cluster::new(s, stats)).collect(),
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Cluster>> {
+        self.clusters.iter().find(|c| c.name() == name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Cluster>> {
+        self.clusters.iter()
+    }
+}
+
+// === impl WorkerCluster ===
+
+/// Why no upstream connection was made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("no healthy upstream")]
+    NoHealthyUpstream,
+    #[error("connect timeout to {0}")]
+    Timeout(SocketAddr),
+    #[error("connect to {0} failed: {1}")]
+    Failed(SocketAddr, #[source] std::io::Error),
+}
+
+/// One worker's handle on a cluster: its balancer and its stat shards.
+pub struct WorkerCluster {
+    pub cluster: Arc<Cluster>,
+    lb: RefCell<LoadBalancer>,
+    pub stats: ClusterStats,
+}
+
+/// A worker's shards of a cluster's upstream stats.
+pub struct ClusterStats {
+    pub upstream_cx_total: Counter,
+    pub upstream_cx_active: Gauge,
+    pub upstream_cx_connect_fail: Counter,
+    pub upstream_cx_connect_timeout: Counter,
+    pub upstream_cx_none_healthy: Counter,
+    pub upstream_cx_destroy: Counter,
+    pub upstream_cx_rx_bytes_total: Counter,
+    pub upstream_cx_tx_bytes_total: Counter,
+}
+
+impl ClusterStats {
+    fn new(scope: &Scope) -> Self {
+        ClusterStats {
+            upstream_cx_total: scope.counter("upstream_cx_total"),
+            upstream_cx_active: scope.gauge("upstream_cx_active"),
+            upstream_cx_connect_fail: scope.counter("upstream_cx_connect_fail"),
+            upstream_cx_connect_timeout: scope.counter("upstream_cx_connect_timeout"),
+            upstream_cx_none_healthy: scope.counter("upstream_cx_none_healthy"),
+            upstream_cx_destroy: scope.counter("upstream_cx_destroy"),
+            upstream_cx_rx_bytes_total: scope.counter("upstream_cx_rx_bytes_total"),
+            upstream_cx_tx_bytes_total: scope.counter("upstream_cx_tx_bytes_total"),
+        }
+    }
+}
+
+impl WorkerCluster {
+    pub fn new(cluster: Arc<Cluster>) -> Rc<WorkerCluster> {
+        Rc::new(WorkerCluster {
+            lb: RefCell::new(LoadBalancer::new(cluster.settings.lb.clone())),
+            stats: ClusterStats::new(cluster.scope()),
+            cluster,
+        })
+    }
+
+    /// Chooses an endpoint for a new connection or request.
+    pub fn choose(&self, cx: LbContext) -> Option<Arc<Endpoint>> {
+        let set = self.cluster.endpoints();
+        let i = self.lb.borrow_mut().choose(&set, cx)?;
+        Some(set.healthy[i].clone())
+    }
+
+    /// Chooses an endpoint and connects to it within the cluster's
+    /// connect_timeout, keeping Envoy's connection stats.
+    pub async fn connect(&self, cx: LbContext) -> Result<(Arc<Endpoint>, TcpStream), ConnectError> {
+        let Some(endpoint) = self.choose(cx) else {
+            self.stats.upstream_cx_none_healthy.inc();
+            return Err(ConnectError::NoHealthyUpstream);
+        };
+        self.stats.upstream_cx_total.inc();
+        endpoint.stats.cx_total.fetch_add(1, Ordering::Relaxed);
+        let timeout = self.cluster.settings.connect_timeout;
+        let result = tokio::time::timeout(timeout, TcpStream::connect(endpoint.address)).await;
+        let error = match result {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok((endpoint, stream));
+            }
+            Ok(Err(e)) => ConnectError::Failed(endpoint.address, e),
+            Err(_) => {
+                self.stats.upstream_cx_connect_timeout.inc();
+                ConnectError::Timeout(endpoint.address)
+            }
+        };
+        self.stats.upstream_cx_connect_fail.inc();
+        endpoint.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+        Err(error)
+    }
+}
+
+/// A worker's handles on every cluster.
+pub struct WorkerClusters {
+    by_name: HashMap<String, Rc<WorkerCluster>>,
+}
+
+impl WorkerClusters {
+    pub fn new(manager: &ClusterManager) -> Self {
+        WorkerClusters {
+            by_name: manager
+                .iter()
+                .map(|c| (c.name().to_string(), WorkerCluster::new(c.clone())))
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Rc<WorkerCluster>> {
+        self.by_name.get(name).cloned()
+    }
+}

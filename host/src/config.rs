@@ -1,0 +1,58 @@
+//! The configuration model: Envoy's v3 bootstrap, as YAML or JSON.
+//!
+//! Types here are plain data that mirror Envoy's protos field for field
+//! (`*Config`); they know nothing about sockets, workers or stats. Parsing is
+//! strict (`deny_unknown_fields`), so a typo is an error naming the field, its
+//! path and its line. Cross-field rules (known cluster names, unique names,
+//! ranges) are checked by the `validate()` functions of the runtime modules,
+//! which report a YAML path that [`SourceMap`] turns back into a line.
+
+mod access_log;
+mod address;
+mod bootstrap;
+mod cluster;
+mod data_source;
+mod duration;
+mod error;
+mod extension;
+mod listener;
+mod network_filter;
+mod source_map;
+mod tcp_proxy;
+
+pub use access_log::{AccessLogConfig, FileAccessLogConfig, LogFormatConfig, StreamAccessLogConfig};
+pub use address::{AddressConfig, SocketAddressConfig};
+pub use bootstrap::{AdminConfig, BootstrapConfig, NodeConfig, StaticResourcesConfig};
+pub use cluster::{
+    ClusterConfig, DiscoveryType, DnsLookupFamily, EndpointConfig, LbEndpointConfig, LbPolicy,
+    LeastRequestLbConfig, LoadAssignmentConfig, LocalityConfig, LocalityLbEndpointsConfig,
+    MaglevLbConfig, RingHashLbConfig,
+};
+pub use data_source::DataSourceConfig;
+pub use duration::Duration;
+pub use error::{ConfigError, ValidationError};
+pub use extension::{Extension, Extensions, TypedConfig, proto_name};
+pub use listener::{FilterChainConfig, ListenerConfig, TrafficDirection};
+pub use network_filter::{DirectResponseConfig, NetworkFilterConfig};
+pub use source_map::SourceMap;
+
+/// Building YAML paths the way serde reports them (`a.b[2].c`).
+pub mod path {
+    pub use super::error::{index, join};
+}
+pub use tcp_proxy::{TcpProxyConfig, TcpProxyHashPolicyConfig, WeightedClusterConfig, WeightedClustersConfig};
+
+/// The configuration wasp serves when it is given none: a listener on
+/// 127.0.0.1:10000 that answers every connection with a short HTTP response,
+/// and the admin interface on 127.0.0.1:9901.
+pub const DEFAULT_CONFIG: &str = include_str!("config/default.yaml");
+
+/// Parses a bootstrap from YAML (or JSON) text. `origin` names the source in
+/// errors (a file name, `--config-yaml` or `built-in default`).
+///
+/// # Errors
+/// [`ConfigError::Parse`] with the field path, line and column of the first
+/// problem.
+pub fn parse(text: &str, origin: &str) -> Result<BootstrapConfig, ConfigError> {
+    serde_norway::from_str(text).map_err(|e| ConfigError::parse(origin, &e))
+}

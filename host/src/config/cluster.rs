@@ -1,0 +1,141 @@
+use serde::Deserialize;
+
+use super::{AddressConfig, Duration};
+
+/// Envoy's `Cluster`: a named set of endpoints and how to pick one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub name: String,
+    #[serde(rename = "type", default)]
+    pub discovery_type: DiscoveryType,
+    pub connect_timeout: Option<Duration>,
+    #[serde(default)]
+    pub lb_policy: LbPolicy,
+    pub load_assignment: Option<LoadAssignmentConfig>,
+    /// v2's flat endpoint list.
+    pub hosts: Option<Vec<AddressConfig>>,
+    pub dns_refresh_rate: Option<Duration>,
+    #[serde(default)]
+    pub dns_lookup_family: DnsLookupFamily,
+    pub per_connection_buffer_limit_bytes: Option<u32>,
+    pub ring_hash_lb_config: Option<RingHashLbConfig>,
+    pub maglev_lb_config: Option<MaglevLbConfig>,
+    pub least_request_lb_config: Option<LeastRequestLbConfig>,
+    /// Read by the HTTP router; a TCP cluster ignores it, as Envoy does.
+    pub http2_protocol_options: Option<serde_json::Value>,
+    pub http_protocol_options: Option<serde_json::Value>,
+    pub typed_extension_protocol_options: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DiscoveryType {
+    #[default]
+    Static,
+    StrictDns,
+    LogicalDns,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LbPolicy {
+    #[default]
+    RoundRobin,
+    LeastRequest,
+    Random,
+    RingHash,
+    Maglev,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DnsLookupFamily {
+    #[default]
+    Auto,
+    V4Only,
+    V6Only,
+    V4Preferred,
+    All,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LoadAssignmentConfig {
+    pub cluster_name: Option<String>,
+    #[serde(default)]
+    pub endpoints: Vec<LocalityLbEndpointsConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LocalityLbEndpointsConfig {
+    pub locality: Option<LocalityConfig>,
+    #[serde(default)]
+    pub lb_endpoints: Vec<LbEndpointConfig>,
+    pub load_balancing_weight: Option<u32>,
+    #[serde(default)]
+    pub priority: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LocalityConfig {
+    #[serde(default)]
+    pub region: String,
+    #[serde(default)]
+    pub zone: String,
+    #[serde(default)]
+    pub sub_zone: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbEndpointConfig {
+    pub endpoint: EndpointConfig,
+    pub load_balancing_weight: Option<u32>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    pub address: AddressConfig,
+    pub hostname: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RingHashLbConfig {
+    pub minimum_ring_size: Option<u64>,
+    pub maximum_ring_size: Option<u64>,
+    #[serde(default)]
+    pub hash_function: HashFunction,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum HashFunction {
+    #[default]
+    XxHash,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MaglevLbConfig {
+    pub table_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LeastRequestLbConfig {
+    pub choice_count: Option<u32>,
+    pub active_request_bias: Option<RuntimeDoubleConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeDoubleConfig {
+    pub default_value: f64,
+    pub runtime_key: Option<String>,
+}

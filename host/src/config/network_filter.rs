@@ -1,0 +1,85 @@
+use serde::de::Deserializer;
+use serde::Deserialize;
+
+use super::extension::{unsupported, Empty, Extensions};
+use super::{DataSourceConfig, TcpProxyConfig};
+
+/// The network filters wasp has, by config.
+#[derive(Debug, Clone)]
+pub enum NetworkFilterConfig {
+    TcpProxy(TcpProxyConfig),
+    Echo,
+    DirectResponse(DirectResponseConfig),
+}
+
+/// `envoy.filters.network.direct_response`: writes a fixed response, then
+/// closes.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponseConfig {
+    pub response: Option<DataSourceConfig>,
+}
+
+const TYPES: &[(&str, &str)] = &[
+    ("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "tcp_proxy"),
+    ("envoy.config.filter.network.tcp_proxy.v2.TcpProxy", "tcp_proxy"),
+    ("envoy.extensions.filters.network.echo.v3.Echo", "echo"),
+    ("envoy.config.filter.network.echo.v2.Echo", "echo"),
+    ("envoy.extensions.filters.network.direct_response.v3.Config", "direct_response"),
+    ("envoy.config.filter.network.direct_response.v2.Config", "direct_response"),
+];
+
+const NAMES: &[(&str, &str)] = &[
+    ("envoy.filters.network.tcp_proxy", "tcp_proxy"),
+    ("envoy.tcp_proxy", "tcp_proxy"),
+    ("envoy.filters.network.echo", "echo"),
+    ("envoy.echo", "echo"),
+    ("envoy.filters.network.direct_response", "direct_response"),
+];
+
+impl NetworkFilterConfig {
+    fn read<'de, D: Deserializer<'de>>(kind: &str, d: D) -> Result<Self, D::Error> {
+        Ok(match kind {
+            "tcp_proxy" => NetworkFilterConfig::TcpProxy(TcpProxyConfig::deserialize(d)?),
+            "echo" => {
+                Empty::deserialize(d)?;
+                NetworkFilterConfig::Echo
+            }
+            _ => NetworkFilterConfig::DirectResponse(DirectResponseConfig::deserialize(d)?),
+        })
+    }
+
+    /// Whether the filter ends the chain (owns the connection's data).
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            NetworkFilterConfig::TcpProxy(_) | NetworkFilterConfig::Echo | NetworkFilterConfig::DirectResponse(_)
+        )
+    }
+}
+
+fn lookup<'a>(table: &'a [(&str, &'a str)], key: &str) -> Option<&'a str> {
+    table.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+}
+
+fn keys(table: &[(&'static str, &str)]) -> Vec<&'static str> {
+    table.iter().map(|(k, _)| *k).collect()
+}
+
+impl Extensions for NetworkFilterConfig {
+    const KIND: &'static str = "network filter";
+
+    fn from_type<'de, D: Deserializer<'de>>(type_name: &str, d: D) -> Result<Self, D::Error> {
+        match lookup(TYPES, type_name) {
+            Some(kind) => Self::read(kind, d),
+            None => Err(unsupported(Self::KIND, type_name, &keys(TYPES))),
+        }
+    }
+
+    fn from_name<'de, D: Deserializer<'de>>(name: &str, d: D) -> Result<Self, D::Error> {
+        match lookup(NAMES, name) {
+            Some(kind) => Self::read(kind, d),
+            None => Err(unsupported(Self::KIND, name, &keys(NAMES))),
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Envoy-named counters and gauges.
+//!
+//! Every worker gets its own shard of each stat (an atomic on its own
+//! allocation) and bumps it with a relaxed add: no lock and no shared cache
+//! line on the data path. Readers (the admin interface) sum the shards. Stat
+//! names are Envoy's dotted ones (`cluster.backend.upstream_cx_total`); each
+//! stat also carries the Prometheus name and tags Envoy's tag extraction would
+//! give it (`envoy_cluster_upstream_cx_total{envoy_cluster_name="backend"}`),
+//! fixed when the stat is created rather than recovered by regex.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// All stats of the process.
+#[derive(Default)]
+pub struct Store {
+    // Touched only when a stat is created (start-up, per worker) and when
+    // stats are read; never on the data path.
+    metrics: Mutex<BTreeMap<String, Arc<Metric>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+struct Metric {
+    kind: Kind,
+    prom_name: String,
+    tags: Vec<(String, String)>,
+    shards: Mutex<Vec<Arc<AtomicU64>>>,
+}
+
+/// One stat as read: the sum of its shards.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub prom_name: String,
+    pub tags: Vec<(String, String)>,
+    pub kind: Kind,
+    /// For gauges, the two's-complement sum (gauges may go below zero on one
+    /// shard while staying non-negative in total).
+    pub value: i64,
+    /// Whether anything ever touched it (Envoy's `usedonly`).
+    pub used: bool,
+}
+
+impl Store {
+    pub fn new() -> Arc<Store> {
+        Arc::new(Store::default())
+    }
+
+    /// The root scope: stat names without prefix.
+    pub fn root(self: &Arc<Self>) -> Scope {
+        Scope {
+            store: self.clone(),
+            prefix: String::new(),
+            prom_prefix: String::new(),
+            tags: Vec::new(),
+        }
+    }
+
+    fn shard(&self, scope: &Scope, name: &str, kind: Kind) -> Arc<AtomicU64> {
+        let full = format!("{}{name}", scope.prefix);
+        let mut metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        let metric = metrics.entry(full).or_insert_with(|| {
+            Arc::new(Metric {
+                kind,
+                prom_name: prometheus_name(&format!("{}{name}", scope.prom_prefix)),
+                tags: scope.tags.clone(),
+                shards: Mutex::new(Vec::new()),
+            })
+        });
+        let shard = Arc::new(AtomicU64::new(0));
+        metric
+            .shards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(shard.clone());
+        shard
+    }
+
+    /// Every stat, sorted by name.
+    pub fn samples(&self) -> Vec<Sample> {
+        let metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        metrics
+            .iter()
+            .map(|(name, m)| {
+                let shards = m.shards.lock().unwrap_or_else(|e| e.into_inner());
+                let mut used = false;
+                let value = shards.iter().fold(0u64, |acc, s| {
+                    let v = s.load(Ordering::Relaxed);
+                    used |= v != 0;
+                    acc.wrapping_add(v)
+                }) as i64;
+                Sample {
+                    name: name.clone(),
+                    prom_name: m.prom_name.clone(),
+                    tags: m.tags.clone(),
+                    kind: m.kind,
+                    value,
+                    used,
+                }
+            })
+            .collect()
+    }
+
+    /// The summed value of one stat, if it exists.
+    pub fn value(&self, name: &str) -> Option<i64> {
+        let metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        let m = metrics.get(name)?;
+        let shards = m.shards.lock().unwrap_or_else(|e| e.into_inner());
+        Some(
+            shards
+                .iter()
+                .fold(0u64, |acc, s| acc.wrapping_add(s.load(Ordering::Relaxed))) as i64,
+        )
+    }
+}
+
+/// `envoy_` + the name with everything outside `[a-zA-Z0-9_]` made `_`.
+fn prometheus_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 6);
+    out.push_str("envoy_");
+    out.extend(
+        name.chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }),
+    );
+    out
+}
+
+/// A name prefix with the tags it implies.
+#[derive(Clone)]
+pub struct Scope {
+    store: Arc<Store>,
+    prefix: String,
+    prom_prefix: String,
+    tags: Vec<(String, String)>,
+}
+
+impl Scope {
+    /// A child whose names gain `segment.` (and whose Prometheus names do too).
+    pub fn child(&self, segment: &str) -> Scope {
+        Scope {
+            store: self.store.clone(),
+            prefix: format!("{}{segment}.", self.prefix),
+            prom_prefix: format!("{}{segment}.", self.prom_prefix),
+            tags: self.tags.clone(),
+        }
+    }
+
+    /// A child for a named thing: names gain `segment.value.`, Prometheus
+    /// names gain only `segment.` and a `tag="value"` label, as Envoy's
+    /// default tag extraction does for `cluster.<name>.` and the like.
+    pub fn tagged(&self, segment: &str, tag: &str, value: &str) -> Scope {
+        let mut tags = self.tags.clone();
+        tags.push((tag.to_string(), value.to_string()));
+        Scope {
+            store: self.store.clone(),
+            prefix: format!("{}{segment}.{value}.", self.prefix),
+            prom_prefix: format!("{}{segment}.", self.prom_prefix),
+            tags,
+        }
+    }
+
+    /// A new shard of counter `name`: the caller (one worker) owns it.
+    pub fn counter(&self, name: &str) -> Counter {
+        Counter(self.store.shard(self, name, Kind::Counter))
+    }
+
+    /// A new shard of gauge `name`.
+    pub fn gauge(&self, name: &str) -> Gauge {
+        Gauge(self.store.shard(self, name, Kind::Gauge))
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+}
+
+/// A monotonically increasing count (one worker's shard).
+#[derive(Clone, Debug)]
+pub struct Counter(Arc<AtomicU64>);
+
+impl Counter {
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A value that goes up and down (one worker's shard).
+#[derive(Clone, Debug)]
+pub struct Gauge(Arc<AtomicU64>);
+
+impl Gauge {
+    #[inline]
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Sets this shard; meant for gauges with a single owner (the main thread).
+    pub fn set(&self, v: i64) {
+        self.0.store(v as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_sum_and_tags_follow_envoy() {
+        let store = Store::new();
+        let cluster = store.root().tagged("cluster", "envoy_cluster_name", "web.1");
+        let a = cluster.counter("upstream_cx_total");
+        let b = cluster.counter("upstream_cx_total");
+        a.add(2);
+        b.inc();
+        let g1 = cluster.gauge("upstream_cx_active");
+        let g2 = cluster.gauge("upstream_cx_active");
+        g1.inc();
+        g2.inc();
+        g2.dec();
+        g2.dec();
+        let samples = store.samples();
+        let total = samples
+            .iter()
+            .find(|s| s.name == "cluster.web.1.upstream_cx_total")
+            .unwrap();
+        assert_eq!(total.value, 3);
+        assert_eq!(total.prom_name, "envoy_cluster_upstream_cx_total");
+        assert_eq!(total.tags, vec![("envoy_cluster_name".into(), "web.1".into())]);
+        assert_eq!(store.value("cluster.web.1.upstream_cx_active"), Some(0));
+    }
+}
