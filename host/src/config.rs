@@ -21,7 +21,7 @@ mod source_map;
 mod tcp_proxy;
 
 pub use access_log::{AccessLogConfig, FileAccessLogConfig, LogFormatConfig, StreamAccessLogConfig};
-pub use address::{AddressConfig, SocketAddressConfig};
+pub use address::{AddressConfig, Protocol, SocketAddressConfig};
 pub use bootstrap::{AdminConfig, BootstrapConfig, NodeConfig, StaticResourcesConfig};
 pub use cluster::{
     ClusterConfig, DiscoveryType, DnsLookupFamily, EndpointConfig, LbEndpointConfig, LbPolicy,

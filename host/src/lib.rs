@@ -1,5 +1,34 @@
-//! wasp: an Envoy-model proxy.
+//! wasp: an Envoy-model proxy that hosts proxy-wasm filters.
+//!
+//! # How a connection flows
+//!
+//! ```text
+//! main thread                          worker thread (× --concurrency)
+//! ───────────                          ──────────────────────────────
+//! config::parse ── YAML → *Config      listener::WorkerListener::run
+//! server::Bootstrap::validate            accept (SO_REUSEPORT socket)
+//!   → ListenerSettings, ClusterSettings   └─ filter::network::TerminalFilter
+//! cluster::Cluster (ArcSwap<EndpointSet>)      tcp_proxy: WorkerCluster::connect
+//!   ↑ cluster::dns refresh                       (lb::LoadBalancer, per worker)
+//! admin (stats, clusters, config_dump)         └─ io::pump both ways
+//! ```
+//!
+//! The main thread owns configuration, DNS, admin and shutdown; it publishes
+//! immutable snapshots that workers read without locks. A connection lives
+//! and dies on the worker that accepted it, with that worker's load-balancer
+//! state and stat shards ([`stats`]).
+//!
+//! Module map: [`config`] (YAML model, strict parsing, source positions),
+//! [`server`] (bootstrap validation, binding, workers, signals, drain),
+//! [`worker`], [`listener`], [`cluster`] (endpoints, DNS, load balancers),
+//! [`filter`] (network filters), [`access_log`], [`admin`], [`stats`].
+
 pub mod access_log;
+pub mod admin;
 pub mod cluster;
 pub mod config;
+pub mod filter;
+pub mod listener;
+pub mod server;
 pub mod stats;
+pub mod worker;

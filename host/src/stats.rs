@@ -155,12 +155,25 @@ impl Scope {
     /// names gain only `segment.` and a `tag="value"` label, as Envoy's
     /// default tag extraction does for `cluster.<name>.` and the like.
     pub fn tagged(&self, segment: &str, tag: &str, value: &str) -> Scope {
+        self.tagged_as(&format!("{segment}.{value}"), segment, tag, value)
+    }
+
+    /// The general form of [`Scope::tagged`]: names gain `name_segment.`,
+    /// Prometheus names gain `prom_segment.` (if not empty) and the tag.
+    /// Per-worker stats use it: `worker_0.` becomes `worker.` +
+    /// `envoy_worker_id="0"`.
+    pub fn tagged_as(&self, name_segment: &str, prom_segment: &str, tag: &str, value: &str) -> Scope {
         let mut tags = self.tags.clone();
         tags.push((tag.to_string(), value.to_string()));
+        let prom_prefix = if prom_segment.is_empty() {
+            self.prom_prefix.clone()
+        } else {
+            format!("{}{prom_segment}.", self.prom_prefix)
+        };
         Scope {
             store: self.store.clone(),
-            prefix: format!("{}{segment}.{value}.", self.prefix),
-            prom_prefix: format!("{}{segment}.", self.prom_prefix),
+            prefix: format!("{}{name_segment}.", self.prefix),
+            prom_prefix,
             tags,
         }
     }

@@ -1,0 +1,3 @@
+//! Filters: the built-in network filters that sit in a listener's filter
+//! chain.
+pub mod network;

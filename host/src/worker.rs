@@ -1,0 +1,99 @@
+//! Workers: one OS thread each, running a current-thread tokio runtime.
+//!
+//! A worker owns its listener sockets, its view of every cluster (load
+//! balancer state, stat shards) and every connection it accepts, so nothing
+//! on the data path is shared with another thread. On shutdown it stops
+//! accepting, lets open connections finish for up to the drain time, then
+//! exits, dropping whatever is still open.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::cluster::{ClusterManager, WorkerClusters};
+use crate::listener::{ActiveConnections, ConnectionIds, ListenerFactory, WorkerListener};
+use crate::stats::Store;
+
+/// What a worker thread is started with.
+pub struct WorkerSetup {
+    pub index: usize,
+    pub workers: usize,
+    /// Each listener with this worker's own socket for it.
+    pub listeners: Vec<(Arc<ListenerFactory>, std::net::TcpListener)>,
+    pub clusters: Arc<ClusterManager>,
+    pub stats: Arc<Store>,
+    pub shutdown: watch::Receiver<bool>,
+    pub drain_time: Duration,
+}
+
+/// Starts the worker thread.
+pub fn spawn(setup: WorkerSetup) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("wasp-worker-{}", setup.index))
+        .spawn(move || run(setup))
+}
+
+fn run(setup: WorkerSetup) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(worker = setup.index, error = %e, "cannot start worker runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, serve(setup));
+}
+
+async fn serve(setup: WorkerSetup) {
+    let clusters = WorkerClusters::new(&setup.clusters);
+    let root = setup.stats.root();
+    let active = Rc::new(ActiveConnections::default());
+    let ids = Rc::new(ConnectionIds::new(setup.index, setup.workers));
+    let mut accept_loops = Vec::new();
+    for (factory, socket) in setup.listeners {
+        let listener = match tokio::net::TcpListener::from_std(socket) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(worker = setup.index, error = %e, "cannot register listener");
+                continue;
+            }
+        };
+        // A chain has exactly one filter today: the terminal one.
+        let Some(filter) = factory.filters.last() else {
+            continue;
+        };
+        let worker_listener = WorkerListener::new(
+            listener,
+            &factory.settings,
+            filter.instantiate(&clusters, &root),
+            setup.index,
+            &root,
+        );
+        accept_loops.push(tokio::task::spawn_local(worker_listener.run(
+            active.clone(),
+            ids.clone(),
+            setup.shutdown.clone(),
+        )));
+    }
+    let mut shutdown = setup.shutdown;
+    let _ = shutdown.wait_for(|s| *s).await;
+    for l in accept_loops {
+        let _ = l.await;
+    }
+    if active.get() > 0 {
+        tracing::info!(
+            worker = setup.index,
+            connections = active.get(),
+            "draining open connections for up to {:?}",
+            setup.drain_time
+        );
+        let _ = tokio::time::timeout(setup.drain_time, active.wait_idle()).await;
+    }
+}
