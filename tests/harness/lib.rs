@@ -1,0 +1,224 @@
+//! The end-to-end harness: starts the real `wasp` binary on free loopback
+//! ports with a config written by the test, and real backends for it to
+//! proxy to. Everything is bounded in time: a test that waits waits with a
+//! deadline and fails with a message instead of hanging.
+
+pub mod backend;
+pub mod config;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The `wasp` binary next to this test binary (target/<profile>/wasp), or
+/// `$WASP_BIN`.
+pub fn wasp_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("WASP_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let bin = profile_dir.join("wasp");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p wasp`, which the test command does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// A fresh directory under the system temp dir for one test.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "wasp-test-{}-{}-{}",
+        tag,
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running wasp process, killed on drop.
+pub struct Wasp {
+    child: Option<Child>,
+    pub admin: SocketAddr,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+}
+
+impl Wasp {
+    /// Starts wasp on `config` (YAML; its admin should use port 0) with
+    /// `args`, and waits until the admin says LIVE.
+    pub fn start(config: &str, args: &[&str]) -> Wasp {
+        let dir = temp_dir("wasp");
+        let config_path = dir.join("config.yaml");
+        std::fs::write(&config_path, config).expect("write config");
+        let admin_path = dir.join("admin-address");
+        let log_path = dir.join("wasp.log");
+        let child = Command::new(wasp_bin())
+            .arg("-c")
+            .arg(&config_path)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .arg("--log-path")
+            .arg(&log_path)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn wasp");
+        let mut wasp = Wasp {
+            child: Some(child),
+            admin: "127.0.0.1:0".parse().unwrap(),
+            dir,
+            config_path,
+        };
+        let admin = eventually(Duration::from_secs(20), "wasp's admin address", || {
+            if let Some(status) = wasp.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("wasp exited early ({status}); log:\n{}", wasp.log());
+            }
+            std::fs::read_to_string(&admin_path).ok()?.trim().parse().ok()
+        });
+        wasp.admin = admin;
+        eventually(Duration::from_secs(10), "wasp /ready", || {
+            (wasp.get("/ready").ok()?.0 == 200).then_some(())
+        });
+        wasp
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// wasp's own log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("wasp.log")).unwrap_or_default()
+    }
+
+    /// GET on the admin interface: (status, body).
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http_request(self.admin, "GET", path)
+    }
+
+    /// POST on the admin interface: (status, body).
+    pub fn post(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http_request(self.admin, "POST", path)
+    }
+
+    /// The value of one stat from `/stats`, 0 if absent.
+    pub fn stat(&self, name: &str) -> i64 {
+        let (_, body) = self.get("/stats").expect("GET /stats");
+        stat_from(&body, name).unwrap_or(0)
+    }
+
+    /// Resident set size in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let status = eventually(timeout, "wasp to exit", || child.try_wait().ok().flatten());
+        self.child = None;
+        status
+    }
+}
+
+impl Drop for Wasp {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `name: value` from Envoy's text `/stats`.
+pub fn stat_from(body: &str, name: &str) -> Option<i64> {
+    body.lines().find_map(|l| {
+        let (n, v) = l.split_once(": ")?;
+        (n == name).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// A one-shot HTTP/1.1 request with `Connection: close`.
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {head}")))?;
+    Ok((status, body.to_string()))
+}
+
+/// Runs `wasp` with `args` to completion (for `--mode validate`), with a
+/// deadline.
+pub fn run_wasp(args: &[&str]) -> Output {
+    let mut child = Command::new(wasp_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wasp");
+    eventually(Duration::from_secs(30), "wasp to finish", || child.try_wait().ok().flatten());
+    child.wait_with_output().expect("collect output")
+}
+
+/// Writes `config` to a temp file and runs `wasp --mode validate -c` on it.
+pub fn validate(config: &str) -> Output {
+    let dir = temp_dir("validate");
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, config).expect("write config");
+    run_wasp(&["--mode", "validate", "-c", path.to_str().unwrap()])
+}

@@ -26,6 +26,8 @@ pub struct SocketAddressConfig {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
+    #[serde(alias = "tcp")]
     Tcp,
+    #[serde(alias = "udp")]
     Udp,
 }

@@ -28,12 +28,17 @@ pub struct ClusterConfig {
     pub typed_extension_protocol_options: Option<serde_json::Value>,
 }
 
+/// Envoy reads enum names case-insensitively (v2 configs write
+/// `type: strict_dns`), so every enum here also takes its lowercase spelling.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum DiscoveryType {
     #[default]
+    #[serde(alias = "static")]
     Static,
+    #[serde(alias = "strict_dns")]
     StrictDns,
+    #[serde(alias = "logical_dns")]
     LogicalDns,
 }
 
@@ -41,10 +46,15 @@ pub enum DiscoveryType {
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum LbPolicy {
     #[default]
+    #[serde(alias = "round_robin")]
     RoundRobin,
+    #[serde(alias = "least_request")]
     LeastRequest,
+    #[serde(alias = "random")]
     Random,
+    #[serde(alias = "ring_hash")]
     RingHash,
+    #[serde(alias = "maglev")]
     Maglev,
 }
 
@@ -52,10 +62,15 @@ pub enum LbPolicy {
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum DnsLookupFamily {
     #[default]
+    #[serde(alias = "auto")]
     Auto,
+    #[serde(alias = "v4_only")]
     V4Only,
+    #[serde(alias = "v6_only")]
     V6Only,
+    #[serde(alias = "v4_preferred")]
     V4Preferred,
+    #[serde(alias = "all")]
     All,
 }
 
@@ -117,6 +132,7 @@ pub struct RingHashLbConfig {
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum HashFunction {
     #[default]
+    #[serde(alias = "xx_hash")]
     XxHash,
 }
 

@@ -29,7 +29,10 @@ pub struct FilterChainConfig {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TrafficDirection {
+    #[serde(alias = "unspecified")]
     Unspecified,
+    #[serde(alias = "inbound")]
     Inbound,
+    #[serde(alias = "outbound")]
     Outbound,
 }

@@ -1,0 +1,190 @@
+//! `wasp --mode validate`: every broken config is rejected with the path and
+//! line of the culprit; v2 and v3 spellings of one config are both accepted.
+
+use wasp_tests::validate;
+
+const GOOD: &str = r#"static_resources:
+  listeners:
+  - name: l1
+    address:
+      socket_address: { address: 127.0.0.1, port_value: 10000 }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: c1
+          idle_timeout: 10s
+  clusters:
+  - name: c1
+    connect_timeout: 0.25s
+    type: STRICT_DNS
+    lb_policy: ROUND_ROBIN
+    load_assignment:
+      cluster_name: c1
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: { address: 127.0.0.1, port_value: 8080 }
+admin:
+  address:
+    socket_address: { address: 127.0.0.1, port_value: 9901 }
+"#;
+
+/// Validates `GOOD` with `from` replaced by `to` and expects an error that
+/// names `path` and `line`.
+fn rejects(from: &str, to: &str, path: &str, line: usize, message: &str) {
+    assert!(GOOD.contains(from), "test bug: `{from}` not in config");
+    let out = validate(&GOOD.replacen(from, to, 1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted:\n{}", GOOD.replacen(from, to, 1));
+    assert!(stderr.contains(path), "no path `{path}` in: {stderr}");
+    assert!(stderr.contains(&format!("line {line} ")), "no line {line} in: {stderr}");
+    assert!(stderr.contains(message), "no `{message}` in: {stderr}");
+}
+
+#[test]
+fn the_good_config_validates() {
+    let out = validate(GOOD);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+}
+
+#[test]
+fn unknown_field_is_named_with_what_is_supported() {
+    rejects(
+        "          idle_timeout: 10s\n",
+        "          idle_timeout: 10s\n          idel_timeout: 1s\n",
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config",
+        14,
+        "unknown field `idel_timeout`, expected one of `stat_prefix`",
+    );
+}
+
+#[test]
+fn wrong_type_is_rejected() {
+    rejects(
+        "stat_prefix: tcp",
+        "stat_prefix: [tcp]",
+        "typed_config.stat_prefix",
+        11,
+        "invalid type: sequence, expected a string",
+    );
+}
+
+#[test]
+fn unknown_cluster_is_rejected() {
+    rejects(
+        "cluster: c1",
+        "cluster: c2",
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.cluster",
+        12,
+        "unknown cluster `c2`",
+    );
+}
+
+#[test]
+fn bad_duration_is_rejected() {
+    rejects(
+        "connect_timeout: 0.25s",
+        "connect_timeout: quarter",
+        "static_resources.clusters[0].connect_timeout",
+        16,
+        "invalid duration `quarter`",
+    );
+}
+
+#[test]
+fn port_out_of_range_is_rejected() {
+    rejects(
+        "port_value: 8080",
+        "port_value: 80800",
+        "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value",
+        25,
+        "80800",
+    );
+}
+
+#[test]
+fn duplicate_listener_names_are_rejected() {
+    let listener = &GOOD[GOOD.find("  - name: l1").unwrap()..GOOD.find("  clusters:").unwrap()];
+    let second = listener.replace("10000", "10001");
+    let config = GOOD.replacen("  clusters:", &format!("{second}  clusters:"), 1);
+    let out = validate(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("static_resources.listeners[1].name"), "{stderr}");
+    assert!(stderr.contains("duplicate listener name `l1`"), "{stderr}");
+    assert!(stderr.contains("line 14 "), "{stderr}");
+}
+
+#[test]
+fn duplicate_cluster_names_and_unknown_filters_are_rejected() {
+    let cluster = &GOOD[GOOD.find("  - name: c1").unwrap()..GOOD.find("admin:").unwrap()];
+    let config = GOOD.replacen("admin:", &format!("{cluster}admin:"), 1);
+    let out = validate(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("static_resources.clusters[1].name") && stderr.contains("duplicate cluster name `c1`"), "{stderr}");
+
+    rejects(
+        "tcp_proxy.v3.TcpProxy",
+        "tcp_proxy.v3.TcpProxi",
+        "typed_config",
+        10,
+        "unsupported network filter `envoy.extensions.filters.network.tcp_proxy.v3.TcpProxi`",
+    );
+}
+
+#[test]
+fn the_v2_and_v3_forms_of_one_config_are_both_accepted() {
+    // The same proxy as GOOD, as a v2-era guide writes it: `config:`, the
+    // short filter name, lowercase enums and `hosts:`.
+    let v2 = r#"static_resources:
+  listeners:
+  - name: l1
+    address:
+      socket_address: { address: 127.0.0.1, port_value: 10000 }
+    filter_chains:
+    - filters:
+      - name: envoy.tcp_proxy
+        config:
+          stat_prefix: tcp
+          cluster: c1
+          idle_timeout: 10s
+  clusters:
+  - name: c1
+    connect_timeout: 0.25s
+    type: strict_dns
+    lb_policy: round_robin
+    hosts:
+    - socket_address: { address: 127.0.0.1, port_value: 8080 }
+admin:
+  access_log_path: /dev/null
+  address:
+    socket_address: { address: 127.0.0.1, port_value: 9901 }
+"#;
+    for (form, config) in [("v2", v2), ("v3", GOOD)] {
+        let out = validate(config);
+        assert!(out.status.success(), "{form}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // And the TypedStruct wrapper.
+    let typed_struct = GOOD.replacen(
+        "          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: tcp\n          cluster: c1\n          idle_timeout: 10s\n",
+        "          \"@type\": type.googleapis.com/udpa.type.v1.TypedStruct\n          type_url: type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          value:\n            stat_prefix: tcp\n            cluster: c1\n",
+        1,
+    );
+    assert!(typed_struct.contains("TypedStruct"));
+    let out = validate(&typed_struct);
+    assert!(out.status.success(), "TypedStruct: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn validate_binds_nothing() {
+    // Port 9901 of GOOD stays free: validation does not bind.
+    let out = validate(GOOD);
+    assert!(out.status.success());
+    let out = validate(&GOOD.replace("port_value: 10000", "port_value: 1"));
+    assert!(out.status.success(), "a privileged port is only a problem when binding");
+}
