@@ -37,12 +37,18 @@ pub struct AccessLogSettings {
 }
 
 impl AccessLogSettings {
-    pub fn validate(config: &Extension<AccessLogConfig>, path: &str) -> Result<Self, ValidationError> {
+    pub fn validate(
+        config: &Extension<AccessLogConfig>,
+        path: &str,
+    ) -> Result<Self, ValidationError> {
         let at = join(path, "typed_config");
         let (sink, format) = match &config.config {
             AccessLogConfig::File(f) => {
                 if f.path.is_empty() {
-                    return Err(ValidationError::new(join(&at, "path"), "path must not be empty"));
+                    return Err(ValidationError::new(
+                        join(&at, "path"),
+                        "path must not be empty",
+                    ));
                 }
                 let format = match (&f.format, &f.log_format, &f.json_format) {
                     (Some(text), None, None) => Format::text(text),
@@ -53,8 +59,18 @@ impl AccessLogSettings {
                 };
                 (SinkSettings::File(f.path.clone()), format)
             }
-            AccessLogConfig::Stdout(s) => (SinkSettings::Stdout, s.log_format.as_ref().map_or_else(|| Format::text(DEFAULT_FORMAT), format_of)),
-            AccessLogConfig::Stderr(s) => (SinkSettings::Stderr, s.log_format.as_ref().map_or_else(|| Format::text(DEFAULT_FORMAT), format_of)),
+            AccessLogConfig::Stdout(s) => (
+                SinkSettings::Stdout,
+                s.log_format
+                    .as_ref()
+                    .map_or_else(|| Format::text(DEFAULT_FORMAT), format_of),
+            ),
+            AccessLogConfig::Stderr(s) => (
+                SinkSettings::Stderr,
+                s.log_format
+                    .as_ref()
+                    .map_or_else(|| Format::text(DEFAULT_FORMAT), format_of),
+            ),
         };
         let format = format.map_err(|m| ValidationError::new(at, m))?;
         Ok(AccessLogSettings { sink, format })

@@ -219,11 +219,31 @@ const ENDPOINTS: &[(&str, &str, bool)] = &[
     ("/help", "print out list of admin commands", false),
     ("/listeners", "print listener info (?format=json)", false),
     ("/logging", "query/change logging levels (?level=)", true),
-    ("/quitquitquit", "exit the server (after draining open connections)", true),
-    ("/ready", "print server state, return 200 if LIVE, otherwise return 503", false),
-    ("/server_info", "print server version/status information", false),
-    ("/stats", "print server stats (?filter=REGEX, ?usedonly, ?format=json|prometheus)", false),
-    ("/stats/prometheus", "print server stats in prometheus format", false),
+    (
+        "/quitquitquit",
+        "exit the server (after draining open connections)",
+        true,
+    ),
+    (
+        "/ready",
+        "print server state, return 200 if LIVE, otherwise return 503",
+        false,
+    ),
+    (
+        "/server_info",
+        "print server version/status information",
+        false,
+    ),
+    (
+        "/stats",
+        "print server stats (?filter=REGEX, ?usedonly, ?format=json|prometheus)",
+        false,
+    ),
+    (
+        "/stats/prometheus",
+        "print server stats in prometheus format",
+        false,
+    ),
 ];
 
 fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
@@ -241,7 +261,12 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
     }
     let params = query(&req);
     let has = |k: &str| params.iter().any(|(key, _)| key == k);
-    let param = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let param = |k: &str| {
+        params
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
     match path.as_str() {
         "/" | "/help" => text(StatusCode::OK, help()),
         "/ready" => {
@@ -268,7 +293,10 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
                 Some("json") => json(&render::stats_json(&samples)),
                 Some("prometheus") => prometheus_reply(render::prometheus(&samples)),
                 None | Some("text") => text(StatusCode::OK, render::stats_text(&samples)),
-                Some(other) => text(StatusCode::BAD_REQUEST, format!("usage: unknown format `{other}`\n")),
+                Some(other) => text(
+                    StatusCode::BAD_REQUEST,
+                    format!("usage: unknown format `{other}`\n"),
+                ),
             }
         }
         "/stats/prometheus" => {
@@ -317,7 +345,9 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
                     None => {
                         return text(
                             StatusCode::BAD_REQUEST,
-                            format!("error: unknown logger level `{level}`; use trace, debug, info, warning, error, critical or off\n"),
+                            format!(
+                                "error: unknown logger level `{level}`; use trace, debug, info, warning, error, critical or off\n"
+                            ),
                         );
                     }
                 }
@@ -326,20 +356,28 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
                 .log
                 .level()
                 .map_or_else(|| "unknown".to_string(), |l| l.to_string().to_lowercase());
-            text(StatusCode::OK, format!("active loggers:\n  wasp: {level}\n"))
+            text(
+                StatusCode::OK,
+                format!("active loggers:\n  wasp: {level}\n"),
+            )
         }
         _ => text(StatusCode::NOT_FOUND, help()),
     }
 }
 
 fn prometheus_reply(body: String) -> Reply {
-    reply(StatusCode::OK, "text/plain; version=0.0.4; charset=UTF-8", body)
+    reply(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=UTF-8",
+        body,
+    )
 }
 
 fn help() -> String {
     let mut s = String::from("admin commands are:\n");
-    for (path, what, _) in ENDPOINTS {
-        s.push_str(&format!("  {path}: {what}\n"));
+    for (path, what, post) in ENDPOINTS {
+        let method = if *post { " (POST)" } else { "" };
+        s.push_str(&format!("  {path}{method}: {what}\n"));
     }
     s
 }

@@ -68,7 +68,10 @@ impl ClusterConfig {
     /// Checks the rules Envoy enforces on a cluster; `path` is its YAML path.
     pub fn validate(&self, path: &str) -> Result<ClusterSettings, ValidationError> {
         if self.name.is_empty() {
-            return Err(ValidationError::new(join(path, "name"), "cluster name must not be empty"));
+            return Err(ValidationError::new(
+                join(path, "name"),
+                "cluster name must not be empty",
+            ));
         }
         let connect_timeout = self.connect_timeout.map_or(Duration::from_secs(5), |d| d.0);
         if connect_timeout.is_zero() {
@@ -85,7 +88,9 @@ impl ClusterConfig {
                 "a LOGICAL_DNS cluster must have exactly one endpoint",
             ));
         }
-        let dns_refresh_rate = self.dns_refresh_rate.map_or(Duration::from_secs(5), |d| d.0);
+        let dns_refresh_rate = self
+            .dns_refresh_rate
+            .map_or(Duration::from_secs(5), |d| d.0);
         if dns_refresh_rate < Duration::from_millis(1) {
             return Err(ValidationError::new(
                 join(path, "dns_refresh_rate"),
@@ -141,7 +146,7 @@ impl ClusterConfig {
                     ));
                 }
                 let bias = c.active_request_bias.map_or(1.0, |b| b.default_value);
-                if !(bias >= 0.0) {
+                if bias.is_nan() || bias < 0.0 {
                     return Err(ValidationError::new(
                         join(path, "least_request_lb_config.active_request_bias"),
                         "active_request_bias must be non-negative",
@@ -256,7 +261,14 @@ impl ClusterConfig {
                 ));
             }
             for (i, h) in hosts.iter().enumerate() {
-                push(index(&join(path, "hosts"), i), h, None, None, 0, &LocalityConfig::default())?;
+                push(
+                    index(&join(path, "hosts"), i),
+                    h,
+                    None,
+                    None,
+                    0,
+                    &LocalityConfig::default(),
+                )?;
             }
         }
         if let Some(la) = &self.load_assignment {
@@ -412,7 +424,10 @@ pub struct ClusterManager {
 impl ClusterManager {
     pub fn new(settings: Vec<ClusterSettings>, stats: &Scope) -> Arc<ClusterManager> {
         Arc::new(ClusterManager {
-            clusters: settings.into_iter().map(|s| Cluster::new(s, stats)).collect(),
+            clusters: settings
+                .into_iter()
+                .map(|s| Cluster::new(s, stats))
+                .collect(),
         })
     }
 
@@ -511,7 +526,10 @@ impl WorkerCluster {
             }
         };
         self.stats.upstream_cx_connect_fail.inc();
-        endpoint.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+        endpoint
+            .stats
+            .cx_connect_fail
+            .fetch_add(1, Ordering::Relaxed);
         Err(error)
     }
 }

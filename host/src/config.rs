@@ -20,7 +20,9 @@ mod network_filter;
 mod source_map;
 mod tcp_proxy;
 
-pub use access_log::{AccessLogConfig, FileAccessLogConfig, LogFormatConfig, StreamAccessLogConfig};
+pub use access_log::{
+    AccessLogConfig, FileAccessLogConfig, LogFormatConfig, StreamAccessLogConfig,
+};
 pub use address::{AddressConfig, Protocol, SocketAddressConfig};
 pub use bootstrap::{AdminConfig, BootstrapConfig, NodeConfig, StaticResourcesConfig};
 pub use cluster::{
@@ -40,7 +42,9 @@ pub use source_map::SourceMap;
 pub mod path {
     pub use super::error::{index, join};
 }
-pub use tcp_proxy::{TcpProxyConfig, TcpProxyHashPolicyConfig, WeightedClusterConfig, WeightedClustersConfig};
+pub use tcp_proxy::{
+    TcpProxyConfig, TcpProxyHashPolicyConfig, WeightedClusterConfig, WeightedClustersConfig,
+};
 
 /// The configuration wasp serves when it is given none: a listener on
 /// 127.0.0.1:10000 that answers every connection with a short HTTP response,

@@ -39,16 +39,25 @@ impl ListenerSettings {
     ) -> Result<Self, ValidationError> {
         let addr_path = join(path, "address");
         let Some(sa) = &c.address.socket_address else {
-            return Err(ValidationError::new(addr_path, "only socket_address listeners are supported"));
+            return Err(ValidationError::new(
+                addr_path,
+                "only socket_address listeners are supported",
+            ));
         };
         let sa_path = join(&addr_path, "socket_address");
         if sa.protocol == Some(crate::config::Protocol::Udp) {
-            return Err(ValidationError::new(join(&sa_path, "protocol"), "UDP listeners are not supported"));
+            return Err(ValidationError::new(
+                join(&sa_path, "protocol"),
+                "UDP listeners are not supported",
+            ));
         }
         let ip: IpAddr = sa.address.parse().map_err(|_| {
             ValidationError::new(
                 join(&sa_path, "address"),
-                format!("`{}` is not an IP address (listeners bind to IPs)", sa.address),
+                format!(
+                    "`{}` is not an IP address (listeners bind to IPs)",
+                    sa.address
+                ),
             )
         })?;
         let address = SocketAddr::new(ip, sa.port_value);
@@ -61,7 +70,12 @@ impl ListenerSettings {
         let chains_path = join(path, "filter_chains");
         let chain = match c.filter_chains.as_slice() {
             [one] => one,
-            [] => return Err(ValidationError::new(chains_path, "a listener needs a filter chain")),
+            [] => {
+                return Err(ValidationError::new(
+                    chains_path,
+                    "a listener needs a filter chain",
+                ));
+            }
             _ => {
                 return Err(ValidationError::new(
                     index(&chains_path, 1),
@@ -71,7 +85,10 @@ impl ListenerSettings {
         };
         let filters_path = join(&index(&chains_path, 0), "filters");
         if chain.filters.is_empty() {
-            return Err(ValidationError::new(filters_path, "a filter chain needs at least one filter"));
+            return Err(ValidationError::new(
+                filters_path,
+                "a filter chain needs at least one filter",
+            ));
         }
         let mut filters = Vec::new();
         for (i, f) in chain.filters.iter().enumerate() {
@@ -79,9 +96,15 @@ impl ListenerSettings {
             let last = i + 1 == chain.filters.len();
             if f.config.is_terminal() != last {
                 let message = if last {
-                    format!("the last filter must be a terminal filter; `{}` is not", f.name)
+                    format!(
+                        "the last filter must be a terminal filter; `{}` is not",
+                        f.name
+                    )
                 } else {
-                    format!("`{}` is a terminal filter and must be last in the chain", f.name)
+                    format!(
+                        "`{}` is a terminal filter and must be last in the chain",
+                        f.name
+                    )
                 };
                 return Err(ValidationError::new(join(&at, "name"), message));
             }
@@ -94,7 +117,9 @@ impl ListenerSettings {
                 .stat_prefix
                 .clone()
                 .unwrap_or_else(|| address.to_string().replace(':', "_")),
-            buffer_limit: c.per_connection_buffer_limit_bytes.unwrap_or(DEFAULT_BUFFER_LIMIT),
+            buffer_limit: c
+                .per_connection_buffer_limit_bytes
+                .unwrap_or(DEFAULT_BUFFER_LIMIT),
             filters,
         })
     }
@@ -184,7 +209,12 @@ impl WorkerListener {
         stats: &Scope,
     ) -> Self {
         let scope = stats.tagged("listener", "envoy_listener_address", &settings.stat_name);
-        let worker_scope = scope.tagged_as(&format!("worker_{worker}"), "worker", "envoy_worker_id", &worker.to_string());
+        let worker_scope = scope.tagged_as(
+            &format!("worker_{worker}"),
+            "worker",
+            "envoy_worker_id",
+            &worker.to_string(),
+        );
         WorkerListener {
             listener,
             filter,

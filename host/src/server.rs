@@ -31,7 +31,10 @@ pub fn config_source(opts: &Options) -> Result<(String, String), ConfigError> {
         })
     };
     Ok(match (&opts.config_path, &opts.config_yaml) {
-        (None, None) => (DEFAULT_CONFIG.to_string(), "built-in default config".to_string()),
+        (None, None) => (
+            DEFAULT_CONFIG.to_string(),
+            "built-in default config".to_string(),
+        ),
         (Some(p), None) => (read(p)?, p.display().to_string()),
         (None, Some(y)) => (y.clone(), "--config-yaml".to_string()),
         (Some(p), Some(y)) => {
@@ -42,7 +45,8 @@ pub fn config_source(opts: &Options) -> Result<(String, String), ConfigError> {
             };
             let mut base = parse(&read(p)?, &p.display().to_string())?;
             merge(&mut base, parse(y, "--config-yaml")?);
-            let text = serde_norway::to_string(&base).map_err(|e| ConfigError::parse(&origin, &e))?;
+            let text =
+                serde_norway::to_string(&base).map_err(|e| ConfigError::parse(&origin, &e))?;
             (text, origin)
         }
     })
@@ -179,7 +183,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         })?);
     }
 
-    tracing::info!("wasp {} starting with {concurrency} worker(s), config {origin}", env!("CARGO_PKG_VERSION"));
+    tracing::info!(
+        "wasp {} starting with {concurrency} worker(s), config {origin}",
+        env!("CARGO_PKG_VERSION")
+    );
     for (name, addr) in &bound {
         tracing::info!("listener `{name}` listening on {addr}");
     }
@@ -190,8 +197,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             let addr = l.local_addr()?;
             tracing::info!("admin interface listening on http://{addr}/");
             if let Some(p) = &opts.admin_address_path {
-                std::fs::write(p, addr.to_string())
-                    .with_context(|| format!("cannot write --admin-address-path {}", p.display()))?;
+                std::fs::write(p, addr.to_string()).with_context(|| {
+                    format!("cannot write --admin-address-path {}", p.display())
+                })?;
             }
             tokio::spawn(admin::serve(l, state.clone()));
         }

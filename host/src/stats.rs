@@ -115,7 +115,8 @@ impl Store {
         Some(
             shards
                 .iter()
-                .fold(0u64, |acc, s| acc.wrapping_add(s.load(Ordering::Relaxed))) as i64,
+                .fold(0u64, |acc, s| acc.wrapping_add(s.load(Ordering::Relaxed)))
+                as i64,
         )
     }
 }
@@ -124,10 +125,13 @@ impl Store {
 fn prometheus_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len() + 6);
     out.push_str("envoy_");
-    out.extend(
-        name.chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }),
-    );
+    out.extend(name.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            c
+        } else {
+            '_'
+        }
+    }));
     out
 }
 
@@ -162,7 +166,13 @@ impl Scope {
     /// Prometheus names gain `prom_segment.` (if not empty) and the tag.
     /// Per-worker stats use it: `worker_0.` becomes `worker.` +
     /// `envoy_worker_id="0"`.
-    pub fn tagged_as(&self, name_segment: &str, prom_segment: &str, tag: &str, value: &str) -> Scope {
+    pub fn tagged_as(
+        &self,
+        name_segment: &str,
+        prom_segment: &str,
+        tag: &str,
+        value: &str,
+    ) -> Scope {
         let mut tags = self.tags.clone();
         tags.push((tag.to_string(), value.to_string()));
         let prom_prefix = if prom_segment.is_empty() {
@@ -237,7 +247,9 @@ mod tests {
     #[test]
     fn shards_sum_and_tags_follow_envoy() {
         let store = Store::new();
-        let cluster = store.root().tagged("cluster", "envoy_cluster_name", "web.1");
+        let cluster = store
+            .root()
+            .tagged("cluster", "envoy_cluster_name", "web.1");
         let a = cluster.counter("upstream_cx_total");
         let b = cluster.counter("upstream_cx_total");
         a.add(2);
@@ -255,7 +267,10 @@ mod tests {
             .unwrap();
         assert_eq!(total.value, 3);
         assert_eq!(total.prom_name, "envoy_cluster_upstream_cx_total");
-        assert_eq!(total.tags, vec![("envoy_cluster_name".into(), "web.1".into())]);
+        assert_eq!(
+            total.tags,
+            vec![("envoy_cluster_name".into(), "web.1".into())]
+        );
         assert_eq!(store.value("cluster.web.1.upstream_cx_active"), Some(0));
     }
 }

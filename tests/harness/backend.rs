@@ -40,7 +40,11 @@ fn serve(handler: impl Fn(TcpStream) + Send + Sync + 'static) -> Backend {
             std::thread::spawn(move || h(conn));
         }
     });
-    Backend { addr, stop, accepted }
+    Backend {
+        addr,
+        stop,
+        accepted,
+    }
 }
 
 /// Echoes every byte back, with a 64 KiB buffer, and half-closes after the

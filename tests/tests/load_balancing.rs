@@ -19,7 +19,11 @@ const NAMES: [&str; 3] = ["b0", "b1", "b2"];
 
 fn start(lb_policy: &str, weights: [u32; 3], lb_extra: &str, tcp_extra: &str) -> Setup {
     let backends: Vec<_> = NAMES.iter().map(|n| backend::named(n)).collect();
-    let endpoints: Vec<(SocketAddr, u32)> = backends.iter().zip(weights).map(|(b, w)| (b.addr, w)).collect();
+    let endpoints: Vec<(SocketAddr, u32)> = backends
+        .iter()
+        .zip(weights)
+        .map(|(b, w)| (b.addr, w))
+        .collect();
     let port = free_port();
     let cfg = config::tcp_proxy(
         port,
@@ -40,13 +44,20 @@ fn start(lb_policy: &str, weights: [u32; 3], lb_extra: &str, tcp_extra: &str) ->
 fn connect_from(port: u16, source: Option<Ipv4Addr>, keep: Option<&mut Vec<TcpStream>>) -> String {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     if let Some(ip) = source {
-        socket.bind(&SocketAddr::new(IpAddr::V4(ip), 0).into()).unwrap();
+        socket
+            .bind(&SocketAddr::new(IpAddr::V4(ip), 0).into())
+            .unwrap();
     }
     socket
-        .connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)).into(), Duration::from_secs(5))
+        .connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], port)).into(),
+            Duration::from_secs(5),
+        )
         .unwrap();
     let mut stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let mut name = [0u8; 3];
     stream.read_exact(&mut name).expect("backend greeting");
     if let Some(keep) = keep {
@@ -98,7 +109,12 @@ fn random_respects_weights() {
 
 #[test]
 fn least_request_balances_open_connections() {
-    let s = start("LEAST_REQUEST", [1, 1, 1], "    least_request_lb_config: { choice_count: 3 }\n", "");
+    let s = start(
+        "LEAST_REQUEST",
+        [1, 1, 1],
+        "    least_request_lb_config: { choice_count: 3 }\n",
+        "",
+    );
     let mut open = Vec::new();
     let c = counts((0..60).map(|_| connect_from(s.port, None, Some(&mut open))));
     // With every connection still open, each pick sees the active counts:
@@ -141,13 +157,19 @@ fn check_hash_policy(lb_policy: &str, extra: &str) {
     drop(s.wasp);
     let again = Wasp::start(&cfg, &["--concurrency", "2"]);
     let second = hash_mapping(port, 300, 1);
-    assert_eq!(first, second, "{lb_policy} mapping changed across a restart");
+    assert_eq!(
+        first, second,
+        "{lb_policy} mapping changed across a restart"
+    );
     drop(again);
 }
 
 #[test]
 fn ring_hash_is_stable_across_workers_and_restarts() {
-    check_hash_policy("RING_HASH", "    ring_hash_lb_config: { minimum_ring_size: 1024 }\n");
+    check_hash_policy(
+        "RING_HASH",
+        "    ring_hash_lb_config: { minimum_ring_size: 1024 }\n",
+    );
 }
 
 #[test]

@@ -34,7 +34,9 @@ fn sixty_four_mib_each_way_with_a_slow_reader_stays_bounded() {
     let baseline = wasp.rss_kib();
 
     let client = TcpStream::connect(proxy_addr(port)).unwrap();
-    client.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut writer = client.try_clone().unwrap();
     let write_thread = std::thread::spawn(move || {
         let mut buf = vec![0u8; 256 * 1024];
@@ -58,7 +60,8 @@ fn sixty_four_mib_each_way_with_a_slow_reader_stays_bounded() {
         let pid = wasp.pid();
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                let status =
+                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
                 if let Some(kib) = status
                     .lines()
                     .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -90,12 +93,18 @@ fn sixty_four_mib_each_way_with_a_slow_reader_stays_bounded() {
         if received % (1024 * 1024) < n as u64 {
             std::thread::sleep(Duration::from_millis(15));
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "transfer too slow");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "transfer too slow"
+        );
     }
     write_thread.join().unwrap();
     done.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
-    assert_eq!(received, TOTAL, "every byte comes back, then EOF (half-close both ways)");
+    assert_eq!(
+        received, TOTAL,
+        "every byte comes back, then EOF (half-close both ways)"
+    );
 
     let grown = peak.load(Ordering::Relaxed).saturating_sub(baseline);
     eprintln!("wasp RSS baseline {baseline} KiB, peak growth {grown} KiB");
@@ -117,7 +126,12 @@ fn half_close_from_the_upstream_side_reaches_the_client() {
     // FIN must reach it (it then closes), and its FIN must reach the client.
     let b = backend::named("alpha");
     let port = free_port();
-    let cfg = config::tcp_proxy(port, "          cluster: b\n", "", &config::cluster("b", "ROUND_ROBIN", &[(b.addr, 1)], ""));
+    let cfg = config::tcp_proxy(
+        port,
+        "          cluster: b\n",
+        "",
+        &config::cluster("b", "ROUND_ROBIN", &[(b.addr, 1)], ""),
+    );
     let _wasp = Wasp::start(&cfg, &[]);
     let mut c = TcpStream::connect(proxy_addr(port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -126,7 +140,8 @@ fn half_close_from_the_upstream_side_reaches_the_client() {
     assert_eq!(&line, b"alpha\n");
     c.shutdown(Shutdown::Write).unwrap();
     let mut rest = Vec::new();
-    c.read_to_end(&mut rest).expect("EOF after the backend closes");
+    c.read_to_end(&mut rest)
+        .expect("EOF after the backend closes");
     assert!(rest.is_empty());
 }
 
@@ -146,12 +161,16 @@ fn connect_failures_move_to_the_next_endpoint() {
         let mut c = TcpStream::connect(proxy_addr(port)).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut line = [0u8; 5];
-        c.read_exact(&mut line).expect("every connection reaches the live endpoint");
+        c.read_exact(&mut line)
+            .expect("every connection reaches the live endpoint");
         assert_eq!(&line, b"live\n");
     }
     assert!(wasp.stat("cluster.mixed.upstream_cx_connect_fail") >= 4);
     let (_, clusters) = wasp.get("/clusters").unwrap();
-    assert!(clusters.contains(&format!("mixed::{dead}::cx_connect_fail::")), "{clusters}");
+    assert!(
+        clusters.contains(&format!("mixed::{dead}::cx_connect_fail::")),
+        "{clusters}"
+    );
 }
 
 #[test]
@@ -164,7 +183,12 @@ fn all_endpoints_down_closes_the_client_and_logs_uf() {
         "          cluster: dead\n          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}\n",
         log.display()
     );
-    let cfg = config::tcp_proxy(port, &extra, "", &config::cluster("dead", "ROUND_ROBIN", &[(dead, 1)], ""));
+    let cfg = config::tcp_proxy(
+        port,
+        &extra,
+        "",
+        &config::cluster("dead", "ROUND_ROBIN", &[(dead, 1)], ""),
+    );
     let wasp = Wasp::start(&cfg, &[]);
     let mut c = TcpStream::connect(proxy_addr(port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -190,7 +214,12 @@ fn access_log_records_bytes_and_upstream_host() {
         "          cluster: echo\n          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}\n              log_format:\n                text_format_source:\n                  inline_string: \"%BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% %RESPONSE_FLAGS%\\n\"\n",
         log.display()
     );
-    let cfg = config::tcp_proxy(port, &extra, "", &config::cluster("echo", "ROUND_ROBIN", &[(echo.addr, 1)], ""));
+    let cfg = config::tcp_proxy(
+        port,
+        &extra,
+        "",
+        &config::cluster("echo", "ROUND_ROBIN", &[(echo.addr, 1)], ""),
+    );
     let _wasp = Wasp::start(&cfg, &[]);
     let mut c = TcpStream::connect(proxy_addr(port)).unwrap();
     c.write_all(b"hello world").unwrap();
@@ -222,7 +251,10 @@ fn idle_connections_are_closed_after_idle_timeout() {
     c.read_to_end(&mut all).expect("closed by wasp");
     let waited = started.elapsed();
     assert_eq!(all, b"idle\n");
-    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(3), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
     assert_eq!(wasp.stat("tcp.tcp.idle_timeout"), 1);
 }
 
@@ -250,7 +282,10 @@ fn weighted_clusters_split_connections() {
     }
     // Expected 100 / 300; a binomial spread of this size stays well inside.
     assert!((60..=140).contains(&counts[0]), "{counts:?}");
-    assert_eq!(wasp.stat("cluster.ca.upstream_cx_total") + wasp.stat("cluster.cb.upstream_cx_total"), 400);
+    assert_eq!(
+        wasp.stat("cluster.ca.upstream_cx_total") + wasp.stat("cluster.cb.upstream_cx_total"),
+        400
+    );
 }
 
 #[test]
@@ -273,5 +308,11 @@ fn strict_dns_cluster_resolves_names() {
         (wasp.stat("cluster.named.update_success") >= 3).then_some(())
     });
     let (_, clusters) = wasp.get("/clusters").unwrap();
-    assert!(clusters.contains(&format!("named::127.0.0.1:{}::hostname::localhost", b.addr.port())), "{clusters}");
+    assert!(
+        clusters.contains(&format!(
+            "named::127.0.0.1:{}::hostname::localhost",
+            b.addr.port()
+        )),
+        "{clusters}"
+    );
 }

@@ -39,16 +39,27 @@ fn rejects(from: &str, to: &str, path: &str, line: usize, message: &str) {
     assert!(GOOD.contains(from), "test bug: `{from}` not in config");
     let out = validate(&GOOD.replacen(from, to, 1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "accepted:\n{}", GOOD.replacen(from, to, 1));
+    assert!(
+        !out.status.success(),
+        "accepted:\n{}",
+        GOOD.replacen(from, to, 1)
+    );
     assert!(stderr.contains(path), "no path `{path}` in: {stderr}");
-    assert!(stderr.contains(&format!("line {line} ")), "no line {line} in: {stderr}");
+    assert!(
+        stderr.contains(&format!("line {line} ")),
+        "no line {line} in: {stderr}"
+    );
     assert!(stderr.contains(message), "no `{message}` in: {stderr}");
 }
 
 #[test]
 fn the_good_config_validates() {
     let out = validate(GOOD);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
 }
 
@@ -115,7 +126,10 @@ fn duplicate_listener_names_are_rejected() {
     let out = validate(&config);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("static_resources.listeners[1].name"), "{stderr}");
+    assert!(
+        stderr.contains("static_resources.listeners[1].name"),
+        "{stderr}"
+    );
     assert!(stderr.contains("duplicate listener name `l1`"), "{stderr}");
     assert!(stderr.contains("line 14 "), "{stderr}");
 }
@@ -126,7 +140,11 @@ fn duplicate_cluster_names_and_unknown_filters_are_rejected() {
     let config = GOOD.replacen("admin:", &format!("{cluster}admin:"), 1);
     let out = validate(&config);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("static_resources.clusters[1].name") && stderr.contains("duplicate cluster name `c1`"), "{stderr}");
+    assert!(
+        stderr.contains("static_resources.clusters[1].name")
+            && stderr.contains("duplicate cluster name `c1`"),
+        "{stderr}"
+    );
 
     rejects(
         "tcp_proxy.v3.TcpProxy",
@@ -167,7 +185,11 @@ admin:
 "#;
     for (form, config) in [("v2", v2), ("v3", GOOD)] {
         let out = validate(config);
-        assert!(out.status.success(), "{form}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{form}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // And the TypedStruct wrapper.
     let typed_struct = GOOD.replacen(
@@ -177,7 +199,11 @@ admin:
     );
     assert!(typed_struct.contains("TypedStruct"));
     let out = validate(&typed_struct);
-    assert!(out.status.success(), "TypedStruct: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "TypedStruct: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -186,5 +212,8 @@ fn validate_binds_nothing() {
     let out = validate(GOOD);
     assert!(out.status.success());
     let out = validate(&GOOD.replace("port_value: 10000", "port_value: 1"));
-    assert!(out.status.success(), "a privileged port is only a problem when binding");
+    assert!(
+        out.status.success(),
+        "a privileged port is only a problem when binding"
+    );
 }

@@ -22,7 +22,10 @@ pub enum JsonField {
 #[derive(Debug, Clone)]
 pub enum Segment {
     Literal(String),
-    Operator { op: Operator, max_len: Option<usize> },
+    Operator {
+        op: Operator,
+        max_len: Option<usize>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +94,9 @@ impl Format {
     }
 }
 
-fn json_fields(map: &serde_json::Map<String, serde_json::Value>) -> Result<Vec<(String, JsonField)>, String> {
+fn json_fields(
+    map: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<(String, JsonField)>, String> {
     map.iter()
         .map(|(k, v)| {
             let field = match v {
@@ -117,9 +122,9 @@ fn json_object(fields: &[(String, JsonField)], info: &StreamInfo) -> serde_json:
                 // value as null, as Envoy's JSON formatter does.
                 match segments.as_slice() {
                     [Segment::Operator { .. }] if s == "-" => serde_json::Value::Null,
-                    [Segment::Operator { op, .. }] if is_numeric(op) => {
-                        s.parse::<u64>().map_or(serde_json::Value::String(s), Into::into)
-                    }
+                    [Segment::Operator { op, .. }] if is_numeric(op) => s
+                        .parse::<u64>()
+                        .map_or(serde_json::Value::String(s), Into::into),
                     _ => serde_json::Value::String(s),
                 }
             }
@@ -180,8 +185,17 @@ fn operator_end(s: &str) -> Option<usize> {
 
 fn operator(token: &str) -> Result<(Operator, Option<usize>), String> {
     let (body, max_len) = match token.rfind(':') {
-        Some(i) if token[i + 1..].chars().all(|c| c.is_ascii_digit()) && token[..i].ends_with(')') => {
-            (&token[..i], Some(token[i + 1..].parse().map_err(|_| format!("bad length in %{token}%"))?))
+        Some(i)
+            if token[i + 1..].chars().all(|c| c.is_ascii_digit()) && token[..i].ends_with(')') =>
+        {
+            (
+                &token[..i],
+                Some(
+                    token[i + 1..]
+                        .parse()
+                        .map_err(|_| format!("bad length in %{token}%"))?,
+                ),
+            )
         }
         _ => (token, None),
     };
@@ -200,8 +214,11 @@ fn operator(token: &str) -> Result<(Operator, Option<usize>), String> {
         "UPSTREAM_HOST" => Operator::UpstreamHost,
         "UPSTREAM_CLUSTER" => Operator::UpstreamCluster,
         "UPSTREAM_LOCAL_ADDRESS" => Operator::UpstreamLocalAddress,
-        "DOWNSTREAM_REMOTE_ADDRESS" | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => Operator::DownstreamRemoteAddress,
-        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => {
+        "DOWNSTREAM_REMOTE_ADDRESS" | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => {
+            Operator::DownstreamRemoteAddress
+        }
+        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT"
+        | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => {
             Operator::DownstreamRemoteAddressWithoutPort
         }
         "DOWNSTREAM_LOCAL_ADDRESS" => Operator::DownstreamLocalAddress,
@@ -236,7 +253,9 @@ fn render_segments(segments: &[Segment], info: &StreamInfo, out: &mut String) {
 
 fn render_operator(op: &Operator, info: &StreamInfo, out: &mut String) {
     let _ = match op {
-        Operator::StartTime(None) => write!(out, "{}", humantime::format_rfc3339_millis(info.start_time)),
+        Operator::StartTime(None) => {
+            write!(out, "{}", humantime::format_rfc3339_millis(info.start_time))
+        }
         Operator::StartTime(Some(f)) => {
             strftime(f, info.start_time, out);
             Ok(())
@@ -256,9 +275,13 @@ fn render_operator(op: &Operator, info: &StreamInfo, out: &mut String) {
             None => out.write_str("-"),
         },
         Operator::DownstreamRemoteAddress => write!(out, "{}", info.downstream_remote),
-        Operator::DownstreamRemoteAddressWithoutPort => write!(out, "{}", info.downstream_remote.ip()),
+        Operator::DownstreamRemoteAddressWithoutPort => {
+            write!(out, "{}", info.downstream_remote.ip())
+        }
         Operator::DownstreamLocalAddress => write!(out, "{}", info.downstream_local),
-        Operator::DownstreamLocalAddressWithoutPort => write!(out, "{}", info.downstream_local.ip()),
+        Operator::DownstreamLocalAddressWithoutPort => {
+            write!(out, "{}", info.downstream_local.ip())
+        }
         Operator::ConnectionId => write!(out, "{}", info.connection_id),
         Operator::Hostname => out.write_str(hostname()),
         Operator::Protocol | Operator::Header | Operator::Unavailable => out.write_str("-"),
@@ -354,7 +377,11 @@ mod tests {
     use std::time::Duration;
 
     fn info() -> StreamInfo {
-        let mut i = StreamInfo::new(7, "10.0.0.1:5555".parse().unwrap(), "127.0.0.1:10000".parse().unwrap());
+        let mut i = StreamInfo::new(
+            7,
+            "10.0.0.1:5555".parse().unwrap(),
+            "127.0.0.1:10000".parse().unwrap(),
+        );
         i.start_time = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         i.bytes_received = 10;
         i.bytes_sent = 20;
@@ -386,8 +413,10 @@ mod tests {
 
     #[test]
     fn json_format_types_numbers() {
-        let map: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(r#"{"sent":"%BYTES_SENT%","host":"%UPSTREAM_HOST%","path":"%REQ(:PATH)%"}"#).unwrap();
+        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+            r#"{"sent":"%BYTES_SENT%","host":"%UPSTREAM_HOST%","path":"%REQ(:PATH)%"}"#,
+        )
+        .unwrap();
         let line = Format::json(&map).unwrap().render(&info());
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["sent"], 20);

@@ -24,7 +24,11 @@ pub struct StreamInfo {
 }
 
 impl StreamInfo {
-    pub fn new(connection_id: u64, downstream_remote: SocketAddr, downstream_local: SocketAddr) -> Self {
+    pub fn new(
+        connection_id: u64,
+        downstream_remote: SocketAddr,
+        downstream_local: SocketAddr,
+    ) -> Self {
         StreamInfo {
             start_time: SystemTime::now(),
             start: Instant::now(),

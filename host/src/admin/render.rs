@@ -61,7 +61,9 @@ pub fn prometheus(samples: &[Sample]) -> String {
 }
 
 fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// `/clusters`: Envoy's `cluster::endpoint::stat::value` lines.
@@ -92,7 +94,11 @@ pub fn clusters_text(clusters: &ClusterManager) -> String {
 }
 
 fn health_flags(e: &crate::cluster::Endpoint) -> &'static str {
-    if e.is_healthy() { "healthy" } else { "/failed_active_hc" }
+    if e.is_healthy() {
+        "healthy"
+    } else {
+        "/failed_active_hc"
+    }
 }
 
 fn endpoint_counters(e: &crate::cluster::Endpoint) -> [(&'static str, u64); 8] {
@@ -154,7 +160,10 @@ pub fn config_dump(config: &Value, loaded: SystemTime) -> Value {
                     .map(|item| {
                         let mut item = item.clone();
                         if let Value::Object(m) = &mut item {
-                            m.insert("@type".into(), json!(format!("type.googleapis.com/envoy.config.{ty}")));
+                            m.insert(
+                                "@type".into(),
+                                json!(format!("type.googleapis.com/envoy.config.{ty}")),
+                            );
                         }
                         json!({ wrap: item, "last_updated": when })
                     })

@@ -93,10 +93,14 @@ mod tests {
 
     #[test]
     fn lookup_family_filters_answers() {
-        let found: Vec<SocketAddr> = vec!["[::1]:80".parse().unwrap(), "127.0.0.1:80".parse().unwrap()];
+        let found: Vec<SocketAddr> =
+            vec!["[::1]:80".parse().unwrap(), "127.0.0.1:80".parse().unwrap()];
         assert_eq!(pick(found.clone(), DnsLookupFamily::V4Only), vec![found[1]]);
         assert_eq!(pick(found.clone(), DnsLookupFamily::Auto), vec![found[0]]);
-        assert_eq!(pick(found.clone(), DnsLookupFamily::V4Preferred), vec![found[1]]);
+        assert_eq!(
+            pick(found.clone(), DnsLookupFamily::V4Preferred),
+            vec![found[1]]
+        );
         assert_eq!(pick(found.clone(), DnsLookupFamily::All).len(), 2);
     }
 }

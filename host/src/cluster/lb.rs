@@ -22,10 +22,18 @@ pub use ring_hash::Ring;
 #[derive(Debug, Clone)]
 pub enum LbSettings {
     RoundRobin,
-    LeastRequest { choice_count: u32, active_request_bias: f64 },
+    LeastRequest {
+        choice_count: u32,
+        active_request_bias: f64,
+    },
     Random,
-    RingHash { minimum_ring_size: u64, maximum_ring_size: u64 },
-    Maglev { table_size: u64 },
+    RingHash {
+        minimum_ring_size: u64,
+        maximum_ring_size: u64,
+    },
+    Maglev {
+        table_size: u64,
+    },
 }
 
 impl LbSettings {
@@ -119,11 +127,13 @@ impl LoadBalancer {
                 active_request_bias,
             } => least_request::choose(set, *choice_count, *active_request_bias, &mut self.rng),
             LbSettings::Random => random::choose(set, &mut self.rng),
-            LbSettings::RingHash { .. } | LbSettings::Maglev { .. } => match (cx.hash, &set.table) {
-                (Some(hash), Some(table)) => Some(table.lookup(hash)),
-                // No key: Envoy picks at random.
-                _ => random::choose(set, &mut self.rng),
-            },
+            LbSettings::RingHash { .. } | LbSettings::Maglev { .. } => {
+                match (cx.hash, &set.table) {
+                    (Some(hash), Some(table)) => Some(table.lookup(hash)),
+                    // No key: Envoy picks at random.
+                    _ => random::choose(set, &mut self.rng),
+                }
+            }
         }
     }
 }

@@ -1,8 +1,8 @@
-use serde::de::Deserializer;
 use serde::Deserialize;
+use serde::de::Deserializer;
 
-use super::extension::{unsupported, Extensions};
 use super::DataSourceConfig;
+use super::extension::{Extensions, unsupported};
 
 /// The access loggers wasp has.
 #[derive(Debug, Clone)]
@@ -61,8 +61,12 @@ impl Extensions for AccessLogConfig {
     fn from_type<'de, D: Deserializer<'de>>(type_name: &str, d: D) -> Result<Self, D::Error> {
         match TYPES.iter().position(|t| *t == type_name) {
             Some(0 | 1) => Ok(AccessLogConfig::File(FileAccessLogConfig::deserialize(d)?)),
-            Some(2) => Ok(AccessLogConfig::Stdout(StreamAccessLogConfig::deserialize(d)?)),
-            Some(_) => Ok(AccessLogConfig::Stderr(StreamAccessLogConfig::deserialize(d)?)),
+            Some(2) => Ok(AccessLogConfig::Stdout(StreamAccessLogConfig::deserialize(
+                d,
+            )?)),
+            Some(_) => Ok(AccessLogConfig::Stderr(StreamAccessLogConfig::deserialize(
+                d,
+            )?)),
             None => Err(unsupported(Self::KIND, type_name, TYPES)),
         }
     }

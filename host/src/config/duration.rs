@@ -1,7 +1,7 @@
 use std::fmt;
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 /// A protobuf `Duration` as Envoy's YAML spells it: `"0.25s"`, `"3s"`, or
 /// `{seconds: 3, nanos: 0}`. The units `ms`, `us`, `m` and `h` are accepted
@@ -30,7 +30,11 @@ impl Duration {
             "ns" => value / 1e9,
             "m" => value * 60.0,
             "h" => value * 3600.0,
-            _ => return Err(format!("invalid duration `{s}`: unknown unit `{unit}` (use s, ms, us, ns, m or h)")),
+            _ => {
+                return Err(format!(
+                    "invalid duration `{s}`: unknown unit `{unit}` (use s, ms, us, ns, m or h)"
+                ));
+            }
         };
         if !seconds.is_finite() || seconds > 315_576_000_000.0 {
             return Err(format!("duration `{s}` is out of range"));

@@ -10,9 +10,9 @@
 use std::fmt;
 use std::marker::PhantomData;
 
+use serde::Deserialize;
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
-use serde::Deserialize;
 
 /// A family of extensions (network filters, access loggers, ...) that can be
 /// chosen by proto type name or, in v2 configs, by filter name.

@@ -1,7 +1,7 @@
-use serde::de::Deserializer;
 use serde::Deserialize;
+use serde::de::Deserializer;
 
-use super::extension::{unsupported, Empty, Extensions};
+use super::extension::{Empty, Extensions, unsupported};
 use super::{DataSourceConfig, TcpProxyConfig};
 
 /// The network filters wasp has, by config.
@@ -21,12 +21,24 @@ pub struct DirectResponseConfig {
 }
 
 const TYPES: &[(&str, &str)] = &[
-    ("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "tcp_proxy"),
-    ("envoy.config.filter.network.tcp_proxy.v2.TcpProxy", "tcp_proxy"),
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "tcp_proxy",
+    ),
+    (
+        "envoy.config.filter.network.tcp_proxy.v2.TcpProxy",
+        "tcp_proxy",
+    ),
     ("envoy.extensions.filters.network.echo.v3.Echo", "echo"),
     ("envoy.config.filter.network.echo.v2.Echo", "echo"),
-    ("envoy.extensions.filters.network.direct_response.v3.Config", "direct_response"),
-    ("envoy.config.filter.network.direct_response.v2.Config", "direct_response"),
+    (
+        "envoy.extensions.filters.network.direct_response.v3.Config",
+        "direct_response",
+    ),
+    (
+        "envoy.config.filter.network.direct_response.v2.Config",
+        "direct_response",
+    ),
 ];
 
 const NAMES: &[(&str, &str)] = &[
@@ -53,7 +65,9 @@ impl NetworkFilterConfig {
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            NetworkFilterConfig::TcpProxy(_) | NetworkFilterConfig::Echo | NetworkFilterConfig::DirectResponse(_)
+            NetworkFilterConfig::TcpProxy(_)
+                | NetworkFilterConfig::Echo
+                | NetworkFilterConfig::DirectResponse(_)
         )
     }
 }

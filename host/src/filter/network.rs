@@ -42,9 +42,9 @@ impl NetworkFilterSettings {
     ) -> Result<Self, ValidationError> {
         let at = join(path, "typed_config");
         Ok(match &config.config {
-            NetworkFilterConfig::TcpProxy(c) => {
-                NetworkFilterSettings::TcpProxy(Arc::new(TcpProxySettings::validate(c, &at, clusters)?))
-            }
+            NetworkFilterConfig::TcpProxy(c) => NetworkFilterSettings::TcpProxy(Arc::new(
+                TcpProxySettings::validate(c, &at, clusters)?,
+            )),
             NetworkFilterConfig::Echo => NetworkFilterSettings::Echo,
             NetworkFilterConfig::DirectResponse(c) => {
                 let bytes = match &c.response {
@@ -85,9 +85,9 @@ impl FilterFactory {
     /// This worker's instance.
     pub fn instantiate(&self, clusters: &WorkerClusters, stats: &Scope) -> TerminalFilter {
         match self {
-            FilterFactory::TcpProxy { settings, logs } => {
-                TerminalFilter::TcpProxy(Rc::new(TcpProxy::new(settings.clone(), logs.clone(), clusters, stats)))
-            }
+            FilterFactory::TcpProxy { settings, logs } => TerminalFilter::TcpProxy(Rc::new(
+                TcpProxy::new(settings.clone(), logs.clone(), clusters, stats),
+            )),
             FilterFactory::Echo => TerminalFilter::Echo,
             FilterFactory::DirectResponse(b) => TerminalFilter::DirectResponse(b.clone()),
         }

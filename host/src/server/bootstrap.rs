@@ -61,7 +61,10 @@ impl Bootstrap {
             None => None,
             Some(a) => {
                 let Some(sa) = &a.address.socket_address else {
-                    return Err(ValidationError::new("admin.address", "admin needs a socket_address"));
+                    return Err(ValidationError::new(
+                        "admin.address",
+                        "admin needs a socket_address",
+                    ));
                 };
                 let ip: IpAddr = sa.address.parse().map_err(|_| {
                     ValidationError::new(
@@ -83,6 +86,7 @@ impl Bootstrap {
     /// Parses and validates `text`, placing any error in it.
     pub fn load(text: &str, origin: &str) -> Result<Bootstrap, ConfigError> {
         let config = crate::config::parse(text, origin)?;
-        Bootstrap::validate(&config).map_err(|e| ConfigError::invalid(origin, &SourceMap::new(text), e))
+        Bootstrap::validate(&config)
+            .map_err(|e| ConfigError::invalid(origin, &SourceMap::new(text), e))
     }
 }

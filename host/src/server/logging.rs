@@ -43,7 +43,10 @@ pub fn init(level: LevelFilter, path: Option<&std::path::Path>) -> std::io::Resu
     let fmt = tracing_subscriber::fmt::layer().with_thread_names(true);
     let result = match path {
         Some(p) => {
-            let file = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?;
             tracing_subscriber::registry()
                 .with(filter)
                 .with(fmt.with_ansi(false).with_writer(Arc::new(file)))

@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use super::{hash_key, Endpoint};
+use super::{Endpoint, hash_key};
 
 /// RING_HASH (Ketama-style) as Envoy builds it: each endpoint gets a number
 /// of points proportional to its weight, scaled so the smallest weight still

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{io, Downstream};
+use super::{Downstream, io};
 
 /// How long to wait for the client's own close after ours. Closing with
 /// unread input makes the kernel send RST, which can destroy the response

@@ -4,10 +4,18 @@ use std::cell::Cell;
 
 use tokio::time::Instant;
 
-use super::{io, Downstream};
+use super::{Downstream, io};
 
 pub async fn serve(d: Downstream) {
     let activity = Cell::new(Instant::now());
     let copied = Cell::new(0);
-    let _ = io::pump(&d.stream, &d.stream, d.buffer_limit, &activity, &copied, &[]).await;
+    let _ = io::pump(
+        &d.stream,
+        &d.stream,
+        d.buffer_limit,
+        &activity,
+        &copied,
+        &[],
+    )
+    .await;
 }

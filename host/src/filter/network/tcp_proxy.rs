@@ -43,11 +43,13 @@ impl TcpProxySettings {
         known: &HashSet<String>,
     ) -> Result<Self, ValidationError> {
         if c.stat_prefix.is_empty() {
-            return Err(ValidationError::new(join(path, "stat_prefix"), "stat_prefix must not be empty"));
+            return Err(ValidationError::new(
+                join(path, "stat_prefix"),
+                "stat_prefix must not be empty",
+            ));
         }
-        let unknown = |at: String, name: &str| {
-            ValidationError::new(at, format!("unknown cluster `{name}`"))
-        };
+        let unknown =
+            |at: String, name: &str| ValidationError::new(at, format!("unknown cluster `{name}`"));
         let clusters = match (&c.cluster, &c.weighted_clusters) {
             (Some(name), None) => {
                 if !known.contains(name) {
@@ -58,7 +60,10 @@ impl TcpProxySettings {
             (None, Some(w)) => {
                 let base = join(&join(path, "weighted_clusters"), "clusters");
                 if w.clusters.is_empty() {
-                    return Err(ValidationError::new(base, "at least one cluster is required"));
+                    return Err(ValidationError::new(
+                        base,
+                        "at least one cluster is required",
+                    ));
                 }
                 for (i, wc) in w.clusters.iter().enumerate() {
                     if !known.contains(&wc.name) {
@@ -66,9 +71,15 @@ impl TcpProxySettings {
                     }
                 }
                 if w.clusters.iter().all(|wc| wc.weight == 0) {
-                    return Err(ValidationError::new(base, "cluster weights must not all be zero"));
+                    return Err(ValidationError::new(
+                        base,
+                        "cluster weights must not all be zero",
+                    ));
                 }
-                w.clusters.iter().map(|wc| (wc.name.clone(), wc.weight)).collect()
+                w.clusters
+                    .iter()
+                    .map(|wc| (wc.name.clone(), wc.weight))
+                    .collect()
             }
             (Some(_), Some(_)) => {
                 return Err(ValidationError::new(
@@ -159,7 +170,8 @@ impl TcpProxy {
                 downstream_cx_rx_bytes_total: scope.counter("downstream_cx_rx_bytes_total"),
                 downstream_cx_tx_bytes_total: scope.counter("downstream_cx_tx_bytes_total"),
                 idle_timeout: scope.counter("idle_timeout"),
-                max_downstream_connection_duration: scope.counter("max_downstream_connection_duration"),
+                max_downstream_connection_duration: scope
+                    .counter("max_downstream_connection_duration"),
             },
             settings,
             rng: RefCell::new(fastrand::Rng::new()),
@@ -212,7 +224,8 @@ impl TcpProxy {
                 }
                 Err(e) => {
                     tracing::debug!(cluster = %cluster_name, error = %e, "upstream connect failed");
-                    info.response_flags.set(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+                    info.response_flags
+                        .set(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
                 }
             }
         }
@@ -232,8 +245,14 @@ impl TcpProxy {
 
         let activity = Cell::new(Instant::now());
         let (rx, tx) = (Cell::new(0u64), Cell::new(0u64));
-        let upstream_counters = [&self.stats.downstream_cx_rx_bytes_total, &cs.upstream_cx_tx_bytes_total];
-        let downstream_counters = [&self.stats.downstream_cx_tx_bytes_total, &cs.upstream_cx_rx_bytes_total];
+        let upstream_counters = [
+            &self.stats.downstream_cx_rx_bytes_total,
+            &cs.upstream_cx_tx_bytes_total,
+        ];
+        let downstream_counters = [
+            &self.stats.downstream_cx_tx_bytes_total,
+            &cs.upstream_cx_rx_bytes_total,
+        ];
         let copy = async {
             tokio::try_join!(
                 io::pump(

