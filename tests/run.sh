@@ -27,4 +27,11 @@ step "build"
 cargo build --workspace --bins
 
 step "tests"
-cargo test --workspace
+# Doc tests are off (--all-targets): the crates document with prose, and a
+# closing "0 passed" from an empty doc-test run would hide the real count.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --all-targets 2>&1 | tee "$log"
+echo
+awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "all suites: %d passed, %d failed\n", p, f }' "$log"

@@ -35,7 +35,7 @@ pub use duration::Duration;
 pub use error::{ConfigError, ValidationError};
 pub use extension::{Extension, Extensions, TypedConfig, proto_name};
 pub use listener::{FilterChainConfig, ListenerConfig, TrafficDirection};
-pub use network_filter::{DirectResponseConfig, NetworkFilterConfig};
+pub use network_filter::{ConnectionLimitConfig, DirectResponseConfig, NetworkFilterConfig};
 pub use source_map::SourceMap;
 
 /// Building YAML paths the way serde reports them (`a.b[2].c`).

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use crate::access_log::StreamInfo;
 use crate::config::path::{index, join};
 use crate::config::{ListenerConfig, ValidationError};
-use crate::filter::network::{Downstream, FilterFactory, NetworkFilterSettings, TerminalFilter};
+use crate::filter::network::{FilterFactory, NetworkFilterSettings, WorkerChain};
 use crate::stats::{Counter, Gauge, Scope};
 
 const DEFAULT_BUFFER_LIMIT: u32 = 1024 * 1024;
@@ -195,7 +195,7 @@ struct ListenerStats {
 /// One worker's view of one listener.
 pub struct WorkerListener {
     pub listener: tokio::net::TcpListener,
-    pub filter: TerminalFilter,
+    pub chain: Rc<WorkerChain>,
     pub buffer_limit: usize,
     stats: Rc<ListenerStats>,
 }
@@ -204,7 +204,7 @@ impl WorkerListener {
     pub fn new(
         listener: tokio::net::TcpListener,
         settings: &ListenerSettings,
-        filter: TerminalFilter,
+        chain: WorkerChain,
         worker: usize,
         stats: &Scope,
     ) -> Self {
@@ -217,7 +217,7 @@ impl WorkerListener {
         );
         WorkerListener {
             listener,
-            filter,
+            chain: Rc::new(chain),
             buffer_limit: settings.buffer_limit as usize,
             stats: Rc::new(ListenerStats {
                 downstream_cx_total: scope.counter("downstream_cx_total"),
@@ -267,14 +267,10 @@ impl WorkerListener {
                 active: active.clone(),
                 stats: self.stats.clone(),
             };
-            let downstream = Downstream {
-                stream,
-                info: StreamInfo::new(ids.next(), peer, local),
-                buffer_limit: self.buffer_limit,
-            };
-            let filter = self.filter.clone();
+            let info = StreamInfo::new(ids.next(), peer, local);
+            let (chain, buffer_limit) = (self.chain.clone(), self.buffer_limit);
             tokio::task::spawn_local(async move {
-                filter.serve(downstream).await;
+                chain.serve(stream, info, buffer_limit).await;
                 drop(guard);
             });
         }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::cluster::{ClusterManager, WorkerClusters};
+use crate::filter::network::WorkerChain;
 use crate::listener::{ActiveConnections, ConnectionIds, ListenerFactory, WorkerListener};
 use crate::stats::Store;
 
@@ -65,17 +66,12 @@ async fn serve(setup: WorkerSetup) {
                 continue;
             }
         };
-        // A chain has exactly one filter today: the terminal one.
-        let Some(filter) = factory.filters.last() else {
+        // Validation guarantees a terminal filter last.
+        let Some(chain) = WorkerChain::new(&factory.filters, &clusters, &root) else {
             continue;
         };
-        let worker_listener = WorkerListener::new(
-            listener,
-            &factory.settings,
-            filter.instantiate(&clusters, &root),
-            setup.index,
-            &root,
-        );
+        let worker_listener =
+            WorkerListener::new(listener, &factory.settings, chain, setup.index, &root);
         accept_loops.push(tokio::task::spawn_local(worker_listener.run(
             active.clone(),
             ids.clone(),

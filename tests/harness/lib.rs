@@ -148,11 +148,13 @@ impl Proxy {
             // would make them collide.
             cmd.arg("--disable-hot-restart");
         }
+        // Start-up errors go to stderr, before any log file is open.
+        let stderr = std::fs::File::create(dir.join("stderr")).expect("create stderr file");
         let child = cmd
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn proxy");
         let mut proxy = Proxy {
@@ -187,9 +189,10 @@ impl Proxy {
         self.child.as_ref().expect("running").id()
     }
 
-    /// The proxy's own log so far.
+    /// The proxy's own log so far, after whatever it wrote to stderr.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("proxy.log")).unwrap_or_default()
+        let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
+        read("stderr") + &read("proxy.log")
     }
 
     /// GET on the admin interface: (status, body).

@@ -2,7 +2,7 @@ use serde::Deserialize;
 use serde::de::Deserializer;
 
 use super::extension::{Empty, Extensions, unsupported};
-use super::{DataSourceConfig, TcpProxyConfig};
+use super::{DataSourceConfig, Duration, TcpProxyConfig};
 
 /// The network filters wasp has, by config.
 #[derive(Debug, Clone)]
@@ -10,6 +10,16 @@ pub enum NetworkFilterConfig {
     TcpProxy(TcpProxyConfig),
     Echo,
     DirectResponse(DirectResponseConfig),
+    ConnectionLimit(ConnectionLimitConfig),
+}
+
+/// `envoy.filters.network.connection_limit`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionLimitConfig {
+    pub stat_prefix: String,
+    pub max_connections: u64,
+    pub delay: Option<Duration>,
 }
 
 /// `envoy.filters.network.direct_response`: writes a fixed response, then
@@ -39,6 +49,10 @@ const TYPES: &[(&str, &str)] = &[
         "envoy.config.filter.network.direct_response.v2.Config",
         "direct_response",
     ),
+    (
+        "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
+        "connection_limit",
+    ),
 ];
 
 const NAMES: &[(&str, &str)] = &[
@@ -47,6 +61,7 @@ const NAMES: &[(&str, &str)] = &[
     ("envoy.filters.network.echo", "echo"),
     ("envoy.echo", "echo"),
     ("envoy.filters.network.direct_response", "direct_response"),
+    ("envoy.filters.network.connection_limit", "connection_limit"),
 ];
 
 impl NetworkFilterConfig {
@@ -56,6 +71,9 @@ impl NetworkFilterConfig {
             "echo" => {
                 Empty::deserialize(d)?;
                 NetworkFilterConfig::Echo
+            }
+            "connection_limit" => {
+                NetworkFilterConfig::ConnectionLimit(ConnectionLimitConfig::deserialize(d)?)
             }
             _ => NetworkFilterConfig::DirectResponse(DirectResponseConfig::deserialize(d)?),
         })

@@ -1,16 +1,21 @@
 //! Network (L4) filters.
 //!
-//! A listener's filter chain ends in a terminal filter that owns the
-//! downstream connection: tcp_proxy, echo or direct_response. Each has three
-//! forms: the validated settings (pure data, checked by `--mode validate`), a
-//! factory built once on the main thread (opening access logs), and a
-//! per-worker instance holding that worker's cluster handles and stat shards.
+//! A listener's filter chain is zero or more non-terminal filters
+//! ([`chain::NetworkFilter`]: connection_limit, and later wasm) followed by
+//! one terminal filter that owns the connection: tcp_proxy, echo or
+//! direct_response. Each filter has three forms: validated settings (pure
+//! data, all `--mode validate` needs), a factory built once on the main
+//! thread (opening access logs, creating cross-worker counters), and what
+//! each worker instantiates from it (cluster handles, stat shards).
 
+pub mod chain;
+pub mod connection_limit;
 pub mod direct_response;
 pub mod echo;
 pub mod io;
 pub mod tcp_proxy;
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -24,6 +29,11 @@ use crate::config::path::join;
 use crate::config::{Extension, NetworkFilterConfig, ValidationError};
 use crate::stats::Scope;
 
+use chain::{FilterChain, NetworkFilter};
+use connection_limit::{
+    ConnectionLimit, ConnectionLimitSettings, ConnectionLimitStats, SharedCount,
+};
+
 pub use tcp_proxy::{TcpProxy, TcpProxySettings};
 
 /// A validated network filter.
@@ -32,6 +42,7 @@ pub enum NetworkFilterSettings {
     TcpProxy(Arc<TcpProxySettings>),
     Echo,
     DirectResponse(Bytes),
+    ConnectionLimit(ConnectionLimitSettings),
 }
 
 impl NetworkFilterSettings {
@@ -55,6 +66,9 @@ impl NetworkFilterSettings {
                 };
                 NetworkFilterSettings::DirectResponse(bytes.into())
             }
+            NetworkFilterConfig::ConnectionLimit(c) => {
+                NetworkFilterSettings::ConnectionLimit(ConnectionLimitSettings::validate(c, &at)?)
+            }
         })
     }
 }
@@ -67,10 +81,15 @@ pub enum FilterFactory {
     },
     Echo,
     DirectResponse(Bytes),
+    ConnectionLimit {
+        settings: ConnectionLimitSettings,
+        count: Arc<SharedCount>,
+    },
 }
 
 impl FilterFactory {
-    /// Opens what the filter needs once per process (access log files).
+    /// Creates what the filter shares across workers (access log files,
+    /// counters).
     pub fn build(settings: &NetworkFilterSettings) -> std::io::Result<Self> {
         Ok(match settings {
             NetworkFilterSettings::TcpProxy(s) => FilterFactory::TcpProxy {
@@ -79,17 +98,31 @@ impl FilterFactory {
             },
             NetworkFilterSettings::Echo => FilterFactory::Echo,
             NetworkFilterSettings::DirectResponse(b) => FilterFactory::DirectResponse(b.clone()),
+            NetworkFilterSettings::ConnectionLimit(s) => FilterFactory::ConnectionLimit {
+                settings: s.clone(),
+                count: Arc::default(),
+            },
         })
     }
+}
 
-    /// This worker's instance.
-    pub fn instantiate(&self, clusters: &WorkerClusters, stats: &Scope) -> TerminalFilter {
+/// A worker's per-connection maker of one non-terminal filter.
+enum WorkerFilter {
+    ConnectionLimit {
+        settings: ConnectionLimitSettings,
+        count: Arc<SharedCount>,
+        stats: ConnectionLimitStats,
+    },
+}
+
+impl WorkerFilter {
+    fn new_filter(&self) -> Box<dyn NetworkFilter> {
         match self {
-            FilterFactory::TcpProxy { settings, logs } => TerminalFilter::TcpProxy(Rc::new(
-                TcpProxy::new(settings.clone(), logs.clone(), clusters, stats),
-            )),
-            FilterFactory::Echo => TerminalFilter::Echo,
-            FilterFactory::DirectResponse(b) => TerminalFilter::DirectResponse(b.clone()),
+            WorkerFilter::ConnectionLimit {
+                settings,
+                count,
+                stats,
+            } => Box::new(ConnectionLimit::new(settings, count.clone(), stats.clone())),
         }
     }
 }
@@ -102,21 +135,147 @@ pub enum TerminalFilter {
     DirectResponse(Bytes),
 }
 
-/// An accepted downstream connection, as filters see it.
-pub struct Downstream {
-    pub stream: TcpStream,
-    pub info: StreamInfo,
-    /// The listener's per_connection_buffer_limit_bytes.
-    pub buffer_limit: usize,
+/// One listener's filter chain as a worker runs it.
+pub struct WorkerChain {
+    filters: Vec<WorkerFilter>,
+    terminal: TerminalFilter,
 }
 
-impl TerminalFilter {
-    /// Serves the connection until it closes.
-    pub async fn serve(&self, downstream: Downstream) {
-        match self {
-            TerminalFilter::TcpProxy(p) => p.serve(downstream).await,
+impl WorkerChain {
+    /// Instantiates `factories` (validated: non-terminal filters, then one
+    /// terminal filter) for one worker.
+    pub fn new(
+        factories: &[FilterFactory],
+        clusters: &WorkerClusters,
+        stats: &Scope,
+    ) -> Option<Self> {
+        let (last, rest) = factories.split_last()?;
+        let filters = rest
+            .iter()
+            .filter_map(|f| match f {
+                FilterFactory::ConnectionLimit { settings, count } => {
+                    Some(WorkerFilter::ConnectionLimit {
+                        stats: ConnectionLimitStats::new(settings, stats),
+                        settings: settings.clone(),
+                        count: count.clone(),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        let terminal = match last {
+            FilterFactory::TcpProxy { settings, logs } => TerminalFilter::TcpProxy(Rc::new(
+                TcpProxy::new(settings.clone(), logs.clone(), clusters, stats),
+            )),
+            FilterFactory::Echo => TerminalFilter::Echo,
+            FilterFactory::DirectResponse(b) => TerminalFilter::DirectResponse(b.clone()),
+            FilterFactory::ConnectionLimit { .. } => return None,
+        };
+        Some(WorkerChain { filters, terminal })
+    }
+
+    /// Serves an accepted connection until it closes.
+    pub async fn serve(&self, stream: TcpStream, info: StreamInfo, buffer_limit: usize) {
+        let chain = if self.filters.is_empty() {
+            None
+        } else {
+            let mut chain =
+                FilterChain::new(self.filters.iter().map(WorkerFilter::new_filter).collect());
+            if !chain.on_new_connection() {
+                if let Some(delay) = chain.close_delay() {
+                    tokio::time::sleep(delay).await;
+                }
+                return;
+            }
+            Some(RefCell::new(chain))
+        };
+        let downstream = Downstream {
+            stream,
+            buffer_limit,
+            chain,
+            read_eof: Cell::new(false),
+        };
+        match &self.terminal {
+            TerminalFilter::TcpProxy(p) => p.serve(downstream, info).await,
             TerminalFilter::Echo => echo::serve(downstream).await,
             TerminalFilter::DirectResponse(b) => direct_response::serve(downstream, b).await,
         }
+    }
+}
+
+/// An accepted downstream connection as the terminal filter sees it: reads
+/// and writes pass through the connection's non-terminal filters, if any.
+pub struct Downstream {
+    pub stream: TcpStream,
+    /// The listener's per_connection_buffer_limit_bytes.
+    pub buffer_limit: usize,
+    chain: Option<RefCell<FilterChain>>,
+    read_eof: Cell<bool>,
+}
+
+fn closed_by_filter() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        "closed by a network filter",
+    )
+}
+
+impl io::Source for Downstream {
+    async fn readable(&self) -> std::io::Result<()> {
+        match &self.chain {
+            Some(c) if c.borrow().has_read() => Ok(()),
+            _ => self.stream.readable().await,
+        }
+    }
+
+    async fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(chain) = &self.chain else {
+            return io::Source::read(&self.stream, buf).await;
+        };
+        loop {
+            {
+                let mut c = chain.borrow_mut();
+                let n = c.take_read(buf);
+                if n > 0 {
+                    return Ok(n);
+                }
+                if c.is_closed() {
+                    return Err(closed_by_filter());
+                }
+                if self.read_eof.get() {
+                    return Ok(0);
+                }
+            }
+            // `buf` doubles as the scratch space for the raw read.
+            let n = io::Source::read(&self.stream, buf).await?;
+            self.read_eof.set(n == 0);
+            chain.borrow_mut().on_data(&buf[..n], n == 0);
+        }
+    }
+}
+
+impl io::Sink for Downstream {
+    async fn write_all(&self, data: &[u8]) -> std::io::Result<()> {
+        let Some(chain) = &self.chain else {
+            return io::Sink::write_all(&self.stream, data).await;
+        };
+        let out = chain.borrow_mut().on_write(data, false);
+        if chain.borrow().is_closed() {
+            return Err(closed_by_filter());
+        }
+        match out {
+            Some(bytes) => io::Sink::write_all(&self.stream, &bytes).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn close_write(&self) {
+        if let Some(chain) = &self.chain {
+            let out = chain.borrow_mut().on_write(&[], true);
+            if let Some(bytes) = out.filter(|b| !b.is_empty()) {
+                let _ = io::Sink::write_all(&self.stream, &bytes).await;
+            }
+        }
+        io::Sink::close_write(&self.stream).await;
     }
 }

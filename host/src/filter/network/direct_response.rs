@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use super::{Downstream, io};
+use super::Downstream;
+use super::io::{Sink, Source};
 
 /// How long to wait for the client's own close after ours. Closing with
 /// unread input makes the kernel send RST, which can destroy the response
@@ -11,23 +12,13 @@ use super::{Downstream, io};
 const LINGER: Duration = Duration::from_secs(1);
 
 pub async fn serve(d: Downstream, response: &[u8]) {
-    if io::write_all(&d.stream, response).await.is_err() {
+    if d.write_all(response).await.is_err() {
         return;
     }
-    io::half_close(&d.stream);
+    d.close_write().await;
     let drain = async {
         let mut buf = [0u8; 1024];
-        loop {
-            if d.stream.readable().await.is_err() {
-                return;
-            }
-            match d.stream.try_read(&mut buf) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
-            }
-        }
+        while matches!(d.read(&mut buf).await, Ok(n) if n > 0) {}
     };
     let _ = tokio::time::timeout(LINGER, drain).await;
 }

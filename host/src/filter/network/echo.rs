@@ -9,13 +9,5 @@ use super::{Downstream, io};
 pub async fn serve(d: Downstream) {
     let activity = Cell::new(Instant::now());
     let copied = Cell::new(0);
-    let _ = io::pump(
-        &d.stream,
-        &d.stream,
-        d.buffer_limit,
-        &activity,
-        &copied,
-        &[],
-    )
-    .await;
+    let _ = io::pump(&d, &d, d.buffer_limit, &activity, &copied, &[]).await;
 }

@@ -1,7 +1,7 @@
 //! Moving bytes between sockets with bounded buffers.
 //!
 //! Both directions of a proxied connection run on the same task and borrow
-//! the same `TcpStream`s (tokio's `readable`/`try_read` take `&self`), so no
+//! the same sockets (tokio's `readable`/`try_read` take `&self`), so no
 //! split, lock or extra task is needed. A direction reads at most `limit`
 //! bytes, then writes them all before reading again: a slow reader on one
 //! side stops the reads on the other, which is the backpressure
@@ -20,12 +20,63 @@ use crate::stats::Counter;
 /// Largest buffer one direction holds, whatever the configured limit.
 pub const MAX_CHUNK: usize = 64 * 1024;
 
+/// Where a direction reads from.
+#[allow(async_fn_in_trait)] // used on one worker; the futures need not be Send
+pub trait Source {
+    /// Waits until a read would not block (bytes or EOF are there).
+    async fn readable(&self) -> io::Result<()>;
+    /// Waits for bytes; `Ok(0)` is EOF.
+    async fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+/// Where a direction writes to.
+#[allow(async_fn_in_trait)]
+pub trait Sink {
+    async fn write_all(&self, data: &[u8]) -> io::Result<()>;
+    /// Sends FIN (the peer sees EOF) while still allowing reads.
+    async fn close_write(&self);
+}
+
+impl Source for TcpStream {
+    async fn readable(&self) -> io::Result<()> {
+        TcpStream::readable(self).await
+    }
+
+    async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            self.readable().await?;
+            match self.try_read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Sink for TcpStream {
+    async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            self.writable().await?;
+            match self.try_write(data) {
+                Ok(k) => data = &data[k..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn close_write(&self) {
+        let _ = socket2::SockRef::from(self).shutdown(Shutdown::Write);
+    }
+}
+
 /// Copies `from` → `to` until `from` reaches EOF, then half-closes `to`.
 /// `activity` is stamped on every read; `copied` and `counters` grow by
 /// every chunk written.
 pub async fn pump(
-    from: &TcpStream,
-    to: &TcpStream,
+    from: &impl Source,
+    to: &impl Sink,
     limit: usize,
     activity: &Cell<Instant>,
     copied: &Cell<u64>,
@@ -33,42 +84,20 @@ pub async fn pump(
 ) -> io::Result<()> {
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        from.readable().await?;
         if buf.is_empty() {
+            from.readable().await?;
             buf.resize(limit.clamp(1, MAX_CHUNK), 0);
         }
-        let n = match from.try_read(&mut buf) {
-            Ok(0) => {
-                half_close(to);
-                return Ok(());
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            to.close_write().await;
+            return Ok(());
+        }
         activity.set(Instant::now());
-        write_all(to, &buf[..n]).await?;
+        to.write_all(&buf[..n]).await?;
         copied.set(copied.get() + n as u64);
         for c in counters {
             c.add(n as u64);
         }
     }
-}
-
-/// Writes all of `data`, waiting for the socket to drain as needed.
-pub async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        to.writable().await?;
-        match to.try_write(data) {
-            Ok(k) => data = &data[k..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Sends FIN on `s` (the peer sees EOF) while still allowing reads.
-pub fn half_close(s: &TcpStream) {
-    let _ = socket2::SockRef::from(s).shutdown(Shutdown::Write);
 }

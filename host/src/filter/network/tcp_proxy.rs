@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::access_log::{AccessLog, AccessLogSettings, ResponseFlags};
+use crate::access_log::{AccessLog, AccessLogSettings, ResponseFlags, StreamInfo};
 use crate::cluster::{ConnectError, LbContext, WorkerCluster, WorkerClusters, lb};
 use crate::config::path::{index, join};
 use crate::config::{TcpProxyConfig, ValidationError};
@@ -192,15 +192,13 @@ impl TcpProxy {
         })
     }
 
-    pub async fn serve(&self, d: Downstream) {
-        let Downstream {
-            stream: downstream,
-            mut info,
-            buffer_limit,
-        } = d;
+    pub async fn serve(&self, d: Downstream, mut info: StreamInfo) {
+        let buffer_limit = d.buffer_limit;
+        let downstream = &d;
         self.stats.downstream_cx_total.inc();
         let Some((cluster, cluster_name, _)) = self.pick_cluster() else {
             self.stats.downstream_cx_no_route.inc();
+            drop(d);
             return self.finish(info);
         };
         info.upstream_cluster = Some(cluster_name.clone());
@@ -230,6 +228,7 @@ impl TcpProxy {
             }
         }
         let Some((endpoint, upstream)) = connected else {
+            drop(d);
             return self.finish(info);
         };
         info.upstream_host = Some(endpoint.address);
@@ -256,7 +255,7 @@ impl TcpProxy {
         let copy = async {
             tokio::try_join!(
                 io::pump(
-                    &downstream,
+                    downstream,
                     &upstream,
                     buffer_limit,
                     &activity,
@@ -265,7 +264,7 @@ impl TcpProxy {
                 ),
                 io::pump(
                     &upstream,
-                    &downstream,
+                    downstream,
                     buffer_limit,
                     &activity,
                     &tx,
@@ -302,11 +301,11 @@ impl TcpProxy {
             endpoint.stats.rq_error.fetch_add(1, Ordering::Relaxed);
         }
         drop(upstream);
-        drop(downstream);
+        drop(d);
         self.finish(info);
     }
 
-    fn finish(&self, mut info: crate::access_log::StreamInfo) {
+    fn finish(&self, mut info: StreamInfo) {
         info.finish();
         for log in &self.logs {
             log.log(&info);
