@@ -9,6 +9,7 @@
 
 pub mod dns;
 pub mod endpoint;
+pub mod health;
 pub mod lb;
 
 use std::cell::RefCell;
@@ -60,6 +61,35 @@ pub struct ClusterSettings {
     pub dns_lookup_family: DnsLookupFamily,
     pub per_connection_buffer_limit_bytes: u32,
     pub http2: bool,
+    pub health_checks: Vec<health::HealthCheckSettings>,
+    /// Credentials for the cluster's Redis servers (its redis_proxy
+    /// protocol options).
+    pub redis_auth: Option<RedisAuth>,
+}
+
+/// Redis AUTH credentials.
+#[derive(Debug, Clone)]
+pub struct RedisAuth {
+    pub username: Option<bytes::Bytes>,
+    pub password: bytes::Bytes,
+}
+
+impl RedisAuth {
+    /// The AUTH command, RESP-encoded.
+    pub fn command(&self) -> bytes::Bytes {
+        let mut args: Vec<&[u8]> = vec![b"AUTH"];
+        if let Some(u) = &self.username {
+            args.push(u);
+        }
+        args.push(&self.password);
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.into()
+    }
 }
 
 const DEFAULT_BUFFER_LIMIT: u32 = 1024 * 1024;
@@ -97,6 +127,13 @@ impl ClusterConfig {
                 "dns_refresh_rate must be at least 1ms",
             ));
         }
+        let health_checks = self
+            .health_checks
+            .iter()
+            .enumerate()
+            .map(|(i, hc)| health::HealthCheckSettings::validate(hc, &index(&join(path, "health_checks"), i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let redis_auth = self.redis_auth(path)?;
         let http2 = self.http2_protocol_options.is_some()
             || self
                 .typed_extension_protocol_options
@@ -114,7 +151,34 @@ impl ClusterConfig {
                 .per_connection_buffer_limit_bytes
                 .unwrap_or(DEFAULT_BUFFER_LIMIT),
             http2,
+            health_checks,
+            redis_auth,
         })
+    }
+
+    /// Reads `typed_extension_protocol_options["envoy.filters.network.redis_proxy"]`.
+    fn redis_auth(&self, path: &str) -> Result<Option<RedisAuth>, ValidationError> {
+        let at = join(path, "typed_extension_protocol_options");
+        let Some(options) = self.typed_extension_protocol_options.as_ref() else {
+            return Ok(None);
+        };
+        let Some(entry) = ["envoy.filters.network.redis_proxy", "envoy.redis_proxy"]
+            .iter()
+            .find_map(|k| options.get(*k))
+        else {
+            return Ok(None);
+        };
+        let parsed: crate::config::RedisProtocolOptionsConfig = serde_json::from_value(entry.clone())
+            .map_err(|e| ValidationError::new(at.clone(), format!("redis protocol options: {e}")))?;
+        let load = |d: &Option<crate::config::DataSourceConfig>| {
+            d.as_ref()
+                .map(|d| d.load().map(bytes::Bytes::from))
+                .transpose()
+                .map_err(|m| ValidationError::new(at.clone(), m))
+        };
+        let password = load(&parsed.auth_password)?;
+        let username = load(&parsed.auth_username)?;
+        Ok(password.map(|password| RedisAuth { username, password }))
     }
 
     fn lb_settings(&self, path: &str) -> Result<LbSettings, ValidationError> {
@@ -470,6 +534,9 @@ pub struct ClusterStats {
     pub upstream_cx_destroy: Counter,
     pub upstream_cx_rx_bytes_total: Counter,
     pub upstream_cx_tx_bytes_total: Counter,
+    pub upstream_rq_total: Counter,
+    pub upstream_rq_active: Gauge,
+    pub upstream_rq_timeout: Counter,
 }
 
 impl ClusterStats {
@@ -483,6 +550,9 @@ impl ClusterStats {
             upstream_cx_destroy: scope.counter("upstream_cx_destroy"),
             upstream_cx_rx_bytes_total: scope.counter("upstream_cx_rx_bytes_total"),
             upstream_cx_tx_bytes_total: scope.counter("upstream_cx_tx_bytes_total"),
+            upstream_rq_total: scope.counter("upstream_rq_total"),
+            upstream_rq_active: scope.gauge("upstream_rq_active"),
+            upstream_rq_timeout: scope.counter("upstream_rq_timeout"),
         }
     }
 }
@@ -510,6 +580,12 @@ impl WorkerCluster {
             self.stats.upstream_cx_none_healthy.inc();
             return Err(ConnectError::NoHealthyUpstream);
         };
+        let stream = self.connect_to(&endpoint).await?;
+        Ok((endpoint, stream))
+    }
+
+    /// Connects to `endpoint` within the cluster's connect_timeout.
+    pub async fn connect_to(&self, endpoint: &Endpoint) -> Result<TcpStream, ConnectError> {
         self.stats.upstream_cx_total.inc();
         endpoint.stats.cx_total.fetch_add(1, Ordering::Relaxed);
         let timeout = self.cluster.settings.connect_timeout;
@@ -517,7 +593,7 @@ impl WorkerCluster {
         let error = match result {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                return Ok((endpoint, stream));
+                return Ok(stream);
             }
             Ok(Err(e)) => ConnectError::Failed(endpoint.address, e),
             Err(_) => {
@@ -526,10 +602,7 @@ impl WorkerCluster {
             }
         };
         self.stats.upstream_cx_connect_fail.inc();
-        endpoint
-            .stats
-            .cx_connect_fail
-            .fetch_add(1, Ordering::Relaxed);
+        endpoint.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
         Err(error)
     }
 }

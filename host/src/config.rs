@@ -15,8 +15,10 @@ mod data_source;
 mod duration;
 mod error;
 mod extension;
+mod health_check;
 mod listener;
 mod network_filter;
+mod redis_proxy;
 mod source_map;
 mod tcp_proxy;
 
@@ -34,8 +36,15 @@ pub use data_source::DataSourceConfig;
 pub use duration::Duration;
 pub use error::{ConfigError, ValidationError};
 pub use extension::{Extension, Extensions, TypedConfig, proto_name};
+pub use health_check::{
+    HealthCheckConfig, HealthCheckerConfig, RedisHealthCheckConfig, TcpHealthCheckConfig,
+};
 pub use listener::{FilterChainConfig, ListenerConfig, TrafficDirection};
 pub use network_filter::{ConnectionLimitConfig, DirectResponseConfig, NetworkFilterConfig};
+pub use redis_proxy::{
+    ConnPoolSettingsConfig, PrefixRoutesConfig, RedisProtocolOptionsConfig, RedisProxyConfig,
+    RedisRouteConfig, RequestMirrorPolicyConfig,
+};
 pub use source_map::SourceMap;
 
 /// Building YAML paths the way serde reports them (`a.b[2].c`).

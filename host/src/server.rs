@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
+use crate::cluster::health::HealthChecker;
 use crate::cluster::{ClusterManager, dns};
 use crate::config::{ConfigError, DEFAULT_CONFIG, DiscoveryType};
 use crate::filter::network::FilterFactory;
@@ -119,14 +120,22 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let clusters = ClusterManager::new(bootstrap.clusters.clone(), &stats.root());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    // Resolve DNS clusters before accepting, as Envoy's cluster warming does;
-    // a name that does not resolve yet is retried in the background.
-    runtime.block_on(async {
+    // Warm clusters before accepting, as Envoy does: resolve DNS names and
+    // run a first round of health checks. A name that does not resolve yet
+    // is retried in the background.
+    let health_checkers = runtime.block_on(async {
+        let mut checkers = Vec::new();
         for c in clusters.iter() {
             if c.settings.discovery != DiscoveryType::Static {
                 let _ = tokio::time::timeout(Duration::from_secs(5), dns::resolve_once(c)).await;
             }
+            for hc in &c.settings.health_checks {
+                let mut checker = HealthChecker::new(c.clone(), hc.clone());
+                checker.round(true).await;
+                checkers.push(checker);
+            }
         }
+        checkers
     });
 
     // Bind everything before starting anything: a port in use is an error
@@ -207,6 +216,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             if c.settings.discovery != DiscoveryType::Static {
                 tokio::spawn(dns::refresh(c.clone(), shutdown_rx.clone()));
             }
+        }
+        for checker in health_checkers {
+            tokio::spawn(checker.run(shutdown_rx.clone()));
         }
         wait_for_shutdown(shutdown_rx.clone()).await?;
         state.begin_shutdown();

@@ -1,6 +1,6 @@
 use serde::Deserialize;
 
-use super::{AddressConfig, Duration};
+use super::{AddressConfig, Duration, HealthCheckConfig};
 
 /// Envoy's `Cluster`: a named set of endpoints and how to pick one.
 #[derive(Debug, Clone, Deserialize)]
@@ -26,6 +26,8 @@ pub struct ClusterConfig {
     pub http2_protocol_options: Option<serde_json::Value>,
     pub http_protocol_options: Option<serde_json::Value>,
     pub typed_extension_protocol_options: Option<serde_json::Value>,
+    #[serde(default)]
+    pub health_checks: Vec<HealthCheckConfig>,
 }
 
 /// Envoy reads enum names case-insensitively (v2 configs write

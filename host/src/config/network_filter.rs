@@ -2,7 +2,7 @@ use serde::Deserialize;
 use serde::de::Deserializer;
 
 use super::extension::{Empty, Extensions, unsupported};
-use super::{DataSourceConfig, Duration, TcpProxyConfig};
+use super::{DataSourceConfig, Duration, RedisProxyConfig, TcpProxyConfig};
 
 /// The network filters wasp has, by config.
 #[derive(Debug, Clone)]
@@ -11,6 +11,7 @@ pub enum NetworkFilterConfig {
     Echo,
     DirectResponse(DirectResponseConfig),
     ConnectionLimit(ConnectionLimitConfig),
+    RedisProxy(Box<RedisProxyConfig>),
 }
 
 /// `envoy.filters.network.connection_limit`.
@@ -53,6 +54,14 @@ const TYPES: &[(&str, &str)] = &[
         "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
         "connection_limit",
     ),
+    (
+        "envoy.extensions.filters.network.redis_proxy.v3.RedisProxy",
+        "redis_proxy",
+    ),
+    (
+        "envoy.config.filter.network.redis_proxy.v2.RedisProxy",
+        "redis_proxy",
+    ),
 ];
 
 const NAMES: &[(&str, &str)] = &[
@@ -62,6 +71,8 @@ const NAMES: &[(&str, &str)] = &[
     ("envoy.echo", "echo"),
     ("envoy.filters.network.direct_response", "direct_response"),
     ("envoy.filters.network.connection_limit", "connection_limit"),
+    ("envoy.filters.network.redis_proxy", "redis_proxy"),
+    ("envoy.redis_proxy", "redis_proxy"),
 ];
 
 impl NetworkFilterConfig {
@@ -72,6 +83,7 @@ impl NetworkFilterConfig {
                 Empty::deserialize(d)?;
                 NetworkFilterConfig::Echo
             }
+            "redis_proxy" => NetworkFilterConfig::RedisProxy(Box::new(RedisProxyConfig::deserialize(d)?)),
             "connection_limit" => {
                 NetworkFilterConfig::ConnectionLimit(ConnectionLimitConfig::deserialize(d)?)
             }
@@ -84,6 +96,7 @@ impl NetworkFilterConfig {
         matches!(
             self,
             NetworkFilterConfig::TcpProxy(_)
+                | NetworkFilterConfig::RedisProxy(_)
                 | NetworkFilterConfig::Echo
                 | NetworkFilterConfig::DirectResponse(_)
         )

@@ -13,6 +13,7 @@ pub mod connection_limit;
 pub mod direct_response;
 pub mod echo;
 pub mod io;
+pub mod redis_proxy;
 pub mod tcp_proxy;
 
 use std::cell::{Cell, RefCell};
@@ -34,12 +35,14 @@ use connection_limit::{
     ConnectionLimit, ConnectionLimitSettings, ConnectionLimitStats, SharedCount,
 };
 
+pub use redis_proxy::{RedisProxy, RedisProxySettings};
 pub use tcp_proxy::{TcpProxy, TcpProxySettings};
 
 /// A validated network filter.
 #[derive(Debug, Clone)]
 pub enum NetworkFilterSettings {
     TcpProxy(Arc<TcpProxySettings>),
+    RedisProxy(Arc<RedisProxySettings>),
     Echo,
     DirectResponse(Bytes),
     ConnectionLimit(ConnectionLimitSettings),
@@ -56,6 +59,9 @@ impl NetworkFilterSettings {
             NetworkFilterConfig::TcpProxy(c) => NetworkFilterSettings::TcpProxy(Arc::new(
                 TcpProxySettings::validate(c, &at, clusters)?,
             )),
+            NetworkFilterConfig::RedisProxy(c) => {
+                NetworkFilterSettings::RedisProxy(Arc::new(RedisProxySettings::validate(c, &at, clusters)?))
+            }
             NetworkFilterConfig::Echo => NetworkFilterSettings::Echo,
             NetworkFilterConfig::DirectResponse(c) => {
                 let bytes = match &c.response {
@@ -79,6 +85,7 @@ pub enum FilterFactory {
         settings: Arc<TcpProxySettings>,
         logs: Vec<Arc<access_log::AccessLog>>,
     },
+    RedisProxy(Arc<RedisProxySettings>),
     Echo,
     DirectResponse(Bytes),
     ConnectionLimit {
@@ -96,6 +103,7 @@ impl FilterFactory {
                 logs: access_log::open_all(&s.access_logs)?,
                 settings: s.clone(),
             },
+            NetworkFilterSettings::RedisProxy(s) => FilterFactory::RedisProxy(s.clone()),
             NetworkFilterSettings::Echo => FilterFactory::Echo,
             NetworkFilterSettings::DirectResponse(b) => FilterFactory::DirectResponse(b.clone()),
             NetworkFilterSettings::ConnectionLimit(s) => FilterFactory::ConnectionLimit {
@@ -131,6 +139,7 @@ impl WorkerFilter {
 #[derive(Clone)]
 pub enum TerminalFilter {
     TcpProxy(Rc<TcpProxy>),
+    RedisProxy(Rc<RedisProxy>),
     Echo,
     DirectResponse(Bytes),
 }
@@ -167,6 +176,9 @@ impl WorkerChain {
             FilterFactory::TcpProxy { settings, logs } => TerminalFilter::TcpProxy(Rc::new(
                 TcpProxy::new(settings.clone(), logs.clone(), clusters, stats),
             )),
+            FilterFactory::RedisProxy(settings) => {
+                TerminalFilter::RedisProxy(Rc::new(RedisProxy::new((**settings).clone(), clusters, stats)))
+            }
             FilterFactory::Echo => TerminalFilter::Echo,
             FilterFactory::DirectResponse(b) => TerminalFilter::DirectResponse(b.clone()),
             FilterFactory::ConnectionLimit { .. } => return None,
@@ -197,6 +209,7 @@ impl WorkerChain {
         };
         match &self.terminal {
             TerminalFilter::TcpProxy(p) => p.serve(downstream, info).await,
+            TerminalFilter::RedisProxy(p) => p.serve(downstream).await,
             TerminalFilter::Echo => echo::serve(downstream).await,
             TerminalFilter::DirectResponse(b) => direct_response::serve(downstream, b).await,
         }

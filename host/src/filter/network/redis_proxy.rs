@@ -1,0 +1,628 @@
+//! `envoy.filters.network.redis_proxy`: a sharding Redis proxy.
+//!
+//! Each client connection is read as a stream of RESP requests
+//! ([`resp`]); each request becomes one future that yields its reply
+//! (answered locally, or sent to the shard its key hashes to, or split over
+//! several shards and merged). The futures sit in a `FuturesOrdered`, so
+//! replies go back in request order however the shards answer, and every
+//! reply that is ready is written in one go.
+
+pub mod command;
+pub mod resp;
+pub mod upstream;
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::{Either, FutureExt, Ready, join_all, ready};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+
+use crate::cluster::{WorkerClusters, lb};
+use crate::config::path::{index, join};
+use crate::config::{RedisProxyConfig, RedisRouteConfig, ValidationError};
+use crate::stats::{Counter, Gauge, Scope};
+
+use super::Downstream;
+use super::io::{Sink, Source};
+use command::Kind;
+use resp::Request;
+use upstream::{ReplyResult, UpstreamError, Upstreams};
+
+/// Requests one client may have in flight before wasp stops reading from it.
+const MAX_IN_FLIGHT: usize = 1024;
+/// Bytes of one unfinished request wasp buffers before reading stops... and
+/// the request is refused: a bulk string may be up to 512 MiB, as in Redis.
+const MAX_REQUEST_BUFFER: usize = resp::MAX_BULK_LEN + 64 * 1024;
+
+/// A validated route.
+#[derive(Debug, Clone)]
+pub struct RouteSettings {
+    pub prefix: Vec<u8>,
+    pub remove_prefix: bool,
+    pub cluster: String,
+    /// (cluster, exclude_read_commands)
+    pub mirrors: Vec<(String, bool)>,
+}
+
+/// A validated redis_proxy config.
+#[derive(Debug, Clone)]
+pub struct RedisProxySettings {
+    pub stat_prefix: String,
+    pub op_timeout: Duration,
+    pub enable_hashtagging: bool,
+    pub enable_command_stats: bool,
+    pub case_insensitive: bool,
+    /// Longest prefix first.
+    pub routes: Vec<RouteSettings>,
+    pub catch_all: Option<RouteSettings>,
+    pub auth_passwords: Vec<Bytes>,
+    pub auth_username: Option<Bytes>,
+}
+
+impl RedisProxySettings {
+    pub fn validate(c: &RedisProxyConfig, path: &str, clusters: &HashSet<String>) -> Result<Self, ValidationError> {
+        if c.stat_prefix.is_empty() {
+            return Err(ValidationError::new(join(path, "stat_prefix"), "stat_prefix must not be empty"));
+        }
+        let settings_path = join(path, "settings");
+        let settings = c
+            .settings
+            .clone()
+            .ok_or_else(|| ValidationError::new(settings_path.clone(), "settings (with op_timeout) is required"))?;
+        let op_timeout = settings
+            .op_timeout
+            .ok_or_else(|| ValidationError::new(join(&settings_path, "op_timeout"), "op_timeout is required"))?;
+        if op_timeout.is_zero() {
+            return Err(ValidationError::new(join(&settings_path, "op_timeout"), "op_timeout must be greater than zero"));
+        }
+        if settings.enable_redirection {
+            return Err(ValidationError::new(
+                join(&settings_path, "enable_redirection"),
+                "Redis Cluster redirection (MOVED/ASK) is not supported yet",
+            ));
+        }
+        let route = |r: &RedisRouteConfig, at: &str, case_insensitive: bool| -> Result<RouteSettings, ValidationError> {
+            if !clusters.contains(&r.cluster) {
+                return Err(ValidationError::new(join(at, "cluster"), format!("unknown cluster `{}`", r.cluster)));
+            }
+            let mut mirrors = Vec::new();
+            for (i, m) in r.request_mirror_policy.iter().enumerate() {
+                if !clusters.contains(&m.cluster) {
+                    return Err(ValidationError::new(
+                        join(&index(&join(at, "request_mirror_policy"), i), "cluster"),
+                        format!("unknown cluster `{}`", m.cluster),
+                    ));
+                }
+                mirrors.push((m.cluster.clone(), m.exclude_read_commands));
+            }
+            let mut prefix = r.prefix.clone().into_bytes();
+            if case_insensitive {
+                prefix.make_ascii_lowercase();
+            }
+            Ok(RouteSettings {
+                prefix,
+                remove_prefix: r.remove_prefix,
+                cluster: r.cluster.clone(),
+                mirrors,
+            })
+        };
+        let pr_path = join(path, "prefix_routes");
+        let pr = c.prefix_routes.clone().unwrap_or_default();
+        let mut routes = Vec::new();
+        for (i, r) in pr.routes.iter().enumerate() {
+            let at = index(&join(&pr_path, "routes"), i);
+            let settings = route(r, &at, pr.case_insensitive)?;
+            if routes.iter().any(|x: &RouteSettings| x.prefix == settings.prefix) {
+                return Err(ValidationError::new(join(&at, "prefix"), format!("duplicate prefix `{}`", r.prefix)));
+            }
+            routes.push(settings);
+        }
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        let catch_all = match (&pr.catch_all_route, &pr.catch_all_cluster, &c.cluster) {
+            (Some(r), _, _) => Some(route(r, &join(&pr_path, "catch_all_route"), false)?),
+            (None, Some(name), _) | (None, None, Some(name)) => {
+                let at = if pr.catch_all_cluster.is_some() { join(&pr_path, "catch_all_cluster") } else { join(path, "cluster") };
+                let r = RedisRouteConfig {
+                    prefix: String::new(),
+                    remove_prefix: false,
+                    cluster: name.clone(),
+                    request_mirror_policy: Vec::new(),
+                };
+                Some(route(&r, &at, false).map_err(|e| ValidationError::new(at.clone(), e.message))?)
+            }
+            (None, None, None) => None,
+        };
+        if routes.is_empty() && catch_all.is_none() {
+            return Err(ValidationError::new(pr_path, "no routes: set prefix_routes.routes or catch_all_route"));
+        }
+        let load = |d: &crate::config::DataSourceConfig, at: String| {
+            d.load().map(Bytes::from).map_err(|m| ValidationError::new(at, m))
+        };
+        let mut auth_passwords = Vec::new();
+        if let Some(p) = &c.downstream_auth_password {
+            auth_passwords.push(load(p, join(path, "downstream_auth_password"))?);
+        }
+        for (i, p) in c.downstream_auth_passwords.iter().enumerate() {
+            auth_passwords.push(load(p, index(&join(path, "downstream_auth_passwords"), i))?);
+        }
+        let auth_username = c
+            .downstream_auth_username
+            .as_ref()
+            .map(|u| load(u, join(path, "downstream_auth_username")))
+            .transpose()?;
+        Ok(RedisProxySettings {
+            stat_prefix: c.stat_prefix.clone(),
+            op_timeout: op_timeout.0,
+            enable_hashtagging: settings.enable_hashtagging,
+            enable_command_stats: settings.enable_command_stats,
+            case_insensitive: pr.case_insensitive,
+            routes,
+            catch_all,
+            auth_passwords,
+            auth_username,
+        })
+    }
+}
+
+/// A route as a worker runs it.
+struct Route {
+    prefix: Vec<u8>,
+    remove_prefix: bool,
+    target: Rc<Upstreams>,
+    mirrors: Vec<(Rc<Upstreams>, bool)>,
+}
+
+/// Envoy's `redis.<stat_prefix>.*` stats (one worker's shards).
+struct RedisStats {
+    downstream_cx_total: Counter,
+    downstream_cx_active: Gauge,
+    downstream_cx_protocol_error: Counter,
+    downstream_cx_rx_bytes_total: Counter,
+    downstream_cx_tx_bytes_total: Counter,
+    downstream_rq_total: Counter,
+    downstream_rq_active: Gauge,
+    scope: Scope,
+    commands: RefCell<HashMap<String, Rc<CommandStats>>>,
+}
+
+struct CommandStats {
+    total: Counter,
+    success: Counter,
+    error: Counter,
+}
+
+/// One worker's redis_proxy.
+pub struct RedisProxy {
+    settings: RedisProxySettings,
+    routes: Vec<Route>,
+    catch_all: Option<Route>,
+    stats: RedisStats,
+}
+
+type ReplyFuture<'a> = Either<Ready<Reply>, Pin<Box<dyn Future<Output = Reply> + 'a>>>;
+
+/// A reply, and whether the connection closes after it.
+struct Reply {
+    bytes: Bytes,
+    close: bool,
+    command: Option<Rc<CommandStats>>,
+}
+
+impl Reply {
+    fn new(bytes: Bytes) -> Self {
+        Reply { bytes, close: false, command: None }
+    }
+}
+
+fn now(bytes: Bytes) -> ReplyFuture<'static> {
+    Either::Left(ready(Reply::new(bytes)))
+}
+
+fn static_reply(b: &'static [u8]) -> ReplyFuture<'static> {
+    now(Bytes::from_static(b))
+}
+
+impl RedisProxy {
+    pub fn new(settings: RedisProxySettings, clusters: &WorkerClusters, stats: &Scope) -> Self {
+        let mut upstreams: HashMap<String, Rc<Upstreams>> = HashMap::new();
+        let mut upstream = |name: &str| {
+            upstreams
+                .entry(name.to_string())
+                .or_insert_with(|| Upstreams::new(clusters.get(name).expect("validated cluster")))
+                .clone()
+        };
+        let mut build = |r: &RouteSettings| Route {
+            prefix: r.prefix.clone(),
+            remove_prefix: r.remove_prefix,
+            target: upstream(&r.cluster),
+            mirrors: r.mirrors.iter().map(|(c, x)| (upstream(c), *x)).collect(),
+        };
+        let routes = settings.routes.iter().map(&mut build).collect();
+        let catch_all = settings.catch_all.as_ref().map(&mut build);
+        let scope = stats.tagged("redis", "envoy_redis_prefix", &settings.stat_prefix);
+        RedisProxy {
+            stats: RedisStats {
+                downstream_cx_total: scope.counter("downstream_cx_total"),
+                downstream_cx_active: scope.gauge("downstream_cx_active"),
+                downstream_cx_protocol_error: scope.counter("downstream_cx_protocol_error"),
+                downstream_cx_rx_bytes_total: scope.counter("downstream_cx_rx_bytes_total"),
+                downstream_cx_tx_bytes_total: scope.counter("downstream_cx_tx_bytes_total"),
+                downstream_rq_total: scope.counter("downstream_rq_total"),
+                downstream_rq_active: scope.gauge("downstream_rq_active"),
+                scope,
+                commands: RefCell::default(),
+            },
+            settings,
+            routes,
+            catch_all,
+        }
+    }
+
+    /// Serves one client connection until it closes or QUITs.
+    pub async fn serve(&self, d: Downstream) {
+        let stats = &self.stats;
+        stats.downstream_cx_total.inc();
+        stats.downstream_cx_active.inc();
+        let mut read_buf = BytesMut::new();
+        let mut write_buf = BytesMut::new();
+        let mut in_flight: FuturesOrdered<ReplyFuture<'_>> = FuturesOrdered::new();
+        let mut authenticated = self.settings.auth_passwords.is_empty();
+        let mut reading = true;
+        loop {
+            if !reading && in_flight.is_empty() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
+                    let mut close = self.collect(reply, &mut write_buf);
+                    // Everything else already answered goes in the same write.
+                    while let Some(Some(reply)) = in_flight.next().now_or_never() {
+                        close |= self.collect(reply, &mut write_buf);
+                    }
+                    stats.downstream_cx_tx_bytes_total.add(write_buf.len() as u64);
+                    if d.write_all(&write_buf).await.is_err() {
+                        break;
+                    }
+                    write_buf.clear();
+                    if close {
+                        break;
+                    }
+                }
+                n = read_some(&d, &mut read_buf), if reading && in_flight.len() < MAX_IN_FLIGHT => {
+                    let n = match n {
+                        Ok(0) | Err(_) => { reading = false; continue; }
+                        Ok(n) => n,
+                    };
+                    stats.downstream_cx_rx_bytes_total.add(n as u64);
+                    loop {
+                        match resp::parse_request(&mut read_buf) {
+                            Ok(Some(request)) => {
+                                stats.downstream_rq_total.inc();
+                                stats.downstream_rq_active.inc();
+                                let reply = self.handle(request, &mut authenticated);
+                                in_flight.push_back(reply);
+                            }
+                            Ok(None) if read_buf.len() > MAX_REQUEST_BUFFER => {
+                                stats.downstream_cx_protocol_error.inc();
+                                in_flight.push_back(static_reply(b"-ERR Protocol error: request too large\r\n"));
+                                reading = false;
+                                break;
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                // Answer what came before, then the error, then close.
+                                stats.downstream_cx_protocol_error.inc();
+                                in_flight.push_back(now(resp::error(&format!("ERR {e}"))));
+                                reading = false;
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !write_buf.is_empty() {
+            let _ = d.write_all(&write_buf).await;
+        }
+        d.close_write().await;
+        stats.downstream_cx_active.dec();
+    }
+
+    /// Appends a finished reply to the write buffer; true if the connection
+    /// closes after it.
+    fn collect(&self, reply: Reply, out: &mut BytesMut) -> bool {
+        self.stats.downstream_rq_active.dec();
+        if let Some(c) = &reply.command {
+            if reply.bytes.starts_with(b"-") {
+                c.error.inc();
+            } else {
+                c.success.inc();
+            }
+        }
+        out.extend_from_slice(&reply.bytes);
+        reply.close
+    }
+
+    fn command_stats(&self, name: &str) -> Option<Rc<CommandStats>> {
+        if !self.settings.enable_command_stats {
+            return None;
+        }
+        let mut commands = self.stats.commands.borrow_mut();
+        let stats = commands.entry(name.to_string()).or_insert_with(|| {
+            let scope = self.stats.scope.child("command").child(name);
+            Rc::new(CommandStats {
+                total: scope.counter("total"),
+                success: scope.counter("success"),
+                error: scope.counter("error"),
+            })
+        });
+        stats.total.inc();
+        Some(stats.clone())
+    }
+
+    /// Turns one request into the future of its reply.
+    fn handle(&self, request: Request, authenticated: &mut bool) -> ReplyFuture<'_> {
+        let name = request.command();
+        let Some(kind) = command::kind(&name) else {
+            tracing::debug!(command = %name, "unsupported redis command");
+            return now(unknown_command(&request));
+        };
+        if !*authenticated && kind != Kind::Auth {
+            return static_reply(b"-NOAUTH Authentication required.\r\n");
+        }
+        if request.args.len() < command::min_args(kind) {
+            return now(resp::error(&format!("ERR wrong number of arguments for '{name}' command")));
+        }
+        let command = self.command_stats(&name);
+        let reply = match kind {
+            Kind::Ping => match request.args.get(1) {
+                Some(msg) => now(resp::bulk(msg)),
+                None => static_reply(b"+PONG\r\n"),
+            },
+            Kind::Echo => now(resp::bulk(&request.args[1])),
+            Kind::Time => now(time_reply()),
+            Kind::Quit => Either::Left(ready(Reply {
+                bytes: Bytes::from_static(b"+OK\r\n"),
+                close: true,
+                command: None,
+            })),
+            Kind::Auth => now(self.auth(&request, authenticated)),
+            Kind::Simple => self.forward(request, 1, &name),
+            Kind::Eval => self.forward(request, 3, &name),
+            Kind::Mget => self.fan_out(&request, b"GET", 1, Merge::Array),
+            Kind::Mset => {
+                if request.args.len() % 2 != 1 {
+                    return now(resp::error("ERR wrong number of arguments for 'mset' command"));
+                }
+                self.fan_out(&request, b"SET", 2, Merge::AllOk)
+            }
+            Kind::SumPerKey => {
+                let single = request.args[0].clone();
+                self.fan_out(&request, &single, 1, Merge::Sum)
+            }
+        };
+        match command {
+            None => reply,
+            Some(c) => Either::Right(Box::pin(reply.map(move |mut r| {
+                r.command = Some(c);
+                r
+            }))),
+        }
+    }
+
+    fn auth(&self, request: &Request, authenticated: &mut bool) -> Bytes {
+        let s = &self.settings;
+        if s.auth_passwords.is_empty() {
+            return resp::error("ERR Client sent AUTH, but no password is set");
+        }
+        let ok = match request.args.len() {
+            2 => s.auth_username.is_none() && s.auth_passwords.iter().any(|p| *p == request.args[1]),
+            3 => {
+                s.auth_username.as_ref().is_some_and(|u| *u == request.args[1])
+                    && s.auth_passwords.iter().any(|p| *p == request.args[2])
+            }
+            _ => return resp::error("ERR wrong number of arguments for 'auth' command"),
+        };
+        if ok {
+            *authenticated = true;
+            Bytes::from_static(b"+OK\r\n")
+        } else if request.args.len() == 3 {
+            resp::error("WRONGPASS invalid username-password pair")
+        } else {
+            resp::error("ERR invalid password")
+        }
+    }
+
+    fn route(&self, key: &[u8]) -> Option<&Route> {
+        let matches = |prefix: &[u8]| {
+            key.len() >= prefix.len()
+                && if self.settings.case_insensitive {
+                    key[..prefix.len()].eq_ignore_ascii_case(prefix)
+                } else {
+                    key.starts_with(prefix)
+                }
+        };
+        self.routes
+            .iter()
+            .find(|r| matches(&r.prefix))
+            .or(self.catch_all.as_ref())
+    }
+
+    /// The hash of `key` for the shard choice: of its `{tag}` when hash
+    /// tagging is on and the key has a non-empty one.
+    fn hash(&self, key: &[u8]) -> u64 {
+        let mut k = key;
+        if self.settings.enable_hashtagging {
+            if let Some(open) = key.iter().position(|&c| c == b'{') {
+                if let Some(len) = key[open + 1..].iter().position(|&c| c == b'}') {
+                    if len > 0 {
+                        k = &key[open + 1..open + 1 + len];
+                    }
+                }
+            }
+        }
+        lb::hash_key(k)
+    }
+
+    /// Sends a request whose key is argument `key_at` to its shard.
+    fn forward(&self, mut request: Request, key_at: usize, name: &str) -> ReplyFuture<'_> {
+        let Some(key) = request.args.get(key_at).cloned() else {
+            return now(resp::error(&format!("ERR wrong number of arguments for '{name}' command")));
+        };
+        let Some(route) = self.route(&key) else {
+            return static_reply(b"-no upstream host\r\n");
+        };
+        if route.remove_prefix && !route.prefix.is_empty() {
+            request.args[key_at] = key.slice(route.prefix.len()..);
+            request.raw = None;
+        }
+        let hash = self.hash(&request.args[key_at]);
+        let encoded = request.encoded();
+        for (mirror, exclude_reads) in &route.mirrors {
+            if !(*exclude_reads && command::is_read(name)) {
+                // Fire and forget: a mirror's reply (or failure) is dropped.
+                let _ = mirror.send(hash, encoded.clone());
+            }
+        }
+        let pending = route.target.send(hash, encoded);
+        let cluster = &route.target.cluster.stats;
+        Either::Right(Box::pin(async move {
+            Reply::new(await_reply(pending, self.settings.op_timeout, cluster).await.unwrap_or_else(UpstreamError::reply))
+        }))
+    }
+
+    /// Splits a multi-key command into one `single` command per key (with
+    /// `stride - 1` values after each key) and merges the replies.
+    fn fan_out(&self, request: &Request, single: &[u8], stride: usize, merge: Merge) -> ReplyFuture<'_> {
+        let parts: Vec<_> = request.args[1..]
+            .chunks(stride)
+            .map(|chunk| {
+                let key = &chunk[0];
+                let Some(route) = self.route(key) else {
+                    return Err(UpstreamError::NoHost);
+                };
+                let key = if route.remove_prefix { key.slice(route.prefix.len()..) } else { key.clone() };
+                let mut args: Vec<&[u8]> = vec![single, &key];
+                args.extend(chunk[1..].iter().map(|a| &a[..]));
+                let encoded = resp::encode(args.into_iter());
+                route.target.send(self.hash(&key), encoded).map(|rx| (rx, &route.target.cluster.stats))
+            })
+            .collect();
+        let op_timeout = self.settings.op_timeout;
+        Either::Right(Box::pin(async move {
+            let replies = join_all(parts.into_iter().map(|p| async move {
+                match p {
+                    Ok((rx, stats)) => await_reply(Ok(rx), op_timeout, stats).await,
+                    Err(e) => Err(e),
+                }
+            }))
+            .await;
+            Reply::new(merge.apply(replies))
+        }))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Merge {
+    /// MGET: an array of the replies (errors become error elements).
+    Array,
+    /// MSET: OK if every SET was.
+    AllOk,
+    /// DEL and friends: the sum of the integers.
+    Sum,
+}
+
+impl Merge {
+    fn apply(self, replies: Vec<ReplyResult>) -> Bytes {
+        match self {
+            Merge::Array => {
+                let mut out = BytesMut::from(format!("*{}\r\n", replies.len()).as_bytes());
+                for r in replies {
+                    out.extend_from_slice(&r.unwrap_or_else(UpstreamError::reply));
+                }
+                out.freeze()
+            }
+            Merge::AllOk => {
+                let errors = replies.iter().filter(|r| !matches!(r, Ok(b) if &b[..] == b"+OK\r\n")).count();
+                if errors == 0 {
+                    Bytes::from_static(b"+OK\r\n")
+                } else {
+                    resp::error(&format!("finished with {errors} error(s)"))
+                }
+            }
+            Merge::Sum => {
+                let mut sum = 0i64;
+                let mut errors = 0;
+                for r in &replies {
+                    match r.as_ref().ok().and_then(|b| resp::as_integer(b)) {
+                        Some(n) => sum += n,
+                        None => errors += 1,
+                    }
+                }
+                if errors == 0 {
+                    resp::integer(sum)
+                } else {
+                    resp::error(&format!("finished with {errors} error(s)"))
+                }
+            }
+        }
+    }
+}
+
+/// Waits for an upstream reply for at most `op_timeout`; a late reply is
+/// dropped when it comes and only this request fails.
+async fn await_reply(
+    pending: Result<tokio::sync::oneshot::Receiver<ReplyResult>, UpstreamError>,
+    op_timeout: Duration,
+    stats: &crate::cluster::ClusterStats,
+) -> ReplyResult {
+    let rx = pending?;
+    stats.upstream_rq_active.inc();
+    let result = match tokio::time::timeout(op_timeout, rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(UpstreamError::Failure),
+        Err(_) => {
+            stats.upstream_rq_timeout.inc();
+            Err(UpstreamError::Failure)
+        }
+    };
+    stats.upstream_rq_active.dec();
+    result
+}
+
+/// Reads whatever the client sent onto the end of `buf`.
+///
+/// Cancel-safe (it races reply writing in `select!`): bytes land in `buf`
+/// only once a read has completed, never across an await.
+async fn read_some(d: &Downstream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    let mut chunk = [0u8; 16 * 1024];
+    let n = d.read(&mut chunk).await?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
+}
+
+fn time_reply() -> Bytes {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (secs, micros) = (now.as_secs().to_string(), now.subsec_micros().to_string());
+    resp::encode([secs.as_bytes(), micros.as_bytes()].into_iter())
+}
+
+/// Redis's own wording, so clients and people recognise it.
+fn unknown_command(request: &Request) -> Bytes {
+    let mut msg = format!(
+        "ERR unknown command '{}', with args beginning with: ",
+        String::from_utf8_lossy(&request.args[0])
+    );
+    for a in request.args.iter().skip(1) {
+        msg.push('\'');
+        msg.push_str(&String::from_utf8_lossy(a));
+        msg.push_str("' ");
+    }
+    resp::error(&msg)
+}
