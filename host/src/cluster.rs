@@ -131,7 +131,9 @@ impl ClusterConfig {
             .health_checks
             .iter()
             .enumerate()
-            .map(|(i, hc)| health::HealthCheckSettings::validate(hc, &index(&join(path, "health_checks"), i)))
+            .map(|(i, hc)| {
+                health::HealthCheckSettings::validate(hc, &index(&join(path, "health_checks"), i))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let redis_auth = self.redis_auth(path)?;
         let http2 = self.http2_protocol_options.is_some()
@@ -168,8 +170,10 @@ impl ClusterConfig {
         else {
             return Ok(None);
         };
-        let parsed: crate::config::RedisProtocolOptionsConfig = serde_json::from_value(entry.clone())
-            .map_err(|e| ValidationError::new(at.clone(), format!("redis protocol options: {e}")))?;
+        let parsed: crate::config::RedisProtocolOptionsConfig =
+            serde_json::from_value(entry.clone()).map_err(|e| {
+                ValidationError::new(at.clone(), format!("redis protocol options: {e}"))
+            })?;
         let load = |d: &Option<crate::config::DataSourceConfig>| {
             d.as_ref()
                 .map(|d| d.load().map(bytes::Bytes::from))
@@ -602,7 +606,10 @@ impl WorkerCluster {
             }
         };
         self.stats.upstream_cx_connect_fail.inc();
-        endpoint.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+        endpoint
+            .stats
+            .cx_connect_fail
+            .fetch_add(1, Ordering::Relaxed);
         Err(error)
     }
 }

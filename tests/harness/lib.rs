@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod redis;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -38,16 +38,24 @@ pub enum Checker {
     Tcp,
     /// PING, or `EXISTS key` expecting 0; AUTH first when the cluster has
     /// redis credentials.
-    Redis { key: Option<String> },
+    Redis {
+        key: Option<String>,
+    },
 }
 
 impl HealthCheckSettings {
     pub fn validate(c: &HealthCheckConfig, path: &str) -> Result<Self, ValidationError> {
         if c.timeout.is_zero() {
-            return Err(ValidationError::new(join(path, "timeout"), "timeout must be greater than zero"));
+            return Err(ValidationError::new(
+                join(path, "timeout"),
+                "timeout must be greater than zero",
+            ));
         }
         if c.interval.is_zero() {
-            return Err(ValidationError::new(join(path, "interval"), "interval must be greater than zero"));
+            return Err(ValidationError::new(
+                join(path, "interval"),
+                "interval must be greater than zero",
+            ));
         }
         let checker = match (&c.custom_health_check, &c.tcp_health_check) {
             (Some(custom), None) => match &custom.config {
@@ -116,7 +124,9 @@ impl HealthChecker {
     /// Checks every endpoint once and applies the results.
     pub async fn round(&mut self, first: bool) {
         let endpoints = self.cluster.endpoints().all.clone();
-        let checks = endpoints.iter().map(|e| check(e.address, &self.settings, self.auth.as_ref()));
+        let checks = endpoints
+            .iter()
+            .map(|e| check(e.address, &self.settings, self.auth.as_ref()));
         let results = futures_util::future::join_all(checks).await;
         let mut changed = false;
         for (e, result) in endpoints.iter().zip(results) {
@@ -172,9 +182,15 @@ enum Failure {
     Response,
 }
 
-async fn check(addr: SocketAddr, s: &HealthCheckSettings, auth: Option<&Bytes>) -> Result<(), Failure> {
+async fn check(
+    addr: SocketAddr,
+    s: &HealthCheckSettings,
+    auth: Option<&Bytes>,
+) -> Result<(), Failure> {
     let attempt = async {
-        let mut stream = TcpStream::connect(addr).await.map_err(|_| Failure::Network)?;
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|_| Failure::Network)?;
         let Checker::Redis { key } = &s.checker else {
             return Ok(());
         };
@@ -184,12 +200,18 @@ async fn check(addr: SocketAddr, s: &HealthCheckSettings, auth: Option<&Bytes>) 
         }
         match key {
             None => {
-                stream.write_all(b"*1\r\n$4\r\nPING\r\n").await.map_err(|_| Failure::Network)?;
+                stream
+                    .write_all(b"*1\r\n$4\r\nPING\r\n")
+                    .await
+                    .map_err(|_| Failure::Network)?;
                 expect(&mut stream, b"+PONG\r\n").await
             }
             Some(k) => {
                 let cmd = format!("*2\r\n$6\r\nEXISTS\r\n${}\r\n{k}\r\n", k.len());
-                stream.write_all(cmd.as_bytes()).await.map_err(|_| Failure::Network)?;
+                stream
+                    .write_all(cmd.as_bytes())
+                    .await
+                    .map_err(|_| Failure::Network)?;
                 expect(&mut stream, b":0\r\n").await
             }
         }
@@ -201,6 +223,13 @@ async fn check(addr: SocketAddr, s: &HealthCheckSettings, auth: Option<&Bytes>) 
 
 async fn expect(stream: &mut TcpStream, want: &[u8]) -> Result<(), Failure> {
     let mut got = vec![0u8; want.len()];
-    stream.read_exact(&mut got).await.map_err(|_| Failure::Network)?;
-    if got == want { Ok(()) } else { Err(Failure::Response) }
+    stream
+        .read_exact(&mut got)
+        .await
+        .map_err(|_| Failure::Network)?;
+    if got == want {
+        Ok(())
+    } else {
+        Err(Failure::Response)
+    }
 }

@@ -1,7 +1,7 @@
-use serde::de::Deserializer;
 use serde::Deserialize;
+use serde::de::Deserializer;
 
-use super::extension::{unsupported, Extensions};
+use super::extension::{Extensions, unsupported};
 use super::{Duration, Extension};
 
 /// Envoy's `HealthCheck`: active checking of a cluster's endpoints.
@@ -45,15 +45,23 @@ impl Extensions for HealthCheckerConfig {
 
     fn from_type<'de, D: Deserializer<'de>>(type_name: &str, d: D) -> Result<Self, D::Error> {
         if TYPES.contains(&type_name) {
-            return Ok(HealthCheckerConfig::Redis(RedisHealthCheckConfig::deserialize(d)?));
+            return Ok(HealthCheckerConfig::Redis(
+                RedisHealthCheckConfig::deserialize(d)?,
+            ));
         }
         Err(unsupported(Self::KIND, type_name, TYPES))
     }
 
     fn from_name<'de, D: Deserializer<'de>>(name: &str, d: D) -> Result<Self, D::Error> {
         if name == "envoy.health_checkers.redis" {
-            return Ok(HealthCheckerConfig::Redis(RedisHealthCheckConfig::deserialize(d)?));
+            return Ok(HealthCheckerConfig::Redis(
+                RedisHealthCheckConfig::deserialize(d)?,
+            ));
         }
-        Err(unsupported(Self::KIND, name, &["envoy.health_checkers.redis"]))
+        Err(unsupported(
+            Self::KIND,
+            name,
+            &["envoy.health_checkers.redis"],
+        ))
     }
 }

@@ -83,7 +83,9 @@ impl NetworkFilterConfig {
                 Empty::deserialize(d)?;
                 NetworkFilterConfig::Echo
             }
-            "redis_proxy" => NetworkFilterConfig::RedisProxy(Box::new(RedisProxyConfig::deserialize(d)?)),
+            "redis_proxy" => {
+                NetworkFilterConfig::RedisProxy(Box::new(RedisProxyConfig::deserialize(d)?))
+            }
             "connection_limit" => {
                 NetworkFilterConfig::ConnectionLimit(ConnectionLimitConfig::deserialize(d)?)
             }

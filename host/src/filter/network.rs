@@ -59,9 +59,9 @@ impl NetworkFilterSettings {
             NetworkFilterConfig::TcpProxy(c) => NetworkFilterSettings::TcpProxy(Arc::new(
                 TcpProxySettings::validate(c, &at, clusters)?,
             )),
-            NetworkFilterConfig::RedisProxy(c) => {
-                NetworkFilterSettings::RedisProxy(Arc::new(RedisProxySettings::validate(c, &at, clusters)?))
-            }
+            NetworkFilterConfig::RedisProxy(c) => NetworkFilterSettings::RedisProxy(Arc::new(
+                RedisProxySettings::validate(c, &at, clusters)?,
+            )),
             NetworkFilterConfig::Echo => NetworkFilterSettings::Echo,
             NetworkFilterConfig::DirectResponse(c) => {
                 let bytes = match &c.response {
@@ -176,9 +176,9 @@ impl WorkerChain {
             FilterFactory::TcpProxy { settings, logs } => TerminalFilter::TcpProxy(Rc::new(
                 TcpProxy::new(settings.clone(), logs.clone(), clusters, stats),
             )),
-            FilterFactory::RedisProxy(settings) => {
-                TerminalFilter::RedisProxy(Rc::new(RedisProxy::new((**settings).clone(), clusters, stats)))
-            }
+            FilterFactory::RedisProxy(settings) => TerminalFilter::RedisProxy(Rc::new(
+                RedisProxy::new((**settings).clone(), clusters, stats),
+            )),
             FilterFactory::Echo => TerminalFilter::Echo,
             FilterFactory::DirectResponse(b) => TerminalFilter::DirectResponse(b.clone()),
             FilterFactory::ConnectionLimit { .. } => return None,

@@ -65,20 +65,32 @@ pub struct RedisProxySettings {
 }
 
 impl RedisProxySettings {
-    pub fn validate(c: &RedisProxyConfig, path: &str, clusters: &HashSet<String>) -> Result<Self, ValidationError> {
+    pub fn validate(
+        c: &RedisProxyConfig,
+        path: &str,
+        clusters: &HashSet<String>,
+    ) -> Result<Self, ValidationError> {
         if c.stat_prefix.is_empty() {
-            return Err(ValidationError::new(join(path, "stat_prefix"), "stat_prefix must not be empty"));
+            return Err(ValidationError::new(
+                join(path, "stat_prefix"),
+                "stat_prefix must not be empty",
+            ));
         }
         let settings_path = join(path, "settings");
-        let settings = c
-            .settings
-            .clone()
-            .ok_or_else(|| ValidationError::new(settings_path.clone(), "settings (with op_timeout) is required"))?;
-        let op_timeout = settings
-            .op_timeout
-            .ok_or_else(|| ValidationError::new(join(&settings_path, "op_timeout"), "op_timeout is required"))?;
+        let settings = c.settings.clone().ok_or_else(|| {
+            ValidationError::new(
+                settings_path.clone(),
+                "settings (with op_timeout) is required",
+            )
+        })?;
+        let op_timeout = settings.op_timeout.ok_or_else(|| {
+            ValidationError::new(join(&settings_path, "op_timeout"), "op_timeout is required")
+        })?;
         if op_timeout.is_zero() {
-            return Err(ValidationError::new(join(&settings_path, "op_timeout"), "op_timeout must be greater than zero"));
+            return Err(ValidationError::new(
+                join(&settings_path, "op_timeout"),
+                "op_timeout must be greater than zero",
+            ));
         }
         if settings.enable_redirection {
             return Err(ValidationError::new(
@@ -86,9 +98,15 @@ impl RedisProxySettings {
                 "Redis Cluster redirection (MOVED/ASK) is not supported yet",
             ));
         }
-        let route = |r: &RedisRouteConfig, at: &str, case_insensitive: bool| -> Result<RouteSettings, ValidationError> {
+        let route = |r: &RedisRouteConfig,
+                     at: &str,
+                     case_insensitive: bool|
+         -> Result<RouteSettings, ValidationError> {
             if !clusters.contains(&r.cluster) {
-                return Err(ValidationError::new(join(at, "cluster"), format!("unknown cluster `{}`", r.cluster)));
+                return Err(ValidationError::new(
+                    join(at, "cluster"),
+                    format!("unknown cluster `{}`", r.cluster),
+                ));
             }
             let mut mirrors = Vec::new();
             for (i, m) in r.request_mirror_policy.iter().enumerate() {
@@ -117,8 +135,14 @@ impl RedisProxySettings {
         for (i, r) in pr.routes.iter().enumerate() {
             let at = index(&join(&pr_path, "routes"), i);
             let settings = route(r, &at, pr.case_insensitive)?;
-            if routes.iter().any(|x: &RouteSettings| x.prefix == settings.prefix) {
-                return Err(ValidationError::new(join(&at, "prefix"), format!("duplicate prefix `{}`", r.prefix)));
+            if routes
+                .iter()
+                .any(|x: &RouteSettings| x.prefix == settings.prefix)
+            {
+                return Err(ValidationError::new(
+                    join(&at, "prefix"),
+                    format!("duplicate prefix `{}`", r.prefix),
+                ));
             }
             routes.push(settings);
         }
@@ -126,22 +150,34 @@ impl RedisProxySettings {
         let catch_all = match (&pr.catch_all_route, &pr.catch_all_cluster, &c.cluster) {
             (Some(r), _, _) => Some(route(r, &join(&pr_path, "catch_all_route"), false)?),
             (None, Some(name), _) | (None, None, Some(name)) => {
-                let at = if pr.catch_all_cluster.is_some() { join(&pr_path, "catch_all_cluster") } else { join(path, "cluster") };
+                let at = if pr.catch_all_cluster.is_some() {
+                    join(&pr_path, "catch_all_cluster")
+                } else {
+                    join(path, "cluster")
+                };
                 let r = RedisRouteConfig {
                     prefix: String::new(),
                     remove_prefix: false,
                     cluster: name.clone(),
                     request_mirror_policy: Vec::new(),
                 };
-                Some(route(&r, &at, false).map_err(|e| ValidationError::new(at.clone(), e.message))?)
+                Some(
+                    route(&r, &at, false)
+                        .map_err(|e| ValidationError::new(at.clone(), e.message))?,
+                )
             }
             (None, None, None) => None,
         };
         if routes.is_empty() && catch_all.is_none() {
-            return Err(ValidationError::new(pr_path, "no routes: set prefix_routes.routes or catch_all_route"));
+            return Err(ValidationError::new(
+                pr_path,
+                "no routes: set prefix_routes.routes or catch_all_route",
+            ));
         }
         let load = |d: &crate::config::DataSourceConfig, at: String| {
-            d.load().map(Bytes::from).map_err(|m| ValidationError::new(at, m))
+            d.load()
+                .map(Bytes::from)
+                .map_err(|m| ValidationError::new(at, m))
         };
         let mut auth_passwords = Vec::new();
         if let Some(p) = &c.downstream_auth_password {
@@ -215,7 +251,11 @@ struct Reply {
 
 impl Reply {
     fn new(bytes: Bytes) -> Self {
-        Reply { bytes, close: false, command: None }
+        Reply {
+            bytes,
+            close: false,
+            command: None,
+        }
     }
 }
 
@@ -377,7 +417,9 @@ impl RedisProxy {
             return static_reply(b"-NOAUTH Authentication required.\r\n");
         }
         if request.args.len() < command::min_args(kind) {
-            return now(resp::error(&format!("ERR wrong number of arguments for '{name}' command")));
+            return now(resp::error(&format!(
+                "ERR wrong number of arguments for '{name}' command"
+            )));
         }
         let command = self.command_stats(&name);
         let reply = match kind {
@@ -398,7 +440,9 @@ impl RedisProxy {
             Kind::Mget => self.fan_out(&request, b"GET", 1, Merge::Array),
             Kind::Mset => {
                 if request.args.len() % 2 != 1 {
-                    return now(resp::error("ERR wrong number of arguments for 'mset' command"));
+                    return now(resp::error(
+                        "ERR wrong number of arguments for 'mset' command",
+                    ));
                 }
                 self.fan_out(&request, b"SET", 2, Merge::AllOk)
             }
@@ -422,9 +466,13 @@ impl RedisProxy {
             return resp::error("ERR Client sent AUTH, but no password is set");
         }
         let ok = match request.args.len() {
-            2 => s.auth_username.is_none() && s.auth_passwords.iter().any(|p| *p == request.args[1]),
+            2 => {
+                s.auth_username.is_none() && s.auth_passwords.iter().any(|p| *p == request.args[1])
+            }
             3 => {
-                s.auth_username.as_ref().is_some_and(|u| *u == request.args[1])
+                s.auth_username
+                    .as_ref()
+                    .is_some_and(|u| *u == request.args[1])
                     && s.auth_passwords.iter().any(|p| *p == request.args[2])
             }
             _ => return resp::error("ERR wrong number of arguments for 'auth' command"),
@@ -473,7 +521,9 @@ impl RedisProxy {
     /// Sends a request whose key is argument `key_at` to its shard.
     fn forward(&self, mut request: Request, key_at: usize, name: &str) -> ReplyFuture<'_> {
         let Some(key) = request.args.get(key_at).cloned() else {
-            return now(resp::error(&format!("ERR wrong number of arguments for '{name}' command")));
+            return now(resp::error(&format!(
+                "ERR wrong number of arguments for '{name}' command"
+            )));
         };
         let Some(route) = self.route(&key) else {
             return static_reply(b"-no upstream host\r\n");
@@ -493,13 +543,23 @@ impl RedisProxy {
         let pending = route.target.send(hash, encoded);
         let cluster = &route.target.cluster.stats;
         Either::Right(Box::pin(async move {
-            Reply::new(await_reply(pending, self.settings.op_timeout, cluster).await.unwrap_or_else(UpstreamError::reply))
+            Reply::new(
+                await_reply(pending, self.settings.op_timeout, cluster)
+                    .await
+                    .unwrap_or_else(UpstreamError::reply),
+            )
         }))
     }
 
     /// Splits a multi-key command into one `single` command per key (with
     /// `stride - 1` values after each key) and merges the replies.
-    fn fan_out(&self, request: &Request, single: &[u8], stride: usize, merge: Merge) -> ReplyFuture<'_> {
+    fn fan_out(
+        &self,
+        request: &Request,
+        single: &[u8],
+        stride: usize,
+        merge: Merge,
+    ) -> ReplyFuture<'_> {
         let parts: Vec<_> = request.args[1..]
             .chunks(stride)
             .map(|chunk| {
@@ -507,11 +567,18 @@ impl RedisProxy {
                 let Some(route) = self.route(key) else {
                     return Err(UpstreamError::NoHost);
                 };
-                let key = if route.remove_prefix { key.slice(route.prefix.len()..) } else { key.clone() };
+                let key = if route.remove_prefix {
+                    key.slice(route.prefix.len()..)
+                } else {
+                    key.clone()
+                };
                 let mut args: Vec<&[u8]> = vec![single, &key];
                 args.extend(chunk[1..].iter().map(|a| &a[..]));
                 let encoded = resp::encode(args.into_iter());
-                route.target.send(self.hash(&key), encoded).map(|rx| (rx, &route.target.cluster.stats))
+                route
+                    .target
+                    .send(self.hash(&key), encoded)
+                    .map(|rx| (rx, &route.target.cluster.stats))
             })
             .collect();
         let op_timeout = self.settings.op_timeout;
@@ -549,7 +616,10 @@ impl Merge {
                 out.freeze()
             }
             Merge::AllOk => {
-                let errors = replies.iter().filter(|r| !matches!(r, Ok(b) if &b[..] == b"+OK\r\n")).count();
+                let errors = replies
+                    .iter()
+                    .filter(|r| !matches!(r, Ok(b) if &b[..] == b"+OK\r\n"))
+                    .count();
                 if errors == 0 {
                     Bytes::from_static(b"+OK\r\n")
                 } else {
@@ -608,7 +678,9 @@ async fn read_some(d: &Downstream, buf: &mut BytesMut) -> std::io::Result<usize>
 }
 
 fn time_reply() -> Bytes {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let (secs, micros) = (now.as_secs().to_string(), now.subsec_micros().to_string());
     resp::encode([secs.as_bytes(), micros.as_bytes()].into_iter())
 }

@@ -90,16 +90,25 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<Request>, ProtocolErro
         return Ok(None);
     };
     let frame = buf.split_to(len).freeze();
-    let args = spans.into_iter().map(|(s, e)| frame.slice(s..e)).collect::<Vec<_>>();
+    let args = spans
+        .into_iter()
+        .map(|(s, e)| frame.slice(s..e))
+        .collect::<Vec<_>>();
     if args.is_empty() {
         // `*0\r\n` is a no-op to Redis; ask for the next frame.
         return parse_request(buf);
     }
-    Ok(Some(Request { args, raw: Some(frame) }))
+    Ok(Some(Request {
+        args,
+        raw: Some(frame),
+    }))
 }
 
 /// Scans `*N\r\n` + N bulk strings; records each argument's span.
-fn check_array(buf: &[u8], spans: &mut Vec<(usize, usize)>) -> Result<Option<usize>, ProtocolError> {
+fn check_array(
+    buf: &[u8],
+    spans: &mut Vec<(usize, usize)>,
+) -> Result<Option<usize>, ProtocolError> {
     let Some((count, mut at)) = line_int(buf, 1)? else {
         return Ok(None);
     };
@@ -140,7 +149,10 @@ fn check_array(buf: &[u8], spans: &mut Vec<(usize, usize)>) -> Result<Option<usi
 /// Parses the integer on the line starting at `from`; returns it and the
 /// position after the line's CRLF.
 fn line_int(buf: &[u8], from: usize) -> Result<Option<(i64, usize)>, ProtocolError> {
-    let Some(rel) = buf.get(from..).and_then(|b| b.iter().position(|&c| c == b'\r')) else {
+    let Some(rel) = buf
+        .get(from..)
+        .and_then(|b| b.iter().position(|&c| c == b'\r'))
+    else {
         if buf.len().saturating_sub(from) > 32 {
             return Err(ProtocolError("invalid length line"));
         }
@@ -154,7 +166,9 @@ fn line_int(buf: &[u8], from: usize) -> Result<Option<(i64, usize)>, ProtocolErr
         return Err(ProtocolError("expected CRLF"));
     }
     let text = std::str::from_utf8(&buf[from..end]).map_err(|_| ProtocolError("invalid length"))?;
-    let n = text.parse::<i64>().map_err(|_| ProtocolError("invalid length"))?;
+    let n = text
+        .parse::<i64>()
+        .map_err(|_| ProtocolError("invalid length"))?;
     Ok(Some((n, end + 2)))
 }
 
@@ -239,7 +253,10 @@ fn reply_end(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, Proto
         return Ok(None);
     };
     match kind {
-        b'+' | b'-' | b':' => Ok(buf[at..].windows(2).position(|w| w == b"\r\n").map(|p| at + p + 2)),
+        b'+' | b'-' | b':' => Ok(buf[at..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|p| at + p + 2)),
         b'$' => {
             let Some((len, data)) = line_int(buf, at + 1)? else {
                 return Ok(None);
@@ -305,7 +322,12 @@ mod tests {
         let mut buf = BytesMut::from(input);
         let mut out = Vec::new();
         while let Some(r) = parse_request(&mut buf)? {
-            out.push(r.args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect());
+            out.push(
+                r.args
+                    .iter()
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect(),
+            );
         }
         Ok(out)
     }
@@ -313,7 +335,10 @@ mod tests {
     #[test]
     fn arrays_and_inline_commands_parse() {
         let got = parse_all(b"*2\r\n$3\r\nGET\r\n$1\r\na\r\nSET b \"x y\" 'z'\r\nPING\n").unwrap();
-        assert_eq!(got, vec![vec!["GET", "a"], vec!["SET", "b", "x y", "z"], vec!["PING"]]);
+        assert_eq!(
+            got,
+            vec![vec!["GET", "a"], vec!["SET", "b", "x y", "z"], vec!["PING"]]
+        );
     }
 
     #[test]
@@ -365,7 +390,9 @@ mod tests {
         let alphabet = b"*$:+-\r\n0123456789abcXYZ \"'";
         for _ in 0..20_000 {
             let len = rng.usize(0..48);
-            let input: Vec<u8> = (0..len).map(|_| alphabet[rng.usize(..alphabet.len())]).collect();
+            let input: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
             let _ = reply_len(&input);
             let mut buf = BytesMut::from(&input[..]);
             while let Ok(Some(req)) = parse_request(&mut buf) {

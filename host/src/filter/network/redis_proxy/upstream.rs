@@ -211,7 +211,12 @@ pub struct Upstreams {
 
 impl Upstreams {
     pub fn new(cluster: Rc<WorkerCluster>) -> Rc<Self> {
-        let auth = cluster.cluster.settings.redis_auth.as_ref().map(|a| a.command());
+        let auth = cluster
+            .cluster
+            .settings
+            .redis_auth
+            .as_ref()
+            .map(|a| a.command());
         Rc::new(Upstreams {
             cluster,
             auth,
@@ -221,7 +226,11 @@ impl Upstreams {
 
     /// Sends `request` to the endpoint the cluster's balancer picks for
     /// `hash`.
-    pub fn send(&self, hash: u64, request: Bytes) -> Result<oneshot::Receiver<ReplyResult>, UpstreamError> {
+    pub fn send(
+        &self,
+        hash: u64,
+        request: Bytes,
+    ) -> Result<oneshot::Receiver<ReplyResult>, UpstreamError> {
         let endpoint = self
             .cluster
             .choose(LbContext { hash: Some(hash) })
@@ -230,7 +239,9 @@ impl Upstreams {
             .clients
             .borrow_mut()
             .entry(endpoint.address)
-            .or_insert_with(|| UpstreamClient::new(endpoint.clone(), self.cluster.clone(), self.auth.clone()))
+            .or_insert_with(|| {
+                UpstreamClient::new(endpoint.clone(), self.cluster.clone(), self.auth.clone())
+            })
             .clone();
         Ok(client.send(request))
     }
