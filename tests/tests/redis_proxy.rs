@@ -597,3 +597,43 @@ admin:
         "+PONG\r\n"
     );
 }
+
+#[test]
+fn transactions_are_pinned_to_one_shard() {
+    let s = Shards::start("", "");
+    let mut c = s.client();
+    // MULTI ... EXEC in one round trip, through redis-rs's atomic pipeline.
+    let (a, b): (i64, i64) = redis::pipe()
+        .atomic()
+        .set("{acct}.x", 10)
+        .ignore()
+        .incr("{acct}.x", 5)
+        .incr("{acct}.y", 1)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!((a, b), (15, 1));
+    let owner = s.owner("{acct}.x").unwrap();
+    assert_eq!(s.owner("{acct}.y"), Some(owner));
+
+    // DISCARD throws the queued commands away.
+    let mut raw = TcpStream::connect(s.addr()).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut ask = |cmd: &str| {
+        raw.write_all(cmd.as_bytes()).unwrap();
+        read_reply(&mut raw)
+    };
+    assert_eq!(ask("EXEC\r\n"), "-ERR EXEC without MULTI\r\n");
+    assert_eq!(ask("MULTI\r\n"), "+OK\r\n");
+    assert_eq!(ask("MULTI\r\n"), "-ERR MULTI calls can not be nested\r\n");
+    assert_eq!(ask("SET {acct}.x 0\r\n"), "+QUEUED\r\n");
+    assert_eq!(ask("DISCARD\r\n"), "+OK\r\n");
+    assert_eq!(ask("GET {acct}.x\r\n"), "$2\r\n15\r\n");
+
+    // WATCH: a write by another client between WATCH and EXEC aborts it.
+    assert_eq!(ask("WATCH {acct}.x\r\n"), "+OK\r\n");
+    let _: () = c.set("{acct}.x", 99).unwrap();
+    assert_eq!(ask("MULTI\r\n"), "+OK\r\n");
+    assert_eq!(ask("SET {acct}.x 1\r\n"), "+QUEUED\r\n");
+    assert_eq!(ask("EXEC\r\n"), "*-1\r\n");
+    assert_eq!(ask("GET {acct}.x\r\n"), "$2\r\n99\r\n");
+}

