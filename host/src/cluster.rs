@@ -11,6 +11,7 @@ pub mod dns;
 pub mod endpoint;
 pub mod health;
 pub mod lb;
+pub mod redis_cluster;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -65,6 +66,9 @@ pub struct ClusterSettings {
     /// Credentials for the cluster's Redis servers (its redis_proxy
     /// protocol options).
     pub redis_auth: Option<RedisAuth>,
+    /// `cluster_type: envoy.clusters.redis`: the endpoints are seeds, the
+    /// members come from CLUSTER SLOTS.
+    pub redis_cluster: Option<redis_cluster::RedisClusterSettings>,
 }
 
 /// Redis AUTH credentials.
@@ -111,6 +115,28 @@ impl ClusterConfig {
             ));
         }
         let lb = self.lb_settings(path)?;
+        let redis_cluster = match &self.cluster_type {
+            None if lb.policy() == LbPolicy::ClusterProvided => {
+                return Err(ValidationError::new(
+                    join(path, "lb_policy"),
+                    "CLUSTER_PROVIDED needs a cluster_type (envoy.clusters.redis)",
+                ));
+            }
+            None => None,
+            Some(ct) => {
+                if lb.policy() != LbPolicy::ClusterProvided {
+                    return Err(ValidationError::new(
+                        join(path, "lb_policy"),
+                        "a cluster_type cluster balances itself: set lb_policy: CLUSTER_PROVIDED",
+                    ));
+                }
+                let crate::config::ClusterTypeConfig::Redis(r) = &ct.config;
+                Some(redis_cluster::RedisClusterSettings::validate(
+                    r,
+                    &join(path, "cluster_type"),
+                )?)
+            }
+        };
         let endpoints = self.endpoint_specs(path)?;
         if self.discovery_type == DiscoveryType::LogicalDns && endpoints.len() != 1 {
             return Err(ValidationError::new(
@@ -155,6 +181,7 @@ impl ClusterConfig {
             http2,
             health_checks,
             redis_auth,
+            redis_cluster,
         })
     }
 
@@ -203,6 +230,7 @@ impl ClusterConfig {
         }
         Ok(match self.lb_policy {
             LbPolicy::RoundRobin => LbSettings::RoundRobin,
+            LbPolicy::ClusterProvided => LbSettings::ClusterProvided,
             LbPolicy::Random => LbSettings::Random,
             LbPolicy::LeastRequest => {
                 let c = self.least_request_lb_config.clone().unwrap_or_default();
@@ -265,7 +293,8 @@ impl ClusterConfig {
     }
 
     fn endpoint_specs(&self, path: &str) -> Result<Vec<EndpointSpec>, ValidationError> {
-        let dns = self.discovery_type != DiscoveryType::Static;
+        // Redis Cluster seeds may be names too.
+        let dns = self.discovery_type != DiscoveryType::Static || self.cluster_type.is_some();
         let mut specs = Vec::new();
         let mut push = |addr_path: String,
                         address: &crate::config::AddressConfig,
@@ -371,6 +400,8 @@ fn is_prime(n: u64) -> bool {
 pub struct Cluster {
     pub settings: ClusterSettings,
     endpoints: ArcSwap<EndpointSet>,
+    /// Workers ask for an early topology refresh (Redis Cluster MOVED).
+    refresh: tokio::sync::Notify,
     scope: Scope,
     membership_total: Gauge,
     membership_healthy: Gauge,
@@ -385,13 +416,17 @@ impl Cluster {
             membership_healthy: scope.gauge("membership_healthy"),
             membership_change: scope.counter("membership_change"),
             endpoints: ArcSwap::from_pointee(EndpointSet::default()),
+            refresh: tokio::sync::Notify::new(),
             settings,
             scope,
         };
+        // Redis Cluster members come from discovery, not from the seeds.
+        let seeds_only = cluster.settings.redis_cluster.is_some();
         let statics: Vec<Arc<Endpoint>> = cluster
             .settings
             .endpoints
             .iter()
+            .filter(|_| !seeds_only)
             .filter_map(|spec| match spec.address {
                 EndpointAddress::Ip(addr) => Some(Arc::new(Endpoint::new(
                     addr,
@@ -420,9 +455,25 @@ impl Cluster {
         self.endpoints.load()
     }
 
+    /// Asks the main thread for an early topology refresh.
+    pub fn request_refresh(&self) {
+        self.refresh.notify_one();
+    }
+
+    /// Resolves when a worker asked for a refresh.
+    pub async fn refresh_requested(&self) {
+        self.refresh.notified().await;
+    }
+
     /// Publishes a new membership. Endpoints whose address is unchanged keep
     /// their identity (and counters).
-    pub fn publish(&self, mut all: Vec<Arc<Endpoint>>) {
+    pub fn publish(&self, all: Vec<Arc<Endpoint>>) {
+        let slots = self.endpoints.load().slots.clone();
+        self.publish_with_slots(all, slots);
+    }
+
+    /// Publishes a membership with its Redis Cluster slot ranges.
+    pub fn publish_with_slots(&self, mut all: Vec<Arc<Endpoint>>, slots: Arc<Vec<lb::SlotRange>>) {
         let old = self.endpoints.load_full();
         let previous: HashMap<SocketAddr, &Arc<Endpoint>> =
             old.all.iter().map(|e| (e.address, e)).collect();
@@ -436,9 +487,12 @@ impl Cluster {
         let changed = {
             let a: HashSet<SocketAddr> = old.all.iter().map(|e| e.address).collect();
             let b: HashSet<SocketAddr> = all.iter().map(|e| e.address).collect();
-            a != b
+            a != b || old.slots != slots
         };
-        self.republish(all, old.version + 1);
+        if !changed && old.version > 0 {
+            return;
+        }
+        self.republish(all, slots, old.version + 1);
         if changed {
             self.membership_change.inc();
         }
@@ -447,10 +501,10 @@ impl Cluster {
     /// Recomputes the healthy set (after a health change) and publishes.
     pub fn refresh_health(&self) {
         let old = self.endpoints.load_full();
-        self.republish(old.all.clone(), old.version + 1);
+        self.republish(old.all.clone(), old.slots.clone(), old.version + 1);
     }
 
-    fn republish(&self, all: Vec<Arc<Endpoint>>, version: u64) {
+    fn republish(&self, all: Vec<Arc<Endpoint>>, slots: Arc<Vec<lb::SlotRange>>, version: u64) {
         let level = all
             .iter()
             .filter(|e| e.is_healthy())
@@ -469,7 +523,7 @@ impl Cluster {
                 acc
             })
             .collect();
-        let table = self.settings.lb.build_table(&healthy);
+        let table = self.settings.lb.build_table(&healthy, &slots);
         self.membership_total.set(all.len() as i64);
         self.membership_healthy
             .set(all.iter().filter(|e| e.is_healthy()).count() as i64);
@@ -479,6 +533,7 @@ impl Cluster {
             healthy,
             cumulative_weights,
             table,
+            slots,
         }));
     }
 }

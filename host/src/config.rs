@@ -11,6 +11,7 @@ mod access_log;
 mod address;
 mod bootstrap;
 mod cluster;
+mod cluster_type;
 mod data_source;
 mod duration;
 mod error;
@@ -32,6 +33,7 @@ pub use cluster::{
     LeastRequestLbConfig, LoadAssignmentConfig, LocalityConfig, LocalityLbEndpointsConfig,
     MaglevLbConfig, RingHashLbConfig,
 };
+pub use cluster_type::{ClusterTypeConfig, RedisClusterConfig};
 pub use data_source::DataSourceConfig;
 pub use duration::Duration;
 pub use error::{ConfigError, ValidationError};

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
 use crate::cluster::health::HealthChecker;
-use crate::cluster::{ClusterManager, dns};
+use crate::cluster::{ClusterManager, dns, redis_cluster};
 use crate::config::{ConfigError, DEFAULT_CONFIG, DiscoveryType};
 use crate::filter::network::FilterFactory;
 use crate::listener::{self, ListenerFactory};
@@ -126,7 +126,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let health_checkers = runtime.block_on(async {
         let mut checkers = Vec::new();
         for c in clusters.iter() {
-            if c.settings.discovery != DiscoveryType::Static {
+            if c.settings.redis_cluster.is_some() {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), redis_cluster::discover_once(c))
+                        .await;
+            } else if c.settings.discovery != DiscoveryType::Static {
                 let _ = tokio::time::timeout(Duration::from_secs(5), dns::resolve_once(c)).await;
             }
             for hc in &c.settings.health_checks {
@@ -213,7 +217,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             tokio::spawn(admin::serve(l, state.clone()));
         }
         for c in clusters.iter() {
-            if c.settings.discovery != DiscoveryType::Static {
+            if c.settings.redis_cluster.is_some() {
+                tokio::spawn(redis_cluster::refresh(c.clone(), shutdown_rx.clone()));
+            } else if c.settings.discovery != DiscoveryType::Static {
                 tokio::spawn(dns::refresh(c.clone(), shutdown_rx.clone()));
             }
         }

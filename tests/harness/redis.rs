@@ -140,3 +140,61 @@ pub fn read_reply(s: &mut TcpStream) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// A real Redis Cluster of `n` masters (no replicas), slots spread evenly
+/// by `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(n: usize) -> RedisCluster {
+        let nodes: Vec<_> = (0..n)
+            .map(|i| {
+                let conf = format!("nodes-{}-{i}.conf", std::process::id());
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &conf,
+                ])
+            })
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(node.addr().to_string());
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for node in &nodes {
+            eventually(Duration::from_secs(20), "cluster_state:ok", || {
+                node.command(&["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
+                    .then_some(())
+            });
+        }
+        RedisCluster { nodes }
+    }
+
+    /// The node id of node `i`.
+    pub fn id(&self, i: usize) -> String {
+        let reply = self.nodes[i].command(&["CLUSTER", "MYID"]);
+        reply.lines().nth(1).unwrap_or_default().to_string()
+    }
+
+    /// Which node serves `key` (the others answer MOVED).
+    pub fn owner(&self, key: &str) -> usize {
+        (0..self.nodes.len())
+            .find(|&i| !self.nodes[i].command(&["GET", key]).starts_with("-MOVED"))
+            .expect("some node owns every slot")
+    }
+}

@@ -637,3 +637,92 @@ fn transactions_are_pinned_to_one_shard() {
     assert_eq!(ask("EXEC\r\n"), "*-1\r\n");
     assert_eq!(ask("GET {acct}.x\r\n"), "$2\r\n99\r\n");
 }
+
+/// A 3-node real Redis Cluster behind `envoy.clusters.redis`: keys go to the
+/// slot owner, and a resharded slot exercises ASK (mid-migration) and MOVED
+/// (after it).
+#[test]
+fn redis_cluster_follows_slots_ask_and_moved() {
+    use wasp_tests::redis::RedisCluster;
+    let rc = RedisCluster::start(3);
+    let port = free_port();
+    let seeds: Vec<_> = rc.nodes.iter().map(|n| (n.addr(), 1)).collect();
+    // The docs' form: cluster_type with a Struct, lb_policy CLUSTER_PROVIDED.
+    let cluster = config::cluster("rc", "CLUSTER_PROVIDED", &seeds[..1], "")
+        .replace("    type: STATIC\n", "")
+        + "    cluster_type:\n      name: envoy.clusters.redis\n      typed_config:\n        \"@type\": type.googleapis.com/google.protobuf.Struct\n        value:\n          cluster_refresh_rate: 60s\n          cluster_refresh_timeout: 1s\n";
+    let cfg = config::redis_proxy(
+        port,
+        "            enable_redirection: true\n",
+        &config::catch_all("rc"),
+        &cluster,
+    );
+    let wasp = Proxy::start(&cfg, &["--concurrency", "2"]);
+    assert_eq!(
+        wasp.stat("cluster.rc.membership_total"),
+        3,
+        "all masters discovered from one seed"
+    );
+
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    let mut c = client
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap();
+    for i in 0..60 {
+        let _: () = c.set(format!("user:{i}"), i).unwrap();
+    }
+    // Every key sits on its slot's owner, so each node answers it without MOVED.
+    let mut per_node = [0; 3];
+    for i in 0..60 {
+        let key = format!("user:{i}");
+        let owner = rc.owner(&key);
+        assert_eq!(
+            rc.nodes[owner].command(&["GET", &key]),
+            format!("${}\r\n{i}\r\n", i.to_string().len())
+        );
+        per_node[owner] += 1;
+    }
+    assert!(per_node.iter().all(|&n| n > 0), "{per_node:?}");
+
+    // Reshard the slot of `foo` (12182) from its owner to another node.
+    let from = rc.owner("foo");
+    let to = (from + 1) % 3;
+    let (from_id, to_id) = (rc.id(from), rc.id(to));
+    assert!(
+        rc.nodes[to]
+            .command(&["CLUSTER", "SETSLOT", "12182", "IMPORTING", &from_id])
+            .starts_with("+OK")
+    );
+    assert!(
+        rc.nodes[from]
+            .command(&["CLUSTER", "SETSLOT", "12182", "MIGRATING", &to_id])
+            .starts_with("+OK")
+    );
+    // Mid-migration, a key absent from the source gets ASK: wasp follows it.
+    let _: () = c.set("foo", "asked").unwrap();
+    assert_eq!(
+        rc.nodes[to].command(&["CLUSTER", "COUNTKEYSINSLOT", "12182"]),
+        ":1\r\n"
+    );
+    assert_eq!(
+        rc.nodes[from].command(&["CLUSTER", "COUNTKEYSINSLOT", "12182"]),
+        ":0\r\n"
+    );
+
+    // Finish the move: the old owner now answers MOVED, which wasp follows
+    // (and then refreshes its slot map).
+    for node in &rc.nodes {
+        assert!(
+            node.command(&["CLUSTER", "SETSLOT", "12182", "NODE", &to_id])
+                .starts_with("+OK")
+        );
+    }
+    let before = wasp.stat("cluster.rc.update_success");
+    assert_eq!(c.get::<_, String>("foo").unwrap(), "asked");
+    eventually(Duration::from_secs(5), "a refresh after MOVED", || {
+        (wasp.stat("cluster.rc.update_success") > before).then_some(())
+    });
+    assert_eq!(c.get::<_, String>("foo").unwrap(), "asked");
+    // Other slots are untouched.
+    assert_eq!(c.get::<_, i64>("user:7").unwrap(), 7);
+}

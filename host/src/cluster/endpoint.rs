@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::config::LocalityConfig;
 
-use super::lb::HashTable;
+use super::lb::{HashTable, SlotRange};
 
 /// One upstream endpoint. Shared by all workers; its counters are the
 /// per-endpoint figures `/clusters` shows (Envoy keeps these shared too).
@@ -77,8 +77,10 @@ pub struct EndpointSet {
     pub healthy: Vec<Arc<Endpoint>>,
     /// Cumulative weights over `healthy`, for weighted random choice.
     pub cumulative_weights: Vec<u64>,
-    /// The consistent-hash table over `healthy` (RING_HASH, MAGLEV).
+    /// The consistent-hash table over `healthy` (RING_HASH, MAGLEV, slots).
     pub table: Option<HashTable>,
+    /// Redis Cluster only: which master serves which slots.
+    pub slots: Arc<Vec<SlotRange>>,
 }
 
 impl EndpointSet {

@@ -34,6 +34,8 @@ pub enum LbSettings {
     Maglev {
         table_size: u64,
     },
+    /// Redis Cluster: the hash is the key\'s slot, owned by one master.
+    ClusterProvided,
 }
 
 impl LbSettings {
@@ -44,15 +46,18 @@ impl LbSettings {
             LbSettings::Random => LbPolicy::Random,
             LbSettings::RingHash { .. } => LbPolicy::RingHash,
             LbSettings::Maglev { .. } => LbPolicy::Maglev,
+            LbSettings::ClusterProvided => LbPolicy::ClusterProvided,
         }
     }
 
-    /// Builds the shared table for hash-based policies.
-    pub fn build_table(&self, healthy: &[Arc<Endpoint>]) -> Option<HashTable> {
+    /// Builds the shared table for hash-based policies (for Redis Cluster,
+    /// from the slot ranges discovery found).
+    pub fn build_table(&self, healthy: &[Arc<Endpoint>], slots: &[SlotRange]) -> Option<HashTable> {
         if healthy.is_empty() {
             return None;
         }
         match *self {
+            LbSettings::ClusterProvided => Some(HashTable::Slots(slot_table(healthy, slots))),
             LbSettings::RingHash {
                 minimum_ring_size,
                 maximum_ring_size,
@@ -69,21 +74,65 @@ impl LbSettings {
     }
 }
 
+/// A range of Redis Cluster hash slots and the master that serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotRange {
+    pub start: u16,
+    pub end: u16,
+    pub master: std::net::SocketAddr,
+}
+
+/// Redis Cluster's slot count.
+pub const SLOTS: usize = 16384;
+
+/// Slot → index into `healthy` (`u32::MAX`: no healthy master).
+fn slot_table(healthy: &[Arc<Endpoint>], slots: &[SlotRange]) -> Vec<u32> {
+    let mut table = vec![u32::MAX; SLOTS];
+    for range in slots {
+        if let Some(i) = healthy.iter().position(|e| e.address == range.master) {
+            for slot in range.start..=range.end.min(SLOTS as u16 - 1) {
+                table[slot as usize] = i as u32;
+            }
+        }
+    }
+    table
+}
+
 /// A consistent-hash lookup structure over the healthy endpoints.
 #[derive(Debug)]
 pub enum HashTable {
     Ring(Ring),
     Maglev(MaglevTable),
+    Slots(Vec<u32>),
 }
 
 impl HashTable {
     /// The index into `EndpointSet::healthy` that owns `hash`.
-    pub fn lookup(&self, hash: u64) -> usize {
+    pub fn lookup(&self, hash: u64) -> Option<usize> {
         match self {
-            HashTable::Ring(r) => r.lookup(hash),
-            HashTable::Maglev(m) => m.lookup(hash),
+            HashTable::Ring(r) => Some(r.lookup(hash)),
+            HashTable::Maglev(m) => Some(m.lookup(hash)),
+            HashTable::Slots(t) => match t[(hash % SLOTS as u64) as usize] {
+                u32::MAX => None,
+                i => Some(i as usize),
+            },
         }
     }
+}
+
+/// The Redis Cluster slot of a key: CRC16 (XMODEM) of its `{tag}` if it has
+/// a non-empty one, else of the whole key, modulo 16384.
+pub fn redis_slot(key: &[u8]) -> u64 {
+    const CRC16: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_XMODEM);
+    let mut k = key;
+    if let Some(open) = key.iter().position(|&c| c == b'{') {
+        if let Some(len) = key[open + 1..].iter().position(|&c| c == b'}') {
+            if len > 0 {
+                k = &key[open + 1..open + 1 + len];
+            }
+        }
+    }
+    u64::from(CRC16.checksum(k)) % SLOTS as u64
 }
 
 /// What a caller knows about the request that a balancer may use.
@@ -127,9 +176,11 @@ impl LoadBalancer {
                 active_request_bias,
             } => least_request::choose(set, *choice_count, *active_request_bias, &mut self.rng),
             LbSettings::Random => random::choose(set, &mut self.rng),
-            LbSettings::RingHash { .. } | LbSettings::Maglev { .. } => {
+            LbSettings::RingHash { .. }
+            | LbSettings::Maglev { .. }
+            | LbSettings::ClusterProvided => {
                 match (cx.hash, &set.table) {
-                    (Some(hash), Some(table)) => Some(table.lookup(hash)),
+                    (Some(hash), Some(table)) => table.lookup(hash),
                     // No key: Envoy picks at random.
                     _ => random::choose(set, &mut self.rng),
                 }
@@ -141,4 +192,21 @@ impl LoadBalancer {
 /// The 64-bit hash load balancers use for keys (xxHash64, seed 0, as Envoy).
 pub fn hash_key(key: &[u8]) -> u64 {
     xxhash_rust::xxh64::xxh64(key, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redis_slot;
+
+    #[test]
+    fn redis_slots_match_redis() {
+        // Values from `CLUSTER KEYSLOT` on a real Redis 7 server.
+        assert_eq!(redis_slot(b"foo"), 12182);
+        assert_eq!(redis_slot(b"bar"), 5061);
+        assert_eq!(redis_slot(b"{user1000}.following"), 3443);
+        // An empty tag hashes the whole key; the first `{` opens the tag.
+        assert_eq!(redis_slot(b"foo{}{bar}"), 8363);
+        assert_eq!(redis_slot(b"foo{{bar}}zap"), 4015);
+        assert_eq!(redis_slot(b""), 0);
+    }
 }

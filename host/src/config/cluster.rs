@@ -1,6 +1,6 @@
 use serde::Deserialize;
 
-use super::{AddressConfig, Duration, HealthCheckConfig};
+use super::{AddressConfig, ClusterTypeConfig, Duration, Extension, HealthCheckConfig};
 
 /// Envoy's `Cluster`: a named set of endpoints and how to pick one.
 #[derive(Debug, Clone, Deserialize)]
@@ -28,6 +28,8 @@ pub struct ClusterConfig {
     pub typed_extension_protocol_options: Option<serde_json::Value>,
     #[serde(default)]
     pub health_checks: Vec<HealthCheckConfig>,
+    /// A custom cluster type: `envoy.clusters.redis`.
+    pub cluster_type: Option<Extension<ClusterTypeConfig>>,
 }
 
 /// Envoy reads enum names case-insensitively (v2 configs write
@@ -58,6 +60,9 @@ pub enum LbPolicy {
     RingHash,
     #[serde(alias = "maglev")]
     Maglev,
+    /// The cluster type balances itself (Redis Cluster: by hash slot).
+    #[serde(alias = "cluster_provided")]
+    ClusterProvided,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]

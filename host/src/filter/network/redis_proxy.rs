@@ -55,6 +55,7 @@ pub struct RedisProxySettings {
     pub stat_prefix: String,
     pub op_timeout: Duration,
     pub enable_hashtagging: bool,
+    pub enable_redirection: bool,
     pub enable_command_stats: bool,
     pub case_insensitive: bool,
     /// Longest prefix first.
@@ -90,12 +91,6 @@ impl RedisProxySettings {
             return Err(ValidationError::new(
                 join(&settings_path, "op_timeout"),
                 "op_timeout must be greater than zero",
-            ));
-        }
-        if settings.enable_redirection {
-            return Err(ValidationError::new(
-                join(&settings_path, "enable_redirection"),
-                "Redis Cluster redirection (MOVED/ASK) is not supported yet",
             ));
         }
         let route = |r: &RedisRouteConfig,
@@ -195,6 +190,7 @@ impl RedisProxySettings {
             stat_prefix: c.stat_prefix.clone(),
             op_timeout: op_timeout.0,
             enable_hashtagging: settings.enable_hashtagging,
+            enable_redirection: settings.enable_redirection,
             enable_command_stats: settings.enable_command_stats,
             case_insensitive: pr.case_insensitive,
             routes,
@@ -483,7 +479,13 @@ impl RedisProxy {
     }
 
     /// MULTI/EXEC/DISCARD/WATCH/UNWATCH, and every command while one is open.
-    fn transaction(&self, request: Request, kind: Kind, name: &str, session: &mut Session) -> ReplyFuture<'_> {
+    fn transaction(
+        &self,
+        request: Request,
+        kind: Kind,
+        name: &str,
+        session: &mut Session,
+    ) -> ReplyFuture<'_> {
         let tx = session.transaction.get_or_insert_with(Transaction::default);
         match name {
             "multi" if tx.multi => return now(resp::error("ERR MULTI calls can not be nested")),
@@ -496,14 +498,21 @@ impl RedisProxy {
             }
             "exec" | "discard" if !tx.multi => {
                 session.transaction = None;
-                return now(resp::error(&format!("ERR {} without MULTI", name.to_ascii_uppercase())));
+                return now(resp::error(&format!(
+                    "ERR {} without MULTI",
+                    name.to_ascii_uppercase()
+                )));
             }
             "exec" | "discard" | "unwatch" if tx.pinned.is_none() => {
                 let done = name != "unwatch";
                 if done || !tx.multi {
                     session.transaction = None;
                 }
-                return if name == "exec" { static_reply(b"*0\r\n") } else { static_reply(b"+OK\r\n") };
+                return if name == "exec" {
+                    static_reply(b"*0\r\n")
+                } else {
+                    static_reply(b"+OK\r\n")
+                };
             }
             _ => {}
         }
@@ -512,21 +521,30 @@ impl RedisProxy {
         };
         if tx.pinned.is_none() {
             let key_at = if kind == Kind::Eval { 3 } else { 1 };
-            let Some(key) = request.args.get(key_at).filter(|_| kind != Kind::Transaction || name == "watch") else {
+            let Some(key) = request
+                .args
+                .get(key_at)
+                .filter(|_| kind != Kind::Transaction || name == "watch")
+            else {
                 // Keyless commands before the transaction is pinned are
                 // answered as outside one (PING, ECHO, TIME).
                 return match kind {
                     Kind::Ping | Kind::Echo | Kind::Time => {
-                        let mut outside = Session { authenticated: true, transaction: None };
+                        let mut outside = Session {
+                            authenticated: true,
+                            transaction: None,
+                        };
                         self.handle(request, &mut outside)
                     }
-                    _ => now(resp::error("ERR this command is not supported inside a transaction before a keyed command")),
+                    _ => now(resp::error(
+                        "ERR this command is not supported inside a transaction before a keyed command",
+                    )),
                 };
             };
             let Some(route) = self.route(key) else {
                 return static_reply(b"-no upstream host\r\n");
             };
-            let pinned = match route.target.dedicated(self.hash(key)) {
+            let pinned = match route.target.dedicated(self.hash(&route.target, key)) {
                 Ok(p) => p,
                 Err(e) => return now(e.reply()),
             };
@@ -592,9 +610,13 @@ impl RedisProxy {
             .or(self.catch_all.as_ref())
     }
 
-    /// The hash of `key` for the shard choice: of its `{tag}` when hash
-    /// tagging is on and the key has a non-empty one.
-    fn hash(&self, key: &[u8]) -> u64 {
+    /// The hash of `key` for the shard choice: its slot for a Redis Cluster;
+    /// otherwise of its `{tag}` when hash tagging is on and the key has a
+    /// non-empty one.
+    fn hash(&self, target: &Upstreams, key: &[u8]) -> u64 {
+        if target.redis_cluster {
+            return lb::redis_slot(key);
+        }
         let mut k = key;
         if self.settings.enable_hashtagging {
             if let Some(open) = key.iter().position(|&c| c == b'{') {
@@ -622,7 +644,7 @@ impl RedisProxy {
             request.args[key_at] = key.slice(route.prefix.len()..);
             request.raw = None;
         }
-        let hash = self.hash(&request.args[key_at]);
+        let hash = self.hash(&route.target, &request.args[key_at]);
         let encoded = request.encoded();
         for (mirror, exclude_reads) in &route.mirrors {
             if !(*exclude_reads && command::is_read(name)) {
@@ -630,14 +652,10 @@ impl RedisProxy {
                 let _ = mirror.send(hash, encoded.clone());
             }
         }
-        let pending = route.target.send(hash, encoded);
-        let cluster = &route.target.cluster.stats;
+        let pending = route.target.send(hash, encoded.clone());
+        let target = &route.target;
         Either::Right(Box::pin(async move {
-            Reply::new(
-                await_reply(pending, self.settings.op_timeout, cluster)
-                    .await
-                    .unwrap_or_else(UpstreamError::reply),
-            )
+            Reply::new(self.finish(target, pending, encoded).await)
         }))
     }
 
@@ -665,24 +683,68 @@ impl RedisProxy {
                 let mut args: Vec<&[u8]> = vec![single, &key];
                 args.extend(chunk[1..].iter().map(|a| &a[..]));
                 let encoded = resp::encode(args.into_iter());
-                route
+                let pending = route
                     .target
-                    .send(self.hash(&key), encoded)
-                    .map(|rx| (rx, &route.target.cluster.stats))
+                    .send(self.hash(&route.target, &key), encoded.clone());
+                Ok((pending, &route.target, encoded))
             })
             .collect();
-        let op_timeout = self.settings.op_timeout;
         Either::Right(Box::pin(async move {
             let replies = join_all(parts.into_iter().map(|p| async move {
-                match p {
-                    Ok((rx, stats)) => await_reply(Ok(rx), op_timeout, stats).await,
-                    Err(e) => Err(e),
-                }
+                let (pending, target, encoded) = p?;
+                Ok(self.finish(target, pending, encoded).await)
             }))
             .await;
             Reply::new(merge.apply(replies))
         }))
     }
+}
+
+impl RedisProxy {
+    /// Waits for a request's reply and, with `enable_redirection`, follows
+    /// one MOVED or ASK to the node it names (asking the main thread to
+    /// refresh the slot map after a MOVED). Upstream errors become Envoy's
+    /// error replies.
+    async fn finish(
+        &self,
+        target: &Upstreams,
+        pending: Result<tokio::sync::oneshot::Receiver<ReplyResult>, UpstreamError>,
+        request: Bytes,
+    ) -> Bytes {
+        let op_timeout = self.settings.op_timeout;
+        let stats = &target.cluster.stats;
+        let reply = match await_reply(pending, op_timeout, stats).await {
+            Ok(r) => r,
+            Err(e) => return e.reply(),
+        };
+        if !self.settings.enable_redirection {
+            return reply;
+        }
+        let Some((ask, addr)) = redirection(&reply) else {
+            return reply;
+        };
+        let client = target.client_for(addr);
+        if ask {
+            drop(client.send(Bytes::from_static(b"*1\r\n$6\r\nASKING\r\n")));
+        } else {
+            target.cluster.cluster.request_refresh();
+        }
+        let redirected = await_reply(Ok(client.send(request)), op_timeout, stats).await;
+        redirected.unwrap_or_else(UpstreamError::reply)
+    }
+}
+
+/// `-MOVED <slot> <ip:port>` → (false, addr); `-ASK ...` → (true, addr).
+fn redirection(reply: &[u8]) -> Option<(bool, std::net::SocketAddr)> {
+    let text = std::str::from_utf8(reply.strip_prefix(b"-")?.strip_suffix(b"\r\n")?).ok()?;
+    let mut words = text.split(' ');
+    let ask = match words.next()? {
+        "MOVED" => false,
+        "ASK" => true,
+        _ => return None,
+    };
+    let _slot = words.next()?;
+    Some((ask, words.next()?.parse().ok()?))
 }
 
 #[derive(Clone, Copy)]

@@ -91,7 +91,12 @@ impl UpstreamClient {
     /// Queues `request`; the receiver gets its reply.
     pub fn send(&self, request: Bytes) -> oneshot::Receiver<ReplyResult> {
         let (tx, rx) = oneshot::channel();
-        if self.target.retry_at.get().is_some_and(|t| Instant::now() < t) {
+        if self
+            .target
+            .retry_at
+            .get()
+            .is_some_and(|t| Instant::now() < t)
+        {
             let _ = tx.send(Err(UpstreamError::Failure));
             return rx;
         }
@@ -108,7 +113,6 @@ impl UpstreamClient {
         }
         rx
     }
-
 }
 
 impl Target {
@@ -222,6 +226,8 @@ fn fail_all(
 /// A cluster's upstream connections on one worker.
 pub struct Upstreams {
     pub cluster: Rc<WorkerCluster>,
+    /// Keys hash to Redis Cluster slots.
+    pub redis_cluster: bool,
     auth: Option<Bytes>,
     clients: RefCell<HashMap<SocketAddr, Rc<UpstreamClient>>>,
 }
@@ -235,10 +241,34 @@ impl Upstreams {
             .as_ref()
             .map(|a| a.command());
         Rc::new(Upstreams {
+            redis_cluster: cluster.cluster.settings.redis_cluster.is_some(),
             cluster,
             auth,
             clients: RefCell::default(),
         })
+    }
+
+    /// The shared client for `addr`, which a redirection named even if the
+    /// slot map does not list it yet.
+    pub fn client_for(&self, addr: SocketAddr) -> Rc<UpstreamClient> {
+        let endpoint = self
+            .cluster
+            .cluster
+            .endpoints()
+            .all
+            .iter()
+            .find(|e| e.address == addr)
+            .cloned()
+            .unwrap_or_else(|| {
+                Arc::new(Endpoint::new(addr, String::new(), 1, 0, Default::default()))
+            });
+        self.clients
+            .borrow_mut()
+            .entry(addr)
+            .or_insert_with(|| {
+                UpstreamClient::new(endpoint, self.cluster.clone(), self.auth.clone())
+            })
+            .clone()
     }
 
     /// A connection of its own to the endpoint for `hash`, for a transaction.
@@ -247,7 +277,11 @@ impl Upstreams {
             .cluster
             .choose(LbContext { hash: Some(hash) })
             .ok_or(UpstreamError::NoHost)?;
-        Ok(UpstreamClient::new(endpoint, self.cluster.clone(), self.auth.clone()))
+        Ok(UpstreamClient::new(
+            endpoint,
+            self.cluster.clone(),
+            self.auth.clone(),
+        ))
     }
 
     /// Sends `request` to the endpoint the cluster's balancer picks for
