@@ -21,7 +21,7 @@ use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 
 use crate::access_log::{self, StreamInfo};
@@ -264,6 +264,23 @@ impl io::Source for Downstream {
             self.read_eof.set(n == 0);
             chain.borrow_mut().on_data(&buf[..n], n == 0);
         }
+    }
+
+    async fn read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        match &self.chain {
+            None => io::Source::read_buf(&self.stream, buf).await,
+            // Filtered reads go through the chain's buffers anyway.
+            Some(_) => self.read_filtered_buf(buf).await,
+        }
+    }
+}
+
+impl Downstream {
+    async fn read_filtered_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = io::Source::read(self, &mut chunk).await?;
+        buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
     }
 }
 

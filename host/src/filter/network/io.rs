@@ -12,6 +12,7 @@ use std::cell::Cell;
 use std::io;
 use std::net::Shutdown;
 
+use bytes::BytesMut;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -27,7 +28,14 @@ pub trait Source {
     async fn readable(&self) -> io::Result<()>;
     /// Waits for bytes; `Ok(0)` is EOF.
     async fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Waits for bytes and appends them to `buf` (growing it, without
+    /// zeroing); `Ok(0)` is EOF. Cancel-safe: nothing is lost if the future
+    /// is dropped.
+    async fn read_buf(&self, buf: &mut BytesMut) -> io::Result<usize>;
 }
+
+/// How much free room a `read_buf` makes sure of before reading.
+const READ_RESERVE: usize = 16 * 1024;
 
 /// Where a direction writes to.
 #[allow(async_fn_in_trait)]
@@ -46,6 +54,19 @@ impl Source for TcpStream {
         loop {
             self.readable().await?;
             match self.try_read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        loop {
+            self.readable().await?;
+            if buf.capacity() - buf.len() < READ_RESERVE / 4 {
+                buf.reserve(READ_RESERVE);
+            }
+            match self.try_read_buf(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 other => return other,
             }

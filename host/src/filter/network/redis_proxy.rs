@@ -348,7 +348,8 @@ impl RedisProxy {
                         break;
                     }
                 }
-                n = read_some(&d, &mut read_buf), if reading && in_flight.len() < MAX_IN_FLIGHT => {
+                // Cancel-safe: it races reply writing.
+                n = d.read_buf(&mut read_buf), if reading && in_flight.len() < MAX_IN_FLIGHT => {
                     let n = match n {
                         Ok(0) | Err(_) => { reading = false; continue; }
                         Ok(n) => n,
@@ -818,16 +819,6 @@ async fn await_reply(
     result
 }
 
-/// Reads whatever the client sent onto the end of `buf`.
-///
-/// Cancel-safe (it races reply writing in `select!`): bytes land in `buf`
-/// only once a read has completed, never across an await.
-async fn read_some(d: &Downstream, buf: &mut BytesMut) -> std::io::Result<usize> {
-    let mut chunk = [0u8; 16 * 1024];
-    let n = d.read(&mut chunk).await?;
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(n)
-}
 
 fn time_reply() -> Bytes {
     let now = SystemTime::now()

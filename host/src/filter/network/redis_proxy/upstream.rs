@@ -172,12 +172,9 @@ async fn run(client: Rc<Target>, mut ops: mpsc::UnboundedReceiver<Op>) {
         Ok::<_, std::io::Error>(())
     };
     let reader = async {
-        let mut buf = BytesMut::with_capacity(16 * 1024);
+        let mut buf = BytesMut::new();
         loop {
-            let start = buf.len();
-            buf.resize(start + 16 * 1024, 0);
-            let n = stream.read(&mut buf[start..]).await?;
-            buf.truncate(start + n);
+            let n = stream.read_buf(&mut buf).await?;
             if n == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
