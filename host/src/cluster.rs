@@ -28,7 +28,7 @@ use crate::config::path::{index, join};
 use crate::config::{
     ClusterConfig, DiscoveryType, DnsLookupFamily, LbPolicy, LocalityConfig, ValidationError,
 };
-use crate::stats::{Counter, Gauge, Scope};
+use crate::stats::{Counter, Gauge, Histogram, Scope};
 
 pub use endpoint::{Endpoint, EndpointSet};
 pub use lb::{LbContext, LbSettings, LoadBalancer};
@@ -596,6 +596,8 @@ pub struct ClusterStats {
     pub upstream_rq_total: Counter,
     pub upstream_rq_active: Gauge,
     pub upstream_rq_timeout: Counter,
+    pub upstream_cx_connect_ms: Histogram,
+    pub upstream_cx_length_ms: Histogram,
 }
 
 impl ClusterStats {
@@ -612,6 +614,8 @@ impl ClusterStats {
             upstream_rq_total: scope.counter("upstream_rq_total"),
             upstream_rq_active: scope.gauge("upstream_rq_active"),
             upstream_rq_timeout: scope.counter("upstream_rq_timeout"),
+            upstream_cx_connect_ms: scope.histogram("upstream_cx_connect_ms"),
+            upstream_cx_length_ms: scope.histogram("upstream_cx_length_ms"),
         }
     }
 }
@@ -648,10 +652,14 @@ impl WorkerCluster {
         self.stats.upstream_cx_total.inc();
         endpoint.stats.cx_total.fetch_add(1, Ordering::Relaxed);
         let timeout = self.cluster.settings.connect_timeout;
+        let started = tokio::time::Instant::now();
         let result = tokio::time::timeout(timeout, TcpStream::connect(endpoint.address)).await;
         let error = match result {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
+                self.stats
+                    .upstream_cx_connect_ms
+                    .record(started.elapsed().as_millis() as u64);
                 return Ok(stream);
             }
             Ok(Err(e)) => ConnectError::Failed(endpoint.address, e),

@@ -15,7 +15,7 @@ use crate::access_log::StreamInfo;
 use crate::config::path::{index, join};
 use crate::config::{ListenerConfig, ValidationError};
 use crate::filter::network::{FilterFactory, NetworkFilterSettings, WorkerChain};
-use crate::stats::{Counter, Gauge, Scope};
+use crate::stats::{Counter, Gauge, Histogram, Scope};
 
 const DEFAULT_BUFFER_LIMIT: u32 = 1024 * 1024;
 
@@ -168,6 +168,7 @@ impl ActiveConnections {
 struct ConnectionGuard {
     active: Rc<ActiveConnections>,
     stats: Rc<ListenerStats>,
+    accepted: tokio::time::Instant,
 }
 
 impl Drop for ConnectionGuard {
@@ -180,6 +181,9 @@ impl Drop for ConnectionGuard {
         self.stats.downstream_cx_active.dec();
         self.stats.worker_cx_active.dec();
         self.stats.downstream_cx_destroy.inc();
+        self.stats
+            .downstream_cx_length_ms
+            .record(self.accepted.elapsed().as_millis() as u64);
     }
 }
 
@@ -188,6 +192,7 @@ struct ListenerStats {
     downstream_cx_total: Counter,
     downstream_cx_active: Gauge,
     downstream_cx_destroy: Counter,
+    downstream_cx_length_ms: Histogram,
     worker_cx_total: Counter,
     worker_cx_active: Gauge,
 }
@@ -223,6 +228,7 @@ impl WorkerListener {
                 downstream_cx_total: scope.counter("downstream_cx_total"),
                 downstream_cx_active: scope.gauge("downstream_cx_active"),
                 downstream_cx_destroy: scope.counter("downstream_cx_destroy"),
+                downstream_cx_length_ms: scope.histogram("downstream_cx_length_ms"),
                 worker_cx_total: worker_scope.counter("downstream_cx_total"),
                 worker_cx_active: worker_scope.gauge("downstream_cx_active"),
             }),
@@ -266,6 +272,7 @@ impl WorkerListener {
             let guard = ConnectionGuard {
                 active: active.clone(),
                 stats: self.stats.clone(),
+                accepted: tokio::time::Instant::now(),
             };
             let info = StreamInfo::new(ids.next(), peer, local);
             let (chain, buffer_limit) = (self.chain.clone(), self.buffer_limit);

@@ -7,6 +7,9 @@
 //! stat also carries the Prometheus name and tags Envoy's tag extraction would
 //! give it (`envoy_cluster_upstream_cx_total{envoy_cluster_name="backend"}`),
 //! fixed when the stat is created rather than recovered by regex.
+//!
+//! Histograms use Envoy's default bucket bounds; each worker records into its
+//! own shard's bucket counters, and readers merge them.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +27,7 @@ pub struct Store {
 pub enum Kind {
     Counter,
     Gauge,
+    Histogram,
 }
 
 struct Metric {
@@ -31,6 +35,43 @@ struct Metric {
     prom_name: String,
     tags: Vec<(String, String)>,
     shards: Mutex<Vec<Arc<AtomicU64>>>,
+    histogram_shards: Mutex<Vec<Arc<HistogramShard>>>,
+}
+
+/// Envoy's default histogram bucket bounds.
+pub const BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// One worker's counts for one histogram: per bucket (plus overflow), the
+/// sum and the count of recorded values.
+#[derive(Debug, Default)]
+pub struct HistogramShard {
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum: AtomicU64,
+    count: AtomicU64,
+}
+
+/// A histogram as read: cumulative bucket counts (the last is +Inf).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistogramSummary {
+    pub cumulative: Vec<u64>,
+    pub sum: u64,
+    pub count: u64,
+}
+
+impl HistogramSummary {
+    /// An estimate of quantile `q` (0..=1): the upper bound of the bucket
+    /// holding it, as Envoy's bucketed estimate does; `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = (q * self.count as f64).ceil().max(1.0) as u64;
+        let i = self.cumulative.iter().position(|&c| c >= rank)?;
+        Some(BUCKETS.get(i).copied().unwrap_or(f64::INFINITY))
+    }
 }
 
 /// One stat as read: the sum of its shards.
@@ -45,6 +86,33 @@ pub struct Sample {
     pub value: i64,
     /// Whether anything ever touched it (Envoy's `usedonly`).
     pub used: bool,
+    /// For histograms, the merged buckets (`value` is then the count).
+    pub histogram: Option<HistogramSummary>,
+}
+
+fn merge(shards: &[Arc<HistogramShard>]) -> HistogramSummary {
+    let mut per_bucket = vec![0u64; BUCKETS.len() + 1];
+    let (mut sum, mut count) = (0, 0);
+    for s in shards {
+        for (acc, b) in per_bucket.iter_mut().zip(&s.buckets) {
+            *acc += b.load(Ordering::Relaxed);
+        }
+        sum += s.sum.load(Ordering::Relaxed);
+        count += s.count.load(Ordering::Relaxed);
+    }
+    let mut running = 0;
+    let cumulative = per_bucket
+        .into_iter()
+        .map(|c| {
+            running += c;
+            running
+        })
+        .collect();
+    HistogramSummary {
+        cumulative,
+        sum,
+        count,
+    }
 }
 
 impl Store {
@@ -62,17 +130,36 @@ impl Store {
         }
     }
 
-    fn shard(&self, scope: &Scope, name: &str, kind: Kind) -> Arc<AtomicU64> {
+    fn metric(&self, scope: &Scope, name: &str, kind: Kind) -> Arc<Metric> {
         let full = format!("{}{name}", scope.prefix);
         let mut metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
-        let metric = metrics.entry(full).or_insert_with(|| {
-            Arc::new(Metric {
-                kind,
-                prom_name: prometheus_name(&format!("{}{name}", scope.prom_prefix)),
-                tags: scope.tags.clone(),
-                shards: Mutex::new(Vec::new()),
+        metrics
+            .entry(full)
+            .or_insert_with(|| {
+                Arc::new(Metric {
+                    kind,
+                    prom_name: prometheus_name(&format!("{}{name}", scope.prom_prefix)),
+                    tags: scope.tags.clone(),
+                    shards: Mutex::new(Vec::new()),
+                    histogram_shards: Mutex::new(Vec::new()),
+                })
             })
-        });
+            .clone()
+    }
+
+    fn histogram_shard(&self, scope: &Scope, name: &str) -> Arc<HistogramShard> {
+        let metric = self.metric(scope, name, Kind::Histogram);
+        let shard = Arc::new(HistogramShard::default());
+        metric
+            .histogram_shards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(shard.clone());
+        shard
+    }
+
+    fn shard(&self, scope: &Scope, name: &str, kind: Kind) -> Arc<AtomicU64> {
+        let metric = self.metric(scope, name, kind);
         let shard = Arc::new(AtomicU64::new(0));
         metric
             .shards
@@ -95,13 +182,19 @@ impl Store {
                     used |= v != 0;
                     acc.wrapping_add(v)
                 }) as i64;
+                let histogram = (m.kind == Kind::Histogram).then(|| {
+                    let h = merge(&m.histogram_shards.lock().unwrap_or_else(|e| e.into_inner()));
+                    used |= h.count > 0;
+                    h
+                });
                 Sample {
                     name: name.clone(),
                     prom_name: m.prom_name.clone(),
                     tags: m.tags.clone(),
                     kind: m.kind,
-                    value,
+                    value: histogram.as_ref().map_or(value, |h| h.count as i64),
                     used,
+                    histogram,
                 }
             })
             .collect()
@@ -198,6 +291,11 @@ impl Scope {
         Gauge(self.store.shard(self, name, Kind::Gauge))
     }
 
+    /// A new shard of histogram `name`.
+    pub fn histogram(&self, name: &str) -> Histogram {
+        Histogram(self.store.histogram_shard(self, name))
+    }
+
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
@@ -240,6 +338,23 @@ impl Gauge {
     }
 }
 
+/// A distribution of values (one worker's shard), e.g. latencies in ms.
+#[derive(Clone, Debug)]
+pub struct Histogram(Arc<HistogramShard>);
+
+impl Histogram {
+    pub fn record(&self, value: u64) {
+        let v = value as f64;
+        let i = BUCKETS
+            .iter()
+            .position(|&b| v <= b)
+            .unwrap_or(BUCKETS.len());
+        self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.0.sum.fetch_add(value, Ordering::Relaxed);
+        self.0.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,5 +387,26 @@ mod tests {
             vec![("envoy_cluster_name".into(), "web.1".into())]
         );
         assert_eq!(store.value("cluster.web.1.upstream_cx_active"), Some(0));
+    }
+
+    #[test]
+    fn histograms_merge_shards_into_envoy_buckets() {
+        let store = Store::new();
+        let scope = store.root().child("x");
+        let (a, b) = (scope.histogram("latency"), scope.histogram("latency"));
+        for v in [0, 1, 3, 7] {
+            a.record(v);
+        }
+        b.record(40);
+        b.record(4_000_000);
+        let h = store.samples()[0].histogram.clone().unwrap();
+        assert_eq!(h.count, 6);
+        assert_eq!(h.sum, 4_000_051);
+        // <=0.5: 1, <=1: 2, <=5: 3, <=10: 4, <=50: 5, +Inf: 6
+        assert_eq!(&h.cumulative[..6], &[1, 2, 3, 4, 4, 5]);
+        assert_eq!(*h.cumulative.last().unwrap(), 6);
+        assert_eq!(h.quantile(0.5), Some(5.0));
+        assert_eq!(h.quantile(1.0), Some(f64::INFINITY));
+        assert_eq!(HistogramSummary::default().quantile(0.5), None);
     }
 }

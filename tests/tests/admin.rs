@@ -125,14 +125,21 @@ fn admin_endpoints_answer_as_envoy_does() {
         .filter(|n| !envoy_names.contains(n))
         .collect();
     assert!(missing.is_empty(), "stats Envoy does not have: {missing:?}");
+    // Counters and gauges are integers; histograms use Envoy's quantile form.
     for w_line in ws.lines() {
+        let (_, v) = w_line.split_once(": ").unwrap();
         assert!(
-            w_line
-                .split_once(": ")
-                .is_some_and(|(_, v)| v.parse::<i64>().is_ok()),
+            v.parse::<i64>().is_ok() || v.starts_with("P0(nan,") || v == "No recorded values",
             "{w_line}"
         );
     }
+    let hist = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("cluster.echo.upstream_cx_length_ms: "))
+            .map(str::to_string)
+    };
+    assert!(hist(&ws).is_some_and(|l| l.contains(" P50(nan,")), "{ws}");
+    assert!(hist(&es).is_some(), "Envoy has the same histogram");
     let per_worker: i64 = (0..2)
         .map(|i| {
             stat_from(

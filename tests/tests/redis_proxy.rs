@@ -726,3 +726,31 @@ fn redis_cluster_follows_slots_ask_and_moved() {
     // Other slots are untouched.
     assert_eq!(c.get::<_, i64>("user:7").unwrap(), 7);
 }
+
+#[test]
+fn command_stats_count_and_time_each_command() {
+    let s = Shards::start("            enable_command_stats: true\n", "");
+    let mut c = s.client();
+    for i in 0..5 {
+        let _: () = c.set(format!("s{i}"), i).unwrap();
+    }
+    let _ = redis::cmd("INCR")
+        .arg("s1")
+        .arg("extra")
+        .query::<i64>(&mut c);
+    let (_, stats) = s.wasp.get("/stats").unwrap();
+    let stat = |name: &str| wasp_tests::stat_from(&stats, name);
+    assert_eq!(stat("redis.redis.command.set.total"), Some(5));
+    assert_eq!(stat("redis.redis.command.set.success"), Some(5));
+    assert_eq!(stat("redis.redis.command.incr.error"), Some(1));
+    let latency = stats
+        .lines()
+        .find(|l| l.starts_with("redis.redis.command.set.latency: "))
+        .expect("latency histogram");
+    assert!(latency.contains(" P99(nan,"), "{latency}");
+    let (_, prom) = s.wasp.get("/stats/prometheus").unwrap();
+    assert!(
+        prom.contains("envoy_redis_command_set_latency_count{envoy_redis_prefix=\"redis\"} 5"),
+        "{prom}"
+    );
+}

@@ -12,20 +12,55 @@ use crate::stats::{Kind, Sample};
 
 use super::AdminState;
 
-/// `/stats`: `name: value` lines, sorted by name.
+/// The quantiles Envoy reports for histograms, in percent.
+const QUANTILES: [f64; 10] = [0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 100.0];
+
+/// `/stats`: `name: value` lines sorted by name, then histograms as
+/// Envoy prints them (`P50(interval,cumulative)`; wasp keeps no interval
+/// windows, so the interval is `nan`).
 pub fn stats_text(samples: &[Sample]) -> String {
     let mut out = String::with_capacity(samples.len() * 48);
-    for s in samples {
+    for s in samples.iter().filter(|s| s.histogram.is_none()) {
         let _ = writeln!(out, "{}: {}", s.name, s.value);
+    }
+    for s in samples {
+        let Some(h) = &s.histogram else { continue };
+        if h.count == 0 {
+            let _ = writeln!(out, "{}: No recorded values", s.name);
+            continue;
+        }
+        let _ = write!(out, "{}:", s.name);
+        for q in QUANTILES {
+            let v = h.quantile(q / 100.0).unwrap_or(f64::NAN);
+            let _ = write!(out, " P{q}(nan,{v})");
+        }
+        out.push('\n');
     }
     out
 }
 
-/// `/stats?format=json`.
+/// `/stats?format=json`, in Envoy's shape.
 pub fn stats_json(samples: &[Sample]) -> Value {
-    json!({
-        "stats": samples.iter().map(|s| json!({"name": s.name, "value": s.value})).collect::<Vec<_>>()
-    })
+    let mut stats: Vec<Value> = samples
+        .iter()
+        .filter(|s| s.histogram.is_none())
+        .map(|s| json!({"name": s.name, "value": s.value}))
+        .collect();
+    let computed: Vec<Value> = samples
+        .iter()
+        .filter_map(|s| {
+            let h = s.histogram.as_ref()?;
+            let values: Vec<Value> = QUANTILES
+                .iter()
+                .map(|q| json!({"interval": null, "cumulative": h.quantile(q / 100.0)}))
+                .collect();
+            Some(json!({"name": s.name, "values": values}))
+        })
+        .collect();
+    if !computed.is_empty() {
+        stats.push(json!({"histograms": {"supported_quantiles": QUANTILES, "computed_quantiles": computed}}));
+    }
+    json!({ "stats": stats })
 }
 
 /// `/stats/prometheus`: one `# TYPE` line per metric family, then a line
@@ -40,24 +75,43 @@ pub fn prometheus(samples: &[Sample]) -> String {
         let kind = match members[0].kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         };
         let _ = writeln!(out, "# TYPE {name} {kind}");
         for s in members {
-            out.push_str(name);
-            if !s.tags.is_empty() {
-                out.push('{');
-                for (i, (k, v)) in s.tags.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    let _ = write!(out, "{k}=\"{}\"", escape_label(v));
-                }
-                out.push('}');
+            let labels = labels(&s.tags);
+            let Some(h) = &s.histogram else {
+                let _ = writeln!(out, "{name}{} {}", braces(&labels), s.value);
+                continue;
+            };
+            let sep = if labels.is_empty() { "" } else { "," };
+            for (i, count) in h.cumulative.iter().enumerate() {
+                let le = crate::stats::BUCKETS
+                    .get(i)
+                    .map_or("+Inf".to_string(), |b| b.to_string());
+                let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {count}");
             }
-            let _ = writeln!(out, " {}", s.value);
+            let _ = writeln!(out, "{name}_sum{} {}", braces(&labels), h.sum);
+            let _ = writeln!(out, "{name}_count{} {}", braces(&labels), h.count);
         }
     }
     out
+}
+
+/// `k="v",k2="v2"` for a series' tags.
+fn labels(tags: &[(String, String)]) -> String {
+    tags.iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn braces(labels: &str) -> String {
+    if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    }
 }
 
 fn escape_label(v: &str) -> String {

@@ -25,7 +25,8 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use crate::cluster::{WorkerClusters, lb};
 use crate::config::path::{index, join};
 use crate::config::{RedisProxyConfig, RedisRouteConfig, ValidationError};
-use crate::stats::{Counter, Gauge, Scope};
+use crate::stats::{Counter, Gauge, Histogram, Scope};
+use tokio::time::Instant;
 
 use super::Downstream;
 use super::io::{Sink, Source};
@@ -57,6 +58,7 @@ pub struct RedisProxySettings {
     pub enable_hashtagging: bool,
     pub enable_redirection: bool,
     pub enable_command_stats: bool,
+    pub latency_in_micros: bool,
     pub case_insensitive: bool,
     /// Longest prefix first.
     pub routes: Vec<RouteSettings>,
@@ -192,6 +194,7 @@ impl RedisProxySettings {
             enable_hashtagging: settings.enable_hashtagging,
             enable_redirection: settings.enable_redirection,
             enable_command_stats: settings.enable_command_stats,
+            latency_in_micros: c.latency_in_micros,
             case_insensitive: pr.case_insensitive,
             routes,
             catch_all,
@@ -226,6 +229,7 @@ struct CommandStats {
     total: Counter,
     success: Counter,
     error: Counter,
+    latency: Histogram,
 }
 
 /// One worker's redis_proxy.
@@ -257,7 +261,8 @@ struct Transaction {
 struct Reply {
     bytes: Bytes,
     close: bool,
-    command: Option<Rc<CommandStats>>,
+    /// With enable_command_stats: the command's stats and when it arrived.
+    command: Option<(Rc<CommandStats>, Instant)>,
 }
 
 impl Reply {
@@ -393,12 +398,18 @@ impl RedisProxy {
     /// closes after it.
     fn collect(&self, reply: Reply, out: &mut BytesMut) -> bool {
         self.stats.downstream_rq_active.dec();
-        if let Some(c) = &reply.command {
+        if let Some((c, started)) = &reply.command {
             if reply.bytes.starts_with(b"-") {
                 c.error.inc();
             } else {
                 c.success.inc();
             }
+            let took = started.elapsed();
+            c.latency.record(if self.settings.latency_in_micros {
+                took.as_micros() as u64
+            } else {
+                took.as_millis() as u64
+            });
         }
         out.extend_from_slice(&reply.bytes);
         reply.close
@@ -415,6 +426,7 @@ impl RedisProxy {
                 total: scope.counter("total"),
                 success: scope.counter("success"),
                 error: scope.counter("error"),
+                latency: scope.histogram("latency"),
             })
         });
         stats.total.inc();
@@ -472,10 +484,13 @@ impl RedisProxy {
         };
         match command {
             None => reply,
-            Some(c) => Either::Right(Box::pin(reply.map(move |mut r| {
-                r.command = Some(c);
-                r
-            }))),
+            Some(c) => {
+                let started = Instant::now();
+                Either::Right(Box::pin(reply.map(move |mut r| {
+                    r.command = Some((c, started));
+                    r
+                })))
+            }
         }
     }
 
@@ -818,7 +833,6 @@ async fn await_reply(
     stats.upstream_rq_active.dec();
     result
 }
-
 
 fn time_reply() -> Bytes {
     let now = SystemTime::now()

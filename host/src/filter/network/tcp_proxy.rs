@@ -242,7 +242,8 @@ impl TcpProxy {
         endpoint.stats.rq_total.fetch_add(1, Ordering::Relaxed);
         endpoint.stats.rq_active.fetch_add(1, Ordering::Relaxed);
 
-        let activity = Cell::new(Instant::now());
+        let connected_at = Instant::now();
+        let activity = Cell::new(connected_at);
         let (rx, tx) = (Cell::new(0u64), Cell::new(0u64));
         let upstream_counters = [
             &self.stats.downstream_cx_rx_bytes_total,
@@ -293,6 +294,8 @@ impl TcpProxy {
 
         cs.upstream_cx_active.dec();
         cs.upstream_cx_destroy.inc();
+        cs.upstream_cx_length_ms
+            .record(connected_at.elapsed().as_millis() as u64);
         endpoint.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
         endpoint.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
         if outcome == Outcome::Closed {

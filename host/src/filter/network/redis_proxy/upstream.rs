@@ -141,6 +141,7 @@ async fn run(client: Rc<Target>, mut ops: mpsc::UnboundedReceiver<Op>) {
         }
     };
     client.connected();
+    let connected_at = Instant::now();
     stats.upstream_cx_active.inc();
     // Reply slots in request order; `None` is our own AUTH.
     let pending: RefCell<VecDeque<Option<oneshot::Sender<ReplyResult>>>> = RefCell::default();
@@ -203,6 +204,9 @@ async fn run(client: Rc<Target>, mut ops: mpsc::UnboundedReceiver<Op>) {
     }
     stats.upstream_cx_active.dec();
     stats.upstream_cx_destroy.inc();
+    stats
+        .upstream_cx_length_ms
+        .record(connected_at.elapsed().as_millis() as u64);
     let pending = pending.into_inner();
     fail_all(&mut ops, pending.into_iter().flatten());
 }
