@@ -29,8 +29,14 @@ pub struct ConnPoolSettingsConfig {
     pub enable_hashtagging: bool,
     #[serde(default)]
     pub enable_redirection: bool,
+    /// Accepted for compatibility. wasp batches differently: each upstream
+    /// connection writes everything queued for it in one go whenever it
+    /// runs, which is what these two settings approximate with a size and
+    /// a timer, without adding latency.
     pub max_buffer_size_before_flush: Option<u32>,
     pub buffer_flush_timeout: Option<Duration>,
+    /// Accepted for compatibility; redirections reuse one connection per
+    /// node, so there is nothing to cap.
     pub max_upstream_unknown_connections: Option<u32>,
     #[serde(default)]
     pub enable_command_stats: bool,
