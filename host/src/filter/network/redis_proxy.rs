@@ -443,10 +443,16 @@ impl RedisProxy {
         if !session.authenticated && kind != Kind::Auth {
             return static_reply(b"-NOAUTH Authentication required.\r\n");
         }
-        if request.args.len() < command::min_args(kind) {
+        // Envoy's wording for malformed requests, so clients see the same
+        // replies through either proxy.
+        if kind == Kind::Mset && request.args.len() % 2 == 0 {
             return now(resp::error(&format!(
-                "ERR wrong number of arguments for '{name}' command"
+                "wrong number of arguments for '{}' command",
+                String::from_utf8_lossy(&request.args[0])
             )));
+        }
+        if request.args.len() < command::min_args(kind) {
+            return static_reply(b"-invalid request\r\n");
         }
         let command = self.command_stats(&name);
         if kind == Kind::Transaction || session.transaction.is_some() {
@@ -469,14 +475,7 @@ impl RedisProxy {
             Kind::Simple => self.forward(request, 1, &name),
             Kind::Eval => self.forward(request, 3, &name),
             Kind::Mget => self.fan_out(&request, b"GET", 1, Merge::Array),
-            Kind::Mset => {
-                if request.args.len() % 2 != 1 {
-                    return now(resp::error(
-                        "ERR wrong number of arguments for 'mset' command",
-                    ));
-                }
-                self.fan_out(&request, b"SET", 2, Merge::AllOk)
-            }
+            Kind::Mset => self.fan_out(&request, b"SET", 2, Merge::AllOk),
             Kind::SumPerKey => {
                 let single = request.args[0].clone();
                 self.fan_out(&request, &single, 1, Merge::Sum)
@@ -649,9 +648,7 @@ impl RedisProxy {
     /// Sends a request whose key is argument `key_at` to its shard.
     fn forward(&self, mut request: Request, key_at: usize, name: &str) -> ReplyFuture<'_> {
         let Some(key) = request.args.get(key_at).cloned() else {
-            return now(resp::error(&format!(
-                "ERR wrong number of arguments for '{name}' command"
-            )));
+            return static_reply(b"-invalid request\r\n");
         };
         let Some(route) = self.route(&key) else {
             return static_reply(b"-no upstream host\r\n");
