@@ -806,3 +806,47 @@ fn replies_match_envoy() {
         .collect();
     assert!(differences.is_empty(), "{differences:#?}");
 }
+
+#[test]
+fn prefix_routes_choose_the_longest_prefix_strip_it_and_mirror_writes() {
+    let (users, admins, rest, mirror) = (
+        RedisServer::start(),
+        RedisServer::start(),
+        RedisServer::start(),
+        RedisServer::start(),
+    );
+    let clusters = config::cluster("users", "MAGLEV", &[(users.addr(), 1)], "")
+        + &config::cluster("admins", "MAGLEV", &[(admins.addr(), 1)], "")
+        + &config::cluster("rest", "MAGLEV", &[(rest.addr(), 1)], "")
+        + &config::cluster("mirror", "MAGLEV", &[(mirror.addr(), 1)], "");
+    let routes = "          prefix_routes:\n            case_insensitive: true\n            routes:\n            - prefix: \"user:\"\n              cluster: users\n              request_mirror_policy:\n              - cluster: mirror\n                exclude_read_commands: true\n            - prefix: \"user:admin:\"\n              cluster: admins\n              remove_prefix: true\n            catch_all_route:\n              cluster: rest\n";
+    let port = free_port();
+    let _wasp = Proxy::start(&config::redis_proxy(port, "", routes, &clusters), &[]);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(raw_command(addr, &["SET", "USER:1", "a"]), "+OK\r\n");
+    assert_eq!(
+        raw_command(addr, &["SET", "user:admin:root", "b"]),
+        "+OK\r\n"
+    );
+    assert_eq!(raw_command(addr, &["SET", "other", "c"]), "+OK\r\n");
+    assert_eq!(
+        raw_command(addr, &["GET", "user:1"]),
+        "$-1\r\n",
+        "keys are case-sensitive in Redis"
+    );
+    assert_eq!(raw_command(addr, &["GET", "USER:1"]), "$1\r\na\r\n");
+    // Case-insensitive prefix match; the longer prefix wins and is stripped.
+    assert_eq!(users.command(&["GET", "USER:1"]), "$1\r\na\r\n");
+    assert_eq!(admins.command(&["GET", "root"]), "$1\r\nb\r\n");
+    assert_eq!(rest.command(&["GET", "other"]), "$1\r\nc\r\n");
+    // Writes on the mirrored route reach the mirror too; reads do not.
+    let stats = eventually(Duration::from_secs(5), "the mirrored write", || {
+        let stats = mirror.command(&["INFO", "commandstats"]);
+        stats.contains("cmdstat_set:calls=1,").then_some(stats)
+    });
+    assert!(
+        !stats.contains("cmdstat_get:"),
+        "reads are not mirrored: {stats}"
+    );
+    assert_eq!(mirror.command(&["GET", "USER:1"]), "$1\r\na\r\n");
+}
