@@ -13,6 +13,7 @@ use std::io;
 use std::net::Shutdown;
 
 use bytes::BytesMut;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -55,6 +56,10 @@ impl Source for TcpStream {
             self.readable().await?;
             match self.try_read(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Ok(n) if n > 0 && n < buf.len() => {
+                    forget_readiness(self);
+                    return Ok(n);
+                }
                 other => return other,
             }
         }
@@ -66,8 +71,13 @@ impl Source for TcpStream {
             if buf.capacity() - buf.len() < READ_RESERVE / 4 {
                 buf.reserve(READ_RESERVE);
             }
+            let room = buf.capacity() - buf.len();
             match self.try_read_buf(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Ok(n) if n > 0 && n < room => {
+                    forget_readiness(self);
+                    return Ok(n);
+                }
                 other => return other,
             }
         }
@@ -90,6 +100,17 @@ impl Sink for TcpStream {
     async fn close_write(&self) {
         let _ = socket2::SockRef::from(self).shutdown(Shutdown::Write);
     }
+}
+
+/// After a short read the socket is empty: forget its readiness now rather
+/// than learn it from one more `recv()` returning EAGAIN (a syscall per
+/// request saved on request/response traffic). Data arriving later raises a
+/// new edge, and tokio ignores a clear older than its latest event, so
+/// nothing is missed.
+fn forget_readiness(s: &TcpStream) {
+    let _ = s.try_io(Interest::READABLE, || {
+        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+    });
 }
 
 /// Copies `from` → `to` until `from` reaches EOF, then half-closes `to`.
