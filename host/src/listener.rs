@@ -125,6 +125,16 @@ impl ListenerSettings {
     }
 }
 
+/// Fails if anything already listens on `addr`. SO_REUSEPORT would let a
+/// second wasp (or anything else setting it) share the port silently and
+/// split the traffic; a plain bind first makes "address in use" an error.
+pub fn ensure_free(addr: SocketAddr) -> std::io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    std::net::TcpListener::bind(addr).map(drop)
+}
+
 /// Binds `addr` with SO_REUSEPORT (and SO_REUSEADDR), non-blocking.
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;

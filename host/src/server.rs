@@ -149,6 +149,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let mut bound = Vec::new();
     for f in &factories {
         let mut addr = f.settings.address;
+        listener::ensure_free(addr)
+            .with_context(|| format!("cannot bind listener `{}` to {addr}", f.settings.name))?;
         for sockets in per_worker.iter_mut() {
             let socket = listener::bind(addr)
                 .with_context(|| format!("cannot bind listener `{}` to {addr}", f.settings.name))?;

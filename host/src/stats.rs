@@ -201,6 +201,7 @@ impl Store {
     }
 
     /// The summed value of one stat, if it exists.
+    #[cfg(test)]
     pub fn value(&self, name: &str) -> Option<i64> {
         let metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
         let m = metrics.get(name)?;
@@ -294,10 +295,6 @@ impl Scope {
     /// A new shard of histogram `name`.
     pub fn histogram(&self, name: &str) -> Histogram {
         Histogram(self.store.histogram_shard(self, name))
-    }
-
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
     }
 }
 

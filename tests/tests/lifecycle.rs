@@ -113,6 +113,23 @@ fn a_port_in_use_fails_start_up_with_a_clear_error() {
     );
 }
 
+#[test]
+fn a_second_wasp_on_the_same_port_fails_instead_of_sharing_it() {
+    let (first, addr, _echo) = echo_setup(&[]);
+    let config = std::fs::read_to_string(&first.config_path).unwrap();
+    let dir = wasp_tests::temp_dir("second");
+    let path = dir.join("c.yaml");
+    std::fs::write(&path, config).unwrap();
+    let out = wasp_tests::run_wasp(&["-c", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot bind listener `proxy` to {addr}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("in use"), "{stderr}");
+}
+
 /// The README's run command: no config at all. Uses the default's fixed
 /// ports 10000 and 9901, so it is the only test that does.
 #[test]

@@ -10,10 +10,6 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 pub struct Duration(pub std::time::Duration);
 
 impl Duration {
-    pub fn from_secs(s: u64) -> Self {
-        Duration(std::time::Duration::from_secs(s))
-    }
-
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
         let split = s

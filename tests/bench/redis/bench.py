@@ -73,6 +73,13 @@ def proxy_config(port, redis_port):
 """
 
 
+def cpu_ticks(pid):
+    """utime + stime of a process, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def bench(port, pipeline):
     out = subprocess.run(
         ["redis-benchmark", "-p", str(port), "-t", "set,get", "-c", "50", "-n", "200000",
@@ -95,6 +102,7 @@ def main():
                                        "--appendonly", "no"], stdout=subprocess.DEVNULL))
         wait_port(redis_port)
         targets = {"redis (direct)": redis_port}
+        pids = {"redis (direct)": procs[0].pid}
         for name, binary, extra in (("wasp", os.path.join(ROOT, "target/release/wasp"), []),
                                     ("envoy", envoy, ["--disable-hot-restart", "-l", "error"])):
             port = free_port()
@@ -105,6 +113,7 @@ def main():
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             wait_port(port)
             targets[name] = port
+            pids[name] = procs[-1].pid
         port = free_port()
         path = os.path.join(tmp, "nutcracker.yml")
         with open(path, "w") as f:
@@ -114,6 +123,9 @@ def main():
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_port(port)
         targets["twemproxy"] = port
+        pids["twemproxy"] = procs[-1].pid
+        hz = os.sysconf("SC_CLK_TCK")
+        cpu = {}  # (target, pipeline) -> [µs of CPU per request]
 
         results = {}  # (target, pipeline, test) -> [(rps, p99)]
         for r in range(args.rounds):
@@ -121,7 +133,11 @@ def main():
             order = order[r % len(order):] + order[:r % len(order)]
             for name, port in order:
                 for pipeline in (1, 16):
-                    for test, v in bench(port, pipeline).items():
+                    before = cpu_ticks(pids[name])
+                    measured = bench(port, pipeline)
+                    used = (cpu_ticks(pids[name]) - before) / hz
+                    cpu.setdefault((name, pipeline), []).append(used * 1e6 / (200000 * len(measured)))
+                    for test, v in measured.items():
                         results.setdefault((name, pipeline, test), []).append(v)
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
 
@@ -135,6 +151,12 @@ def main():
             p99 = statistics.median(v[1] for v in vs)
             med[(name, pipeline, test)] = (rps, p99)
             print(f"| {name} | {test} | {pipeline} | {rps:,.0f} | {p99:.3f} |")
+        print("\nCPU time of the process under test per request (utime+stime from /proc, "
+              "SET and GET together; for 'redis (direct)' the server itself):\n")
+        print("| target | -P | CPU µs / request |")
+        print("|---|---|---|")
+        for (name, pipeline), vs in sorted(cpu.items()):
+            print(f"| {name} | {pipeline} | {statistics.median(vs):.2f} |")
         print("\nwasp against the better of Envoy and twemproxy:\n")
         print("| test | -P | rps ratio | p99 wasp / best p99 |")
         print("|---|---|---|---|")

@@ -41,12 +41,4 @@ impl Ring {
         let i = self.points.partition_point(|(h, _)| *h < hash);
         self.points[if i == self.points.len() { 0 } else { i }].1
     }
-
-    pub fn len(&self) -> usize {
-        self.points.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.points.is_empty()
-    }
 }

@@ -420,23 +420,26 @@ impl RedisProxy {
             return None;
         }
         let mut commands = self.stats.commands.borrow_mut();
-        let stats = commands.entry(name.to_string()).or_insert_with(|| {
+        if !commands.contains_key(name) {
             let scope = self.stats.scope.child("command").child(name);
-            Rc::new(CommandStats {
+            let stats = Rc::new(CommandStats {
                 total: scope.counter("total"),
                 success: scope.counter("success"),
                 error: scope.counter("error"),
                 latency: scope.histogram("latency"),
-            })
-        });
+            });
+            commands.insert(name.to_string(), stats);
+        }
+        let stats = &commands[name];
         stats.total.inc();
         Some(stats.clone())
     }
 
     /// Turns one request into the future of its reply.
     fn handle(&self, request: Request, session: &mut Session) -> ReplyFuture<'_> {
-        let name = request.command();
-        let Some(kind) = command::kind(&name) else {
+        let mut name_buf = [0u8; 24];
+        let name = request.command(&mut name_buf);
+        let Some(kind) = command::kind(name) else {
             tracing::debug!(command = %name, "unsupported redis command");
             return now(unknown_command(&request));
         };
@@ -454,9 +457,9 @@ impl RedisProxy {
         if request.args.len() < command::min_args(kind) {
             return static_reply(b"-invalid request\r\n");
         }
-        let command = self.command_stats(&name);
+        let command = self.command_stats(name);
         if kind == Kind::Transaction || session.transaction.is_some() {
-            return self.transaction(request, kind, &name, session);
+            return self.transaction(request, kind, name, session);
         }
         let reply = match kind {
             Kind::Ping => match request.args.get(1) {
@@ -472,8 +475,8 @@ impl RedisProxy {
             })),
             Kind::Auth => now(self.auth(&request, &mut session.authenticated)),
             Kind::Transaction => unreachable!("handled above"),
-            Kind::Simple => self.forward(request, 1, &name),
-            Kind::Eval => self.forward(request, 3, &name),
+            Kind::Simple => self.forward(request, 1, name),
+            Kind::Eval => self.forward(request, 3, name),
             Kind::Mget => self.fan_out(&request, b"GET", 1, Merge::Array),
             Kind::Mset => self.fan_out(&request, b"SET", 2, Merge::AllOk),
             Kind::SumPerKey => {

@@ -32,9 +32,17 @@ pub struct Request {
 }
 
 impl Request {
-    /// The command name, lower-cased.
-    pub fn command(&self) -> String {
-        String::from_utf8_lossy(&self.args[0]).to_ascii_lowercase()
+    /// The command name lower-cased into `buf`, without allocating; empty
+    /// when it is longer than `buf` (no command wasp knows is) or not UTF-8.
+    pub fn command<'b>(&self, buf: &'b mut [u8; 24]) -> &'b str {
+        let name = &self.args[0];
+        if name.len() > buf.len() {
+            return "";
+        }
+        let out = &mut buf[..name.len()];
+        out.copy_from_slice(name);
+        out.make_ascii_lowercase();
+        std::str::from_utf8(out).unwrap_or("")
     }
 
     /// The request as a RESP array (the frame received, or a fresh encoding).
