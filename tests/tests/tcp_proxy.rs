@@ -316,3 +316,57 @@ fn strict_dns_cluster_resolves_names() {
         "{clusters}"
     );
 }
+
+#[test]
+fn ipv6_listener_and_logical_dns_cluster() {
+    let b = backend::named("six");
+    let port = free_port();
+    // A LOGICAL_DNS cluster uses the first address its name resolves to.
+    let cluster = format!(
+        "  - name: logical\n    type: LOGICAL_DNS\n    connect_timeout: 1s\n    dns_lookup_family: V4_ONLY\n    load_assignment:\n      cluster_name: logical\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{ address: localhost, port_value: {} }}\n",
+        b.addr.port()
+    );
+    let cfg = config::tcp_proxy(port, "          cluster: logical\n", "", &cluster).replace(
+        "socket_address: { address: 127.0.0.1, port_value",
+        "socket_address: { address: \"::1\", port_value",
+    );
+    let wasp = Wasp::start(&cfg, &[]);
+    let mut c =
+        TcpStream::connect(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut line = [0u8; 4];
+    c.read_exact(&mut line).unwrap();
+    assert_eq!(&line, b"six\n");
+    assert_eq!(
+        wasp.stat(&format!("listener.[__1]_{port}.downstream_cx_total")),
+        1
+    );
+    assert_eq!(wasp.stat("cluster.logical.membership_total"), 1);
+}
+
+#[test]
+fn config_yaml_merges_over_the_config_file() {
+    let a = backend::named("a");
+    let b = backend::named("b");
+    let port = free_port();
+    let cfg = config::tcp_proxy(
+        port,
+        "          cluster: ca\n",
+        "",
+        &config::cluster("ca", "ROUND_ROBIN", &[(a.addr, 1)], ""),
+    );
+    // Lists append (a second cluster, a second listener), as protobuf merges.
+    let second = free_port();
+    let extra = format!(
+        "static_resources:\n  clusters:\n{}  listeners:\n  - name: extra\n    address:\n      socket_address: {{ address: 127.0.0.1, port_value: {second} }}\n    filter_chains:\n    - filters:\n      - name: envoy.tcp_proxy\n        config: {{ stat_prefix: extra, cluster: cb }}\n",
+        config::cluster("cb", "ROUND_ROBIN", &[(b.addr, 1)], "")
+    );
+    let _wasp = Wasp::start(&cfg, &["--config-yaml", &extra]);
+    for (p, want) in [(port, b"a\n"), (second, b"b\n")] {
+        let mut c = TcpStream::connect(proxy_addr(p)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut line = [0u8; 2];
+        c.read_exact(&mut line).unwrap();
+        assert_eq!(&line, want);
+    }
+}
