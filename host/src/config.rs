@@ -17,6 +17,7 @@ mod duration;
 mod error;
 mod extension;
 mod health_check;
+mod http_connection_manager;
 mod listener;
 mod network_filter;
 mod redis_proxy;
@@ -40,6 +41,12 @@ pub use error::{ConfigError, ValidationError};
 pub use extension::{Extension, Extensions, TypedConfig, proto_name};
 pub use health_check::{
     HealthCheckConfig, HealthCheckerConfig, RedisHealthCheckConfig, TcpHealthCheckConfig,
+};
+pub use http_connection_manager::{
+    CodecType, DirectResponseActionConfig, HeaderMatcherConfig, HeaderValueOptionConfig,
+    HttpConnectionManagerConfig, HttpFilterConfig, RedirectActionConfig, RedirectResponseCode,
+    RegexMatcherConfig, RouteActionConfig, RouteConfigurationConfig, RouteEntryConfig,
+    RouteMatchConfig, StringMatcherConfig, VirtualHostConfig,
 };
 pub use listener::{FilterChainConfig, ListenerConfig, TrafficDirection};
 pub use network_filter::{ConnectionLimitConfig, DirectResponseConfig, NetworkFilterConfig};

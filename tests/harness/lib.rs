@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod http_backend;
 pub mod redis;
 
 use std::io::{Read, Write};

@@ -2,7 +2,9 @@ use serde::Deserialize;
 use serde::de::Deserializer;
 
 use super::extension::{Empty, Extensions, unsupported};
-use super::{DataSourceConfig, Duration, RedisProxyConfig, TcpProxyConfig};
+use super::{
+    DataSourceConfig, Duration, HttpConnectionManagerConfig, RedisProxyConfig, TcpProxyConfig,
+};
 
 /// The network filters wasp has, by config.
 #[derive(Debug, Clone)]
@@ -12,6 +14,7 @@ pub enum NetworkFilterConfig {
     DirectResponse(DirectResponseConfig),
     ConnectionLimit(ConnectionLimitConfig),
     RedisProxy(Box<RedisProxyConfig>),
+    HttpConnectionManager(Box<HttpConnectionManagerConfig>),
 }
 
 /// `envoy.filters.network.connection_limit`.
@@ -62,6 +65,14 @@ const TYPES: &[(&str, &str)] = &[
         "envoy.config.filter.network.redis_proxy.v2.RedisProxy",
         "redis_proxy",
     ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "http_connection_manager",
+    ),
+    (
+        "envoy.config.filter.network.http_connection_manager.v2.HttpConnectionManager",
+        "http_connection_manager",
+    ),
 ];
 
 const NAMES: &[(&str, &str)] = &[
@@ -73,6 +84,11 @@ const NAMES: &[(&str, &str)] = &[
     ("envoy.filters.network.connection_limit", "connection_limit"),
     ("envoy.filters.network.redis_proxy", "redis_proxy"),
     ("envoy.redis_proxy", "redis_proxy"),
+    (
+        "envoy.filters.network.http_connection_manager",
+        "http_connection_manager",
+    ),
+    ("envoy.http_connection_manager", "http_connection_manager"),
 ];
 
 impl NetworkFilterConfig {
@@ -83,6 +99,9 @@ impl NetworkFilterConfig {
                 Empty::deserialize(d)?;
                 NetworkFilterConfig::Echo
             }
+            "http_connection_manager" => NetworkFilterConfig::HttpConnectionManager(Box::new(
+                HttpConnectionManagerConfig::deserialize(d)?,
+            )),
             "redis_proxy" => {
                 NetworkFilterConfig::RedisProxy(Box::new(RedisProxyConfig::deserialize(d)?))
             }
@@ -99,6 +118,7 @@ impl NetworkFilterConfig {
             self,
             NetworkFilterConfig::TcpProxy(_)
                 | NetworkFilterConfig::RedisProxy(_)
+                | NetworkFilterConfig::HttpConnectionManager(_)
                 | NetworkFilterConfig::Echo
                 | NetworkFilterConfig::DirectResponse(_)
         )

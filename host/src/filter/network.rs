@@ -12,6 +12,7 @@ pub mod chain;
 pub mod connection_limit;
 pub mod direct_response;
 pub mod echo;
+pub mod http_connection_manager;
 pub mod io;
 pub mod redis_proxy;
 pub mod tcp_proxy;
@@ -35,6 +36,7 @@ use connection_limit::{
     ConnectionLimit, ConnectionLimitSettings, ConnectionLimitStats, SharedCount,
 };
 
+pub use http_connection_manager::{HcmSettings, HttpConnectionManager};
 pub use redis_proxy::{RedisProxy, RedisProxySettings};
 pub use tcp_proxy::{TcpProxy, TcpProxySettings};
 
@@ -43,6 +45,7 @@ pub use tcp_proxy::{TcpProxy, TcpProxySettings};
 pub enum NetworkFilterSettings {
     TcpProxy(Arc<TcpProxySettings>),
     RedisProxy(Arc<RedisProxySettings>),
+    HttpConnectionManager(Arc<HcmSettings>),
     Echo,
     DirectResponse(Bytes),
     ConnectionLimit(ConnectionLimitSettings),
@@ -62,6 +65,11 @@ impl NetworkFilterSettings {
             NetworkFilterConfig::RedisProxy(c) => NetworkFilterSettings::RedisProxy(Arc::new(
                 RedisProxySettings::validate(c, &at, clusters)?,
             )),
+            NetworkFilterConfig::HttpConnectionManager(c) => {
+                NetworkFilterSettings::HttpConnectionManager(Arc::new(HcmSettings::validate(
+                    c, &at, clusters,
+                )?))
+            }
             NetworkFilterConfig::Echo => NetworkFilterSettings::Echo,
             NetworkFilterConfig::DirectResponse(c) => {
                 let bytes = match &c.response {
@@ -86,6 +94,7 @@ pub enum FilterFactory {
         logs: Vec<Arc<access_log::AccessLog>>,
     },
     RedisProxy(Arc<RedisProxySettings>),
+    HttpConnectionManager(Arc<HcmSettings>),
     Echo,
     DirectResponse(Bytes),
     ConnectionLimit {
@@ -104,6 +113,9 @@ impl FilterFactory {
                 settings: s.clone(),
             },
             NetworkFilterSettings::RedisProxy(s) => FilterFactory::RedisProxy(s.clone()),
+            NetworkFilterSettings::HttpConnectionManager(s) => {
+                FilterFactory::HttpConnectionManager(s.clone())
+            }
             NetworkFilterSettings::Echo => FilterFactory::Echo,
             NetworkFilterSettings::DirectResponse(b) => FilterFactory::DirectResponse(b.clone()),
             NetworkFilterSettings::ConnectionLimit(s) => FilterFactory::ConnectionLimit {
@@ -140,6 +152,7 @@ impl WorkerFilter {
 pub enum TerminalFilter {
     TcpProxy(Rc<TcpProxy>),
     RedisProxy(Rc<RedisProxy>),
+    HttpConnectionManager(Rc<HttpConnectionManager>),
     Echo,
     DirectResponse(Bytes),
 }
@@ -179,6 +192,13 @@ impl WorkerChain {
             FilterFactory::RedisProxy(settings) => TerminalFilter::RedisProxy(Rc::new(
                 RedisProxy::new((**settings).clone(), clusters, stats),
             )),
+            FilterFactory::HttpConnectionManager(settings) => {
+                TerminalFilter::HttpConnectionManager(Rc::new(HttpConnectionManager::new(
+                    settings.clone(),
+                    clusters,
+                    stats,
+                )))
+            }
             FilterFactory::Echo => TerminalFilter::Echo,
             FilterFactory::DirectResponse(b) => TerminalFilter::DirectResponse(b.clone()),
             FilterFactory::ConnectionLimit { .. } => return None,
@@ -210,6 +230,7 @@ impl WorkerChain {
         match &self.terminal {
             TerminalFilter::TcpProxy(p) => p.serve(downstream, info).await,
             TerminalFilter::RedisProxy(p) => p.serve(downstream).await,
+            TerminalFilter::HttpConnectionManager(h) => h.clone().serve(downstream, info).await,
             TerminalFilter::Echo => echo::serve(downstream).await,
             TerminalFilter::DirectResponse(b) => direct_response::serve(downstream, b).await,
         }

@@ -1,0 +1,227 @@
+use serde::Deserialize;
+use serde::de::Deserializer;
+
+use super::extension::{Empty, Extensions, unsupported};
+use super::{AccessLogConfig, DataSourceConfig, Duration, Extension};
+
+/// `envoy.filters.network.http_connection_manager`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConnectionManagerConfig {
+    pub stat_prefix: String,
+    #[serde(default)]
+    pub codec_type: CodecType,
+    pub route_config: Option<RouteConfigurationConfig>,
+    #[serde(default)]
+    pub http_filters: Vec<Extension<HttpFilterConfig>>,
+    #[serde(default)]
+    pub access_log: Vec<Extension<AccessLogConfig>>,
+    #[serde(default)]
+    pub use_remote_address: bool,
+    pub generate_request_id: Option<bool>,
+    pub server_name: Option<String>,
+    pub stream_idle_timeout: Option<Duration>,
+    pub request_timeout: Option<Duration>,
+    pub request_headers_timeout: Option<Duration>,
+    pub max_request_headers_kb: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CodecType {
+    #[default]
+    #[serde(alias = "auto")]
+    Auto,
+    #[serde(alias = "http1")]
+    Http1,
+    #[serde(alias = "http2")]
+    Http2,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfigurationConfig {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub virtual_hosts: Vec<VirtualHostConfig>,
+    #[serde(default)]
+    pub request_headers_to_add: Vec<HeaderValueOptionConfig>,
+    #[serde(default)]
+    pub response_headers_to_add: Vec<HeaderValueOptionConfig>,
+    #[serde(default)]
+    pub request_headers_to_remove: Vec<String>,
+    #[serde(default)]
+    pub response_headers_to_remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualHostConfig {
+    pub name: String,
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub routes: Vec<RouteEntryConfig>,
+    #[serde(default)]
+    pub request_headers_to_add: Vec<HeaderValueOptionConfig>,
+    #[serde(default)]
+    pub response_headers_to_add: Vec<HeaderValueOptionConfig>,
+    #[serde(default)]
+    pub request_headers_to_remove: Vec<String>,
+    #[serde(default)]
+    pub response_headers_to_remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteEntryConfig {
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub matcher: RouteMatchConfig,
+    pub route: Option<RouteActionConfig>,
+    pub direct_response: Option<DirectResponseActionConfig>,
+    pub redirect: Option<RedirectActionConfig>,
+    #[serde(default)]
+    pub request_headers_to_add: Vec<HeaderValueOptionConfig>,
+    #[serde(default)]
+    pub response_headers_to_add: Vec<HeaderValueOptionConfig>,
+    #[serde(default)]
+    pub request_headers_to_remove: Vec<String>,
+    #[serde(default)]
+    pub response_headers_to_remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatchConfig {
+    pub prefix: Option<String>,
+    pub path: Option<String>,
+    pub safe_regex: Option<RegexMatcherConfig>,
+    #[serde(default)]
+    pub headers: Vec<HeaderMatcherConfig>,
+    pub case_sensitive: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexMatcherConfig {
+    pub regex: String,
+    /// Accepted for v3 configs that still carry it; RE2 syntax is what the
+    /// `regex` crate implements.
+    pub google_re2: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatcherConfig {
+    pub name: String,
+    pub exact_match: Option<String>,
+    pub prefix_match: Option<String>,
+    pub suffix_match: Option<String>,
+    pub contains_match: Option<String>,
+    pub safe_regex_match: Option<RegexMatcherConfig>,
+    pub present_match: Option<bool>,
+    pub string_match: Option<StringMatcherConfig>,
+    #[serde(default)]
+    pub invert_match: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StringMatcherConfig {
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub suffix: Option<String>,
+    pub contains: Option<String>,
+    pub safe_regex: Option<RegexMatcherConfig>,
+    #[serde(default)]
+    pub ignore_case: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteActionConfig {
+    pub cluster: String,
+    pub prefix_rewrite: Option<String>,
+    pub host_rewrite_literal: Option<String>,
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponseActionConfig {
+    pub status: u16,
+    pub body: Option<DataSourceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectActionConfig {
+    pub host_redirect: Option<String>,
+    pub path_redirect: Option<String>,
+    pub prefix_rewrite: Option<String>,
+    pub scheme_redirect: Option<String>,
+    #[serde(default)]
+    pub https_redirect: bool,
+    pub port_redirect: Option<u16>,
+    pub response_code: Option<RedirectResponseCode>,
+    #[serde(default)]
+    pub strip_query: bool,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RedirectResponseCode {
+    MovedPermanently,
+    Found,
+    SeeOther,
+    TemporaryRedirect,
+    PermanentRedirect,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderValueOptionConfig {
+    pub header: HeaderValueConfig,
+    pub append: Option<bool>,
+    pub append_action: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderValueConfig {
+    pub key: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+/// The HTTP filters wasp has.
+#[derive(Debug, Clone)]
+pub enum HttpFilterConfig {
+    Router,
+}
+
+const TYPES: &[&str] = &[
+    "envoy.extensions.filters.http.router.v3.Router",
+    "envoy.config.filter.http.router.v2.Router",
+];
+const NAMES: &[&str] = &["envoy.filters.http.router", "envoy.router"];
+
+impl Extensions for HttpFilterConfig {
+    const KIND: &'static str = "HTTP filter";
+
+    fn from_type<'de, D: Deserializer<'de>>(type_name: &str, d: D) -> Result<Self, D::Error> {
+        if TYPES.contains(&type_name) {
+            Empty::deserialize(d)?;
+            return Ok(HttpFilterConfig::Router);
+        }
+        Err(unsupported(Self::KIND, type_name, TYPES))
+    }
+
+    fn from_name<'de, D: Deserializer<'de>>(name: &str, d: D) -> Result<Self, D::Error> {
+        if NAMES.contains(&name) {
+            Empty::deserialize(d)?;
+            return Ok(HttpFilterConfig::Router);
+        }
+        Err(unsupported(Self::KIND, name, NAMES))
+    }
+}

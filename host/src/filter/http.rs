@@ -1,0 +1,5 @@
+//! HTTP: the route table an http_connection_manager matches requests
+//! against, and the router that sends them upstream.
+
+pub mod route;
+pub mod router;

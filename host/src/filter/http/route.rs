@@ -1,0 +1,483 @@
+//! Envoy's route configuration: virtual hosts chosen by the Host header,
+//! routes matched by path and headers, and what each route does.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use regex::Regex;
+
+use crate::config::path::{index, join};
+use crate::config::{
+    HeaderMatcherConfig, HeaderValueOptionConfig, RedirectActionConfig, RedirectResponseCode,
+    RegexMatcherConfig, RouteConfigurationConfig, RouteEntryConfig, StringMatcherConfig,
+    ValidationError,
+};
+
+/// Headers to add and remove at one level (route, virtual host, route table).
+#[derive(Debug, Clone, Default)]
+pub struct HeaderOps {
+    add: Vec<(HeaderName, HeaderValue, bool)>,
+    remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    fn build(
+        add: &[HeaderValueOptionConfig],
+        remove: &[String],
+        path: &str,
+    ) -> Result<Self, ValidationError> {
+        let mut ops = HeaderOps::default();
+        for (i, h) in add.iter().enumerate() {
+            let at = index(path, i);
+            let name = HeaderName::from_bytes(h.header.key.as_bytes()).map_err(|_| {
+                ValidationError::new(join(&at, "header.key"), "not a valid header name")
+            })?;
+            let value = HeaderValue::from_str(&h.header.value).map_err(|_| {
+                ValidationError::new(join(&at, "header.value"), "not a valid header value")
+            })?;
+            let append = match h.append_action.as_deref() {
+                None => h.append.unwrap_or(true),
+                Some("APPEND_IF_EXISTS_OR_ADD") => true,
+                Some("OVERWRITE_IF_EXISTS_OR_ADD") => false,
+                Some(other) => {
+                    return Err(ValidationError::new(
+                        join(&at, "append_action"),
+                        format!("unsupported append_action `{other}`"),
+                    ));
+                }
+            };
+            ops.add.push((name, value, append));
+        }
+        for r in remove {
+            ops.remove
+                .push(HeaderName::from_bytes(r.as_bytes()).map_err(|_| {
+                    ValidationError::new(path, format!("`{r}` is not a valid header name"))
+                })?);
+        }
+        Ok(ops)
+    }
+
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value, append) in &self.add {
+            if *append {
+                headers.append(name.clone(), value.clone());
+            } else {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum DomainMatch {
+    Any,
+    Exact(String),
+    /// `*.example.com` → `.example.com`
+    Suffix(String),
+    /// `example.*` → `example.`
+    Prefix(String),
+}
+
+#[derive(Debug, Clone)]
+enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    Regex(Regex),
+}
+
+#[derive(Debug, Clone)]
+enum ValueMatch {
+    Present(bool),
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+    Regex(Regex),
+}
+
+#[derive(Debug, Clone)]
+struct HeaderMatch {
+    name: HeaderName,
+    value: ValueMatch,
+    invert: bool,
+}
+
+/// What a matched route does.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Forward {
+        cluster: String,
+        prefix_rewrite: Option<String>,
+        host_rewrite: Option<String>,
+        timeout: Option<Duration>,
+    },
+    Direct {
+        status: StatusCode,
+        body: Bytes,
+    },
+    Redirect(RedirectActionConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    path: PathMatch,
+    case_sensitive: bool,
+    headers: Vec<HeaderMatch>,
+    pub action: Action,
+    pub headers_ops: (HeaderOps, HeaderOps),
+}
+
+#[derive(Debug, Clone)]
+struct VirtualHost {
+    domains: Vec<DomainMatch>,
+    routes: Vec<Route>,
+    headers_ops: (HeaderOps, HeaderOps),
+}
+
+/// A validated route configuration.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    virtual_hosts: Vec<VirtualHost>,
+    /// (request, response) header changes of the whole table.
+    pub headers_ops: (HeaderOps, HeaderOps),
+}
+
+/// The result of matching: the route, and the header changes of each level
+/// (route table last, so the most specific level wins ties, as in Envoy).
+pub struct Matched<'a> {
+    pub route: &'a Route,
+    pub levels: [&'a (HeaderOps, HeaderOps); 3],
+}
+
+fn regex(r: &RegexMatcherConfig, at: &str) -> Result<Regex, ValidationError> {
+    Regex::new(&format!("^(?:{})$", r.regex))
+        .map_err(|e| ValidationError::new(join(at, "regex"), format!("invalid regex: {e}")))
+}
+
+fn ops(
+    add_req: &[HeaderValueOptionConfig],
+    rm_req: &[String],
+    add_resp: &[HeaderValueOptionConfig],
+    rm_resp: &[String],
+    at: &str,
+) -> Result<(HeaderOps, HeaderOps), ValidationError> {
+    Ok((
+        HeaderOps::build(add_req, rm_req, &join(at, "request_headers_to_add"))?,
+        HeaderOps::build(add_resp, rm_resp, &join(at, "response_headers_to_add"))?,
+    ))
+}
+
+impl RouteTable {
+    pub fn validate(
+        c: &RouteConfigurationConfig,
+        path: &str,
+        clusters: &std::collections::HashSet<String>,
+    ) -> Result<Self, ValidationError> {
+        let mut virtual_hosts = Vec::new();
+        for (i, vh) in c.virtual_hosts.iter().enumerate() {
+            let at = index(&join(path, "virtual_hosts"), i);
+            let mut domains = Vec::new();
+            for d in &vh.domains {
+                let d = d.to_ascii_lowercase();
+                domains.push(if d == "*" {
+                    DomainMatch::Any
+                } else if let Some(s) = d.strip_prefix('*') {
+                    DomainMatch::Suffix(s.to_string())
+                } else if let Some(p) = d.strip_suffix('*') {
+                    DomainMatch::Prefix(p.to_string())
+                } else {
+                    DomainMatch::Exact(d)
+                });
+            }
+            let mut routes = Vec::new();
+            for (j, r) in vh.routes.iter().enumerate() {
+                routes.push(Self::route(r, &index(&join(&at, "routes"), j), clusters)?);
+            }
+            virtual_hosts.push(VirtualHost {
+                domains,
+                routes,
+                headers_ops: ops(
+                    &vh.request_headers_to_add,
+                    &vh.request_headers_to_remove,
+                    &vh.response_headers_to_add,
+                    &vh.response_headers_to_remove,
+                    &at,
+                )?,
+            });
+        }
+        Ok(RouteTable {
+            virtual_hosts,
+            headers_ops: ops(
+                &c.request_headers_to_add,
+                &c.request_headers_to_remove,
+                &c.response_headers_to_add,
+                &c.response_headers_to_remove,
+                path,
+            )?,
+        })
+    }
+
+    fn route(
+        r: &RouteEntryConfig,
+        at: &str,
+        clusters: &std::collections::HashSet<String>,
+    ) -> Result<Route, ValidationError> {
+        let m = &r.matcher;
+        let mat = join(at, "match");
+        let path = match (&m.prefix, &m.path, &m.safe_regex) {
+            (Some(p), None, None) => PathMatch::Prefix(p.clone()),
+            (None, Some(p), None) => PathMatch::Exact(p.clone()),
+            (None, None, Some(re)) => PathMatch::Regex(regex(re, &join(&mat, "safe_regex"))?),
+            _ => {
+                return Err(ValidationError::new(
+                    mat,
+                    "a route match needs exactly one of prefix, path, safe_regex",
+                ));
+            }
+        };
+        let mut headers = Vec::new();
+        for (k, h) in m.headers.iter().enumerate() {
+            headers.push(header_match(h, &index(&join(&mat, "headers"), k))?);
+        }
+        let action = match (&r.route, &r.direct_response, &r.redirect) {
+            (Some(a), None, None) => {
+                if !clusters.contains(&a.cluster) {
+                    return Err(ValidationError::new(
+                        join(&join(at, "route"), "cluster"),
+                        format!("unknown cluster `{}`", a.cluster),
+                    ));
+                }
+                Action::Forward {
+                    cluster: a.cluster.clone(),
+                    prefix_rewrite: a.prefix_rewrite.clone(),
+                    host_rewrite: a.host_rewrite_literal.clone(),
+                    timeout: match a.timeout {
+                        None => Some(Duration::from_secs(15)),
+                        Some(d) if d.is_zero() => None,
+                        Some(d) => Some(d.0),
+                    },
+                }
+            }
+            (None, Some(d), None) => Action::Direct {
+                status: StatusCode::from_u16(d.status).map_err(|_| {
+                    ValidationError::new(
+                        join(&join(at, "direct_response"), "status"),
+                        "not an HTTP status",
+                    )
+                })?,
+                body: match &d.body {
+                    Some(b) => b
+                        .load()
+                        .map_err(|e| {
+                            ValidationError::new(join(&join(at, "direct_response"), "body"), e)
+                        })?
+                        .into(),
+                    None => Bytes::new(),
+                },
+            },
+            (None, None, Some(redirect)) => Action::Redirect(redirect.clone()),
+            _ => {
+                return Err(ValidationError::new(
+                    at,
+                    "a route needs exactly one of route, direct_response, redirect",
+                ));
+            }
+        };
+        Ok(Route {
+            path,
+            case_sensitive: m.case_sensitive.unwrap_or(true),
+            headers,
+            action,
+            headers_ops: ops(
+                &r.request_headers_to_add,
+                &r.request_headers_to_remove,
+                &r.response_headers_to_add,
+                &r.response_headers_to_remove,
+                at,
+            )?,
+        })
+    }
+
+    /// The route for a request: virtual host by Host (exact, then the
+    /// longest `*.suffix`, then the longest `prefix.*`, then `*`; with the
+    /// port, then without it), then the first route that matches.
+    pub fn find(&self, host: &str, path: &str, headers: &HeaderMap) -> Option<Matched<'_>> {
+        let host = host.to_ascii_lowercase();
+        let vh = self.virtual_host(&host).or_else(|| {
+            let (h, port) = host.rsplit_once(':')?;
+            port.parse::<u16>().ok()?;
+            self.virtual_host(h)
+        })?;
+        let route = vh.routes.iter().find(|r| r.matches(path, headers))?;
+        Some(Matched {
+            route,
+            levels: [&route.headers_ops, &vh.headers_ops, &self.headers_ops],
+        })
+    }
+
+    fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
+        let mut best: Option<(u8, usize, &VirtualHost)> = None;
+        for vh in &self.virtual_hosts {
+            for d in &vh.domains {
+                let score = match d {
+                    DomainMatch::Exact(e) if e == host => (3, e.len()),
+                    DomainMatch::Suffix(s)
+                        if host.ends_with(s.as_str()) && host.len() > s.len() =>
+                    {
+                        (2, s.len())
+                    }
+                    DomainMatch::Prefix(p)
+                        if host.starts_with(p.as_str()) && host.len() > p.len() =>
+                    {
+                        (1, p.len())
+                    }
+                    DomainMatch::Any => (0, 0),
+                    _ => continue,
+                };
+                if best.is_none_or(|(k, l, _)| (score.0, score.1) > (k, l)) {
+                    best = Some((score.0, score.1, vh));
+                }
+            }
+        }
+        best.map(|b| b.2)
+    }
+}
+
+impl Route {
+    fn matches(&self, path_and_query: &str, headers: &HeaderMap) -> bool {
+        let path = path_and_query.split('?').next().unwrap_or("");
+        let ok = match &self.path {
+            PathMatch::Prefix(p) if self.case_sensitive => path_and_query.starts_with(p.as_str()),
+            PathMatch::Prefix(p) => path_and_query
+                .get(..p.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(p)),
+            PathMatch::Exact(p) if self.case_sensitive => path == p,
+            PathMatch::Exact(p) => path.eq_ignore_ascii_case(p),
+            PathMatch::Regex(r) => r.is_match(path),
+        };
+        ok && self.headers.iter().all(|h| h.matches(headers))
+    }
+
+    /// The path sent upstream: the matched prefix replaced by `prefix_rewrite`.
+    pub fn rewrite_path(&self, path: &str, prefix_rewrite: &str) -> String {
+        match &self.path {
+            PathMatch::Prefix(p) if path.len() >= p.len() => {
+                format!("{prefix_rewrite}{}", &path[p.len()..])
+            }
+            _ => path.to_string(),
+        }
+    }
+}
+
+fn header_match(h: &HeaderMatcherConfig, at: &str) -> Result<HeaderMatch, ValidationError> {
+    let name = HeaderName::from_bytes(h.name.as_bytes())
+        .map_err(|_| ValidationError::new(join(at, "name"), "not a valid header name"))?;
+    let from_string = |s: &StringMatcherConfig| -> Result<ValueMatch, ValidationError> {
+        Ok(
+            match (&s.exact, &s.prefix, &s.suffix, &s.contains, &s.safe_regex) {
+                (Some(v), ..) => ValueMatch::Exact(v.clone()),
+                (_, Some(v), ..) => ValueMatch::Prefix(v.clone()),
+                (_, _, Some(v), ..) => ValueMatch::Suffix(v.clone()),
+                (_, _, _, Some(v), _) => ValueMatch::Contains(v.clone()),
+                (_, _, _, _, Some(r)) => {
+                    ValueMatch::Regex(regex(r, &join(at, "string_match.safe_regex"))?)
+                }
+                _ => {
+                    return Err(ValidationError::new(
+                        join(at, "string_match"),
+                        "empty string matcher",
+                    ));
+                }
+            },
+        )
+    };
+    let value = if let Some(v) = &h.exact_match {
+        ValueMatch::Exact(v.clone())
+    } else if let Some(v) = &h.prefix_match {
+        ValueMatch::Prefix(v.clone())
+    } else if let Some(v) = &h.suffix_match {
+        ValueMatch::Suffix(v.clone())
+    } else if let Some(v) = &h.contains_match {
+        ValueMatch::Contains(v.clone())
+    } else if let Some(r) = &h.safe_regex_match {
+        ValueMatch::Regex(regex(r, &join(at, "safe_regex_match"))?)
+    } else if let Some(s) = &h.string_match {
+        from_string(s)?
+    } else {
+        ValueMatch::Present(h.present_match.unwrap_or(true))
+    };
+    Ok(HeaderMatch {
+        name,
+        value,
+        invert: h.invert_match,
+    })
+}
+
+impl HeaderMatch {
+    fn matches(&self, headers: &HeaderMap) -> bool {
+        let value = headers.get(&self.name).and_then(|v| v.to_str().ok());
+        let hit = match (&self.value, value) {
+            (ValueMatch::Present(want), v) => v.is_some() == *want,
+            (_, None) => false,
+            (ValueMatch::Exact(e), Some(v)) => v == e,
+            (ValueMatch::Prefix(p), Some(v)) => v.starts_with(p.as_str()),
+            (ValueMatch::Suffix(s), Some(v)) => v.ends_with(s.as_str()),
+            (ValueMatch::Contains(c), Some(v)) => v.contains(c.as_str()),
+            (ValueMatch::Regex(r), Some(v)) => r.is_match(v),
+        };
+        hit != self.invert
+    }
+}
+
+/// The Location of a redirect route for a request.
+pub fn redirect_location(
+    r: &RedirectActionConfig,
+    route: &Route,
+    host: &str,
+    path_and_query: &str,
+) -> (StatusCode, String) {
+    let status = match r.response_code {
+        None | Some(RedirectResponseCode::MovedPermanently) => StatusCode::MOVED_PERMANENTLY,
+        Some(RedirectResponseCode::Found) => StatusCode::FOUND,
+        Some(RedirectResponseCode::SeeOther) => StatusCode::SEE_OTHER,
+        Some(RedirectResponseCode::TemporaryRedirect) => StatusCode::TEMPORARY_REDIRECT,
+        Some(RedirectResponseCode::PermanentRedirect) => StatusCode::PERMANENT_REDIRECT,
+    };
+    let scheme = if r.https_redirect {
+        "https"
+    } else {
+        r.scheme_redirect.as_deref().unwrap_or("http")
+    };
+    let (host_only, port) = match host.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => (h, Some(p)),
+        _ => (host, None),
+    };
+    let mut authority = r
+        .host_redirect
+        .clone()
+        .unwrap_or_else(|| host_only.to_string());
+    match (r.port_redirect, port) {
+        (Some(p), _) => authority = format!("{authority}:{p}"),
+        (None, Some(p)) if !r.https_redirect => authority = format!("{authority}:{p}"),
+        _ => {}
+    }
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let mut new_path = match (&r.path_redirect, &r.prefix_rewrite) {
+        (Some(p), _) => p.clone(),
+        (None, Some(pr)) => route.rewrite_path(path, pr),
+        (None, None) => path.to_string(),
+    };
+    if let (Some(q), false) = (query, r.strip_query) {
+        if !new_path.contains('?') {
+            new_path = format!("{new_path}?{q}");
+        }
+    }
+    (status, format!("{scheme}://{authority}{new_path}"))
+}

@@ -1,0 +1,384 @@
+//! `envoy.filters.network.http_connection_manager`: HTTP/1.1 and HTTP/2
+//! (h2c, prior knowledge) on hyper, requests matched against the route
+//! table and answered directly, redirected, or forwarded by the router.
+//!
+//! Everything runs on the connection's worker: the hyper service holds `Rc`s
+//! and HTTP/2 streams are spawned with `spawn_local`.
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::time::Instant;
+
+use crate::access_log::StreamInfo;
+use crate::cluster::WorkerClusters;
+use crate::config::path::{index, join};
+use crate::config::{CodecType, HttpConnectionManagerConfig, HttpFilterConfig, ValidationError};
+use crate::filter::http::route::{Action, RouteTable, redirect_location};
+use crate::filter::http::router::{self, Body, Upstream};
+use crate::stats::{Counter, Gauge, Histogram, Scope};
+
+use super::Downstream;
+
+/// A validated http_connection_manager.
+#[derive(Debug, Clone)]
+pub struct HcmSettings {
+    pub stat_prefix: String,
+    pub codec: CodecType,
+    pub routes: Arc<RouteTable>,
+    pub use_remote_address: bool,
+    pub generate_request_id: bool,
+    pub server_name: HeaderValue,
+    pub request_headers_timeout: Option<Duration>,
+    pub max_request_headers_bytes: usize,
+    /// Clusters routes forward to.
+    pub clusters: Vec<String>,
+}
+
+impl HcmSettings {
+    pub fn validate(
+        c: &HttpConnectionManagerConfig,
+        path: &str,
+        known: &HashSet<String>,
+    ) -> Result<Self, ValidationError> {
+        if c.stat_prefix.is_empty() {
+            return Err(ValidationError::new(
+                join(path, "stat_prefix"),
+                "stat_prefix must not be empty",
+            ));
+        }
+        let filters = join(path, "http_filters");
+        match c.http_filters.as_slice() {
+            [] => {
+                return Err(ValidationError::new(
+                    filters,
+                    "the last HTTP filter must be envoy.filters.http.router",
+                ));
+            }
+            [.., last] => {
+                let HttpFilterConfig::Router = last.config;
+            }
+        }
+        if c.http_filters.len() > 1 {
+            return Err(ValidationError::new(
+                index(&filters, 0),
+                "only envoy.filters.http.router is supported so far",
+            ));
+        }
+        if !c.access_log.is_empty() {
+            return Err(ValidationError::new(
+                join(path, "access_log"),
+                "HTTP access logs are not supported yet",
+            ));
+        }
+        let route_config = c.route_config.as_ref().ok_or_else(|| {
+            ValidationError::new(
+                join(path, "route_config"),
+                "route_config is required (RDS is not supported)",
+            )
+        })?;
+        let routes = RouteTable::validate(route_config, &join(path, "route_config"), known)?;
+        let mut clusters: Vec<String> = route_config
+            .virtual_hosts
+            .iter()
+            .flat_map(|vh| vh.routes.iter())
+            .filter_map(|r| r.route.as_ref().map(|a| a.cluster.clone()))
+            .collect();
+        clusters.sort();
+        clusters.dedup();
+        let server_name = HeaderValue::from_str(c.server_name.as_deref().unwrap_or("wasp"))
+            .map_err(|_| {
+                ValidationError::new(join(path, "server_name"), "not a valid header value")
+            })?;
+        Ok(HcmSettings {
+            stat_prefix: c.stat_prefix.clone(),
+            codec: c.codec_type,
+            routes: Arc::new(routes),
+            use_remote_address: c.use_remote_address,
+            generate_request_id: c.generate_request_id.unwrap_or(true),
+            server_name,
+            request_headers_timeout: c
+                .request_headers_timeout
+                .map(|d| d.0)
+                .filter(|d| !d.is_zero()),
+            max_request_headers_bytes: c.max_request_headers_kb.unwrap_or(60) as usize * 1024,
+            clusters,
+        })
+    }
+}
+
+/// Envoy's `http.<stat_prefix>.*` stats (one worker's shards).
+struct HttpStats {
+    downstream_cx_total: Counter,
+    downstream_cx_active: Gauge,
+    downstream_rq_total: Counter,
+    downstream_rq_active: Gauge,
+    downstream_rq_completed: Counter,
+    downstream_rq_xx: [Counter; 5],
+    downstream_rq_time: Histogram,
+    no_route: Counter,
+    rq_direct_response: Counter,
+    rq_redirect: Counter,
+}
+
+/// One worker's http_connection_manager.
+pub struct HttpConnectionManager {
+    settings: Arc<HcmSettings>,
+    upstreams: HashMap<String, Upstream>,
+    stats: HttpStats,
+}
+
+/// Runs hyper's HTTP/2 stream tasks on the worker's `LocalSet`.
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F: std::future::Future + 'static> hyper::rt::Executor<F> for LocalExec {
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+const HOP_BY_HOP: [HeaderName; 5] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TE,
+    HeaderName::from_static("keep-alive"),
+];
+
+impl HttpConnectionManager {
+    pub fn new(settings: Arc<HcmSettings>, clusters: &WorkerClusters, stats: &Scope) -> Self {
+        let scope = stats.tagged(
+            "http",
+            "envoy_http_conn_manager_prefix",
+            &settings.stat_prefix,
+        );
+        let upstreams = settings
+            .clusters
+            .iter()
+            .filter_map(|name| Some((name.clone(), Upstream::new(clusters.get(name)?))))
+            .collect();
+        HttpConnectionManager {
+            stats: HttpStats {
+                downstream_cx_total: scope.counter("downstream_cx_total"),
+                downstream_cx_active: scope.gauge("downstream_cx_active"),
+                downstream_rq_total: scope.counter("downstream_rq_total"),
+                downstream_rq_active: scope.gauge("downstream_rq_active"),
+                downstream_rq_completed: scope.counter("downstream_rq_completed"),
+                downstream_rq_xx: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                    .map(|c| scope.counter(&format!("downstream_rq_{c}"))),
+                downstream_rq_time: scope.histogram("downstream_rq_time"),
+                no_route: scope.counter("no_route"),
+                rq_direct_response: scope.counter("rq_direct_response"),
+                rq_redirect: scope.counter("rq_redirect"),
+            },
+            settings,
+            upstreams,
+        }
+    }
+
+    /// Serves one downstream connection.
+    pub async fn serve(self: Rc<Self>, d: Downstream, info: StreamInfo) {
+        self.stats.downstream_cx_total.inc();
+        self.stats.downstream_cx_active.inc();
+        let peer = info.downstream_remote;
+        let hcm = self.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let hcm = hcm.clone();
+            async move { Ok::<_, Infallible>(hcm.handle(req, peer).await) }
+        });
+        let io = TokioIo::new(d.stream);
+        let s = &self.settings;
+        let result = match s.codec {
+            CodecType::Http2 => {
+                hyper::server::conn::http2::Builder::new(LocalExec)
+                    .timer(TokioTimer::new())
+                    .serve_connection(io, service)
+                    .await
+            }
+            CodecType::Http1 => {
+                let mut b = hyper::server::conn::http1::Builder::new();
+                b.timer(TokioTimer::new())
+                    .max_buf_size(s.max_request_headers_bytes.max(8192));
+                if let Some(t) = s.request_headers_timeout {
+                    b.header_read_timeout(t);
+                }
+                b.serve_connection(io, service).await
+            }
+            CodecType::Auto => {
+                let mut b = hyper_util::server::conn::auto::Builder::new(LocalExec);
+                b.http1()
+                    .timer(TokioTimer::new())
+                    .max_buf_size(s.max_request_headers_bytes.max(8192));
+                if let Some(t) = s.request_headers_timeout {
+                    b.http1().header_read_timeout(t);
+                }
+                b.http2().timer(TokioTimer::new());
+                b.serve_connection(io, service)
+                    .await
+                    .map_err(|e| {
+                        tracing::debug!(error = %e, "http connection ended with an error");
+                        e
+                    })
+                    .ok();
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "http connection ended with an error");
+        }
+        self.stats.downstream_cx_active.dec();
+    }
+
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let stats = &self.stats;
+        stats.downstream_rq_total.inc();
+        stats.downstream_rq_active.inc();
+        let started = Instant::now();
+        let version = req.version();
+        let mut resp = self.route(req, peer).await;
+        // Answer in the client's HTTP version, whatever the upstream spoke.
+        *resp.version_mut() = version;
+        resp.headers_mut()
+            .insert(header::SERVER, self.settings.server_name.clone());
+        let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
+        stats.downstream_rq_xx[class].inc();
+        stats.downstream_rq_active.dec();
+        stats.downstream_rq_completed.inc();
+        stats
+            .downstream_rq_time
+            .record(started.elapsed().as_millis() as u64);
+        resp
+    }
+
+    async fn route(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let routes = &self.settings.routes;
+        let Some(matched) = routes.find(&host, &path, req.headers()) else {
+            self.stats.no_route.inc();
+            return router::local(StatusCode::NOT_FOUND, "");
+        };
+        let route = matched.route;
+        let mut resp = match &route.action {
+            Action::Direct { status, body } => {
+                self.stats.rq_direct_response.inc();
+                router::local(*status, body.clone())
+            }
+            Action::Redirect(r) => {
+                self.stats.rq_redirect.inc();
+                let (status, location) = redirect_location(r, route, &host, &path);
+                let mut resp = router::local(status, "");
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+                resp
+            }
+            Action::Forward {
+                cluster,
+                prefix_rewrite,
+                host_rewrite,
+                timeout,
+            } => {
+                let Some(upstream) = self.upstreams.get(cluster) else {
+                    return router::local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+                };
+                if let Some(pr) = prefix_rewrite {
+                    if let Ok(uri) = route.rewrite_path(&path, pr).parse() {
+                        *req.uri_mut() = uri;
+                    }
+                } else if let Ok(uri) = path.parse() {
+                    *req.uri_mut() = uri;
+                }
+                self.prepare_upstream_request(&mut req, &host, host_rewrite.as_deref(), peer);
+                for level in matched.levels.iter().rev() {
+                    level.0.apply(req.headers_mut());
+                }
+                let sent = Instant::now();
+                let mut resp = upstream.forward(req, *timeout).await;
+                if let Ok(v) = HeaderValue::from_str(&sent.elapsed().as_millis().to_string()) {
+                    resp.headers_mut()
+                        .insert(HeaderName::from_static("x-envoy-upstream-service-time"), v);
+                }
+                for h in &HOP_BY_HOP {
+                    resp.headers_mut().remove(h);
+                }
+                resp
+            }
+        };
+        // Most specific last, so a route's value wins over its virtual host's.
+        for level in matched.levels.iter().rev() {
+            level.1.apply(resp.headers_mut());
+        }
+        resp
+    }
+
+    fn prepare_upstream_request(
+        &self,
+        req: &mut Request<Incoming>,
+        host: &str,
+        host_rewrite: Option<&str>,
+        peer: SocketAddr,
+    ) {
+        let headers = req.headers_mut();
+        for h in &HOP_BY_HOP {
+            headers.remove(h);
+        }
+        let host = host_rewrite.unwrap_or(host);
+        if let Ok(v) = HeaderValue::from_str(host) {
+            headers.insert(header::HOST, v);
+        }
+        if self.settings.use_remote_address {
+            let ip = peer.ip().to_string();
+            let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(existing) => format!("{existing},{ip}"),
+                None => ip,
+            };
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+            }
+        }
+        if !headers.contains_key("x-forwarded-proto") {
+            headers.insert(
+                HeaderName::from_static("x-forwarded-proto"),
+                HeaderValue::from_static("http"),
+            );
+        }
+        if self.settings.generate_request_id && !headers.contains_key("x-request-id") {
+            if let Ok(v) = HeaderValue::from_str(&request_id()) {
+                headers.insert(HeaderName::from_static("x-request-id"), v);
+            }
+        }
+    }
+}
+
+/// A random (version 4) UUID, as Envoy's x-request-id.
+fn request_id() -> String {
+    let (a, b) = (fastrand::u64(..), fastrand::u64(..));
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0x0fff,
+        (b >> 48) & 0x3fff | 0x8000,
+        b & 0xffff_ffff_ffff
+    )
+}

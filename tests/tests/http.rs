@@ -1,0 +1,330 @@
+//! http_connection_manager and router end to end: real hyper backends
+//! (HTTP/1.1 and h2c), curl as the client.
+
+use std::net::SocketAddr;
+
+use wasp_tests::http_backend::{HttpBackend, curl};
+use wasp_tests::{Proxy, free_port};
+
+/// The classic v2 front-proxy example: `envoy.http_connection_manager` with
+/// `config:`, two strict_dns clusters with `hosts:` and
+/// `http2_protocol_options: {}`. Only addresses differ from the published
+/// file (no `service1`/`service2` host names here).
+fn front_proxy(port: u16, s1: SocketAddr, s2: SocketAddr) -> String {
+    format!(
+        r#"static_resources:
+  listeners:
+  - address:
+      socket_address:
+        address: 127.0.0.1
+        port_value: {port}
+    filter_chains:
+    - filters:
+      - name: envoy.http_connection_manager
+        config:
+          codec_type: auto
+          stat_prefix: ingress_http
+          route_config:
+            name: local_route
+            virtual_hosts:
+            - name: backend
+              domains:
+              - "*"
+              routes:
+              - match:
+                  prefix: "/service/1"
+                route:
+                  cluster: service1
+              - match:
+                  prefix: "/service/2"
+                route:
+                  cluster: service2
+          http_filters:
+          - name: envoy.router
+            config: {{}}
+  clusters:
+  - name: service1
+    connect_timeout: 0.25s
+    type: strict_dns
+    lb_policy: round_robin
+    http2_protocol_options: {{}}
+    hosts:
+    - socket_address:
+        address: 127.0.0.1
+        port_value: {}
+  - name: service2
+    connect_timeout: 0.25s
+    type: strict_dns
+    lb_policy: round_robin
+    http2_protocol_options: {{}}
+    hosts:
+    - socket_address:
+        address: 127.0.0.1
+        port_value: {}
+admin:
+  access_log_path: "/dev/null"
+  address:
+    socket_address:
+      address: 127.0.0.1
+      port_value: 0
+"#,
+        s1.port(),
+        s2.port()
+    )
+}
+
+#[test]
+fn the_v2_front_proxy_example_routes_each_service() {
+    let (s1, s2) = (
+        HttpBackend::start("service1"),
+        HttpBackend::start("service2"),
+    );
+    let port = free_port();
+    let wasp = Proxy::start(&front_proxy(port, s1.addr, s2.addr), &[]);
+    for (path, name) in [("/service/1", "service1"), ("/service/2", "service2")] {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        // HTTP/1.1 and h2c downstream; HTTP/2 upstream (http2_protocol_options).
+        for extra in [&["--http1.1"][..], &["--http2-prior-knowledge"][..]] {
+            let mut args = extra.to_vec();
+            args.push(&url);
+            let r = curl(&args);
+            assert_eq!(r.status, 200, "{r:?}");
+            let seen = r.json();
+            assert_eq!(seen["name"], name);
+            assert_eq!(seen["path"], path);
+            assert_eq!(seen["version"], "HTTP/2.0", "upstream speaks HTTP/2");
+            assert_eq!(r.header("x-backend"), Some(name));
+            assert!(r.header("x-envoy-upstream-service-time").is_some());
+            // The router adds what Envoy adds.
+            assert_eq!(seen["headers"]["x-forwarded-proto"], "http");
+            assert_eq!(
+                seen["headers"]["x-request-id"].as_str().map(str::len),
+                Some(36)
+            );
+        }
+    }
+    let r = curl(&["--http1.1", &format!("http://127.0.0.1:{port}/elsewhere")]);
+    assert_eq!(r.status, 404);
+    assert_eq!(r.version, "HTTP/1.1");
+    assert_eq!(wasp.stat("http.ingress_http.downstream_rq_2xx"), 4);
+    assert_eq!(wasp.stat("http.ingress_http.downstream_rq_4xx"), 1);
+    assert_eq!(wasp.stat("http.ingress_http.no_route"), 1);
+    assert_eq!(wasp.stat("cluster.service1.upstream_rq_total"), 2);
+}
+
+fn hcm(port: u16, virtual_hosts: &str, hcm_extra: &str, clusters: &str) -> String {
+    format!(
+        r#"static_resources:
+  listeners:
+  - name: http
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: edge
+{hcm_extra}          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          route_config:
+            name: routes
+            virtual_hosts:
+{virtual_hosts}  clusters:
+{clusters}admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
+"#
+    )
+}
+
+#[test]
+fn matches_and_actions() {
+    let (a, b) = (HttpBackend::start("a"), HttpBackend::start("b"));
+    let dead: SocketAddr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let clusters = wasp_tests::config::cluster("a", "ROUND_ROBIN", &[(a.addr, 1)], "")
+        + &wasp_tests::config::cluster("b", "ROUND_ROBIN", &[(b.addr, 1)], "")
+        + &wasp_tests::config::cluster("dead", "ROUND_ROBIN", &[(dead, 1)], "");
+    let vhosts = r#"            - name: api
+              domains: ["api.example.com", "api.example.com:*"]
+              response_headers_to_add:
+              - header: { key: x-vhost, value: api }
+              routes:
+              - match: { path: "/exact" }
+                route: { cluster: b }
+              - match:
+                  prefix: "/"
+                  headers:
+                  - name: x-canary
+                    exact_match: "yes"
+                route: { cluster: b }
+              - match: { safe_regex: { regex: "/users/[0-9]+" } }
+                route: { cluster: b, prefix_rewrite: "/ignored" }
+              - match: { prefix: "/v1/" }
+                route: { cluster: a, prefix_rewrite: "/v2/", host_rewrite_literal: rewritten.internal }
+                request_headers_to_add:
+                - header: { key: x-added, value: "1" }
+                request_headers_to_remove: [x-secret]
+                response_headers_to_remove: [x-backend]
+              - match: { prefix: "/slow" }
+                route: { cluster: a, timeout: 0.3s }
+              - match: { prefix: "/down" }
+                route: { cluster: dead }
+              - match: { prefix: "/gone" }
+                redirect: { host_redirect: new.example.com, response_code: FOUND }
+              - match: { prefix: "/" }
+                direct_response: { status: 418, body: { inline_string: "teapot" } }
+            - name: wildcard
+              domains: ["*.example.com"]
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: a }
+            - name: fallback
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                direct_response: { status: 200, body: { inline_string: "fallback" } }
+"#;
+    let port = free_port();
+    let wasp = Proxy::start(
+        &hcm(
+            port,
+            vhosts,
+            "          use_remote_address: true\n",
+            &clusters,
+        ),
+        &[],
+    );
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let host = |h: &str| format!("Host: {h}");
+
+    let r = curl(&["-H", &host("api.example.com"), &url("/exact")]);
+    assert_eq!(r.json()["name"], "b");
+    assert_eq!(r.header("x-vhost"), Some("api"));
+    let r = curl(&["-H", &host("api.example.com:8443"), &url("/exact?q=1")]);
+    assert_eq!(r.json()["name"], "b", "domain with port");
+    assert_eq!(r.json()["path"], "/exact?q=1");
+    let r = curl(&[
+        "-H",
+        &host("api.example.com"),
+        "-H",
+        "x-canary: yes",
+        &url("/anything"),
+    ]);
+    assert_eq!(r.json()["name"], "b", "header match");
+    let r = curl(&["-H", &host("api.example.com"), &url("/users/42")]);
+    assert_eq!(r.json()["path"], "/users/42", "regex routes keep the path");
+
+    let r = curl(&[
+        "-H",
+        &host("api.example.com"),
+        "-H",
+        "x-secret: s",
+        "-H",
+        "x-forwarded-for: 10.1.1.1",
+        &url("/v1/items?x=1"),
+    ]);
+    let seen = r.json();
+    assert_eq!(seen["name"], "a");
+    assert_eq!(seen["path"], "/v2/items?x=1");
+    assert_eq!(seen["headers"]["host"], "rewritten.internal");
+    assert_eq!(seen["headers"]["x-added"], "1");
+    assert!(seen["headers"].get("x-secret").is_none());
+    assert_eq!(seen["headers"]["x-forwarded-for"], "10.1.1.1,127.0.0.1");
+    assert_eq!(r.header("x-backend"), None, "removed from the response");
+
+    let r = curl(&["-H", &host("api.example.com"), &url("/slow?delay_ms=2000")]);
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (504, "upstream request timeout")
+    );
+    let r = curl(&["-H", &host("api.example.com"), &url("/down")]);
+    assert_eq!(r.status, 503);
+    assert!(
+        r.body
+            .starts_with("upstream connect error or disconnect/reset before headers"),
+        "{}",
+        r.body
+    );
+    let r = curl(&["-H", &host("api.example.com"), &url("/gone/x?y=1")]);
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.header("location"),
+        Some("http://new.example.com/gone/x?y=1")
+    );
+    let r = curl(&["-H", &host("api.example.com"), &url("/other")]);
+    assert_eq!((r.status, r.body.as_str()), (418, "teapot"));
+
+    let r = curl(&["-H", &host("www.example.com"), &url("/")]);
+    assert_eq!(r.json()["name"], "a", "*.example.com");
+    let r = curl(&["-H", &host("unknown.org"), &url("/")]);
+    assert_eq!((r.status, r.body.as_str()), (200, "fallback"));
+    assert_eq!(wasp.stat("http.edge.downstream_rq_5xx"), 2);
+    assert_eq!(wasp.stat("cluster.a.upstream_rq_timeout"), 1);
+}
+
+#[test]
+fn a_cluster_without_healthy_endpoints_answers_503() {
+    let port = free_port();
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/\" }\n                route: { cluster: empty }\n";
+    let clusters = "  - name: empty\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment: { cluster_name: empty }\n";
+    let _wasp = Proxy::start(&hcm(port, vhosts, "", clusters), &[]);
+    let r = curl(&[&format!("http://127.0.0.1:{port}/")]);
+    assert_eq!((r.status, r.body.as_str()), (503, "no healthy upstream"));
+}
+
+/// The front proxy in v3 form (Envoy 1.40 no longer reads `config:` and
+/// `hosts:`), for the comparison with Envoy.
+fn front_proxy_v3(port: u16, s1: SocketAddr, s2: SocketAddr) -> String {
+    let vhosts = "            - name: backend\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/service/1\" }\n                route: { cluster: service1 }\n              - match: { prefix: \"/service/2\" }\n                route: { cluster: service2 }\n";
+    let h2 = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: {} }\n";
+    let clusters = wasp_tests::config::cluster("service1", "ROUND_ROBIN", &[(s1, 1)], h2)
+        + &wasp_tests::config::cluster("service2", "ROUND_ROBIN", &[(s2, 1)], h2);
+    hcm(port, vhosts, "", &clusters)
+}
+
+/// The front-proxy config through Envoy and through wasp: same statuses,
+/// same backend answers, same bodies for the local replies.
+#[test]
+fn front_proxy_answers_match_envoy() {
+    let (s1, s2) = (
+        HttpBackend::start("service1"),
+        HttpBackend::start("service2"),
+    );
+    let (wp, ep) = (free_port(), free_port());
+    let _wasp = Proxy::start(&front_proxy_v3(wp, s1.addr, s2.addr), &[]);
+    let _envoy = Proxy::envoy(&front_proxy_v3(ep, s1.addr, s2.addr), &[]);
+    for path in ["/service/1", "/service/2/x?y=z", "/nowhere"] {
+        for h2 in [false, true] {
+            let ask = |port: u16| {
+                let url = format!("http://127.0.0.1:{port}{path}");
+                let flag = if h2 {
+                    "--http2-prior-knowledge"
+                } else {
+                    "--http1.1"
+                };
+                curl(&[flag, &url])
+            };
+            let (w, e) = (ask(wp), ask(ep));
+            assert_eq!(
+                (w.status, &w.version),
+                (e.status, &e.version),
+                "{path} h2={h2}"
+            );
+            if w.status == 200 {
+                let (wj, ej) = (w.json(), e.json());
+                for k in ["name", "path", "method", "version"] {
+                    assert_eq!(wj[k], ej[k], "{path} {k}");
+                }
+                assert_eq!(
+                    wj["headers"]["x-forwarded-proto"], ej["headers"]["x-forwarded-proto"],
+                    "{path}"
+                );
+            } else {
+                assert_eq!(w.body, e.body, "{path}");
+            }
+        }
+    }
+}
