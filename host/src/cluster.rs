@@ -596,6 +596,8 @@ pub struct ClusterStats {
     pub upstream_rq_total: Counter,
     pub upstream_rq_active: Gauge,
     pub upstream_rq_timeout: Counter,
+    pub upstream_rq_retry: Counter,
+    pub upstream_rq_retry_success: Counter,
     pub upstream_cx_connect_ms: Histogram,
     pub upstream_cx_length_ms: Histogram,
 }
@@ -614,6 +616,8 @@ impl ClusterStats {
             upstream_rq_total: scope.counter("upstream_rq_total"),
             upstream_rq_active: scope.gauge("upstream_rq_active"),
             upstream_rq_timeout: scope.counter("upstream_rq_timeout"),
+            upstream_rq_retry: scope.counter("upstream_rq_retry"),
+            upstream_rq_retry_success: scope.counter("upstream_rq_retry_success"),
             upstream_cx_connect_ms: scope.histogram("upstream_cx_connect_ms"),
             upstream_cx_length_ms: scope.histogram("upstream_cx_length_ms"),
         }

@@ -43,10 +43,11 @@ pub use health_check::{
     HealthCheckConfig, HealthCheckerConfig, RedisHealthCheckConfig, TcpHealthCheckConfig,
 };
 pub use http_connection_manager::{
-    CodecType, DirectResponseActionConfig, HeaderMatcherConfig, HeaderValueOptionConfig,
-    HttpConnectionManagerConfig, HttpFilterConfig, RedirectActionConfig, RedirectResponseCode,
-    RegexMatcherConfig, RouteActionConfig, RouteConfigurationConfig, RouteEntryConfig,
-    RouteMatchConfig, StringMatcherConfig, VirtualHostConfig,
+    ClusterWeightConfig, CodecType, DirectResponseActionConfig, HashPolicyConfig,
+    HeaderMatcherConfig, HeaderValueOptionConfig, HttpConnectionManagerConfig, HttpFilterConfig,
+    RedirectActionConfig, RedirectResponseCode, RegexMatcherConfig, RetryPolicyConfig,
+    RouteActionConfig, RouteConfigurationConfig, RouteEntryConfig, RouteMatchConfig,
+    RouteWeightedClustersConfig, StringMatcherConfig, VirtualHostConfig,
 };
 pub use listener::{FilterChainConfig, ListenerConfig, TrafficDirection};
 pub use network_filter::{ConnectionLimitConfig, DirectResponseConfig, NetworkFilterConfig};

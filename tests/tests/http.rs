@@ -328,3 +328,126 @@ fn front_proxy_answers_match_envoy() {
         }
     }
 }
+
+#[test]
+fn slow_and_oversized_request_headers_are_refused() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let port = free_port();
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/\" }\n                direct_response: { status: 200, body: { inline_string: ok } }\n";
+    let extra = "          request_headers_timeout: 0.5s\n          max_request_headers_kb: 8\n";
+    let _wasp = Proxy::start(&hcm(port, vhosts, extra, ""), &[]);
+
+    // Slowloris: headers that never finish are cut off.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+
+    // Headers over max_request_headers_kb get 431.
+    let big = "a".repeat(16 * 1024);
+    let r = curl(&[
+        "-H",
+        &format!("x-big: {big}"),
+        &format!("http://127.0.0.1:{port}/"),
+    ]);
+    assert_eq!(r.status, 431);
+    // A normal request still works.
+    let r = curl(&[&format!("http://127.0.0.1:{port}/")]);
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+}
+
+#[test]
+fn retries_weighted_clusters_and_hash_policies() {
+    let backends: Vec<_> = ["h0", "h1", "h2"]
+        .into_iter()
+        .map(HttpBackend::start)
+        .collect();
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (a, b) = (HttpBackend::start("a"), HttpBackend::start("b"));
+    use wasp_tests::config::cluster;
+    let clusters = cluster(
+        "flaky",
+        "ROUND_ROBIN",
+        &[(dead, 1), (backends[0].addr, 1)],
+        "",
+    ) + &cluster(
+        "ring",
+        "RING_HASH",
+        &backends.iter().map(|b| (b.addr, 1)).collect::<Vec<_>>(),
+        "",
+    ) + &cluster("a", "ROUND_ROBIN", &[(a.addr, 1)], "")
+        + &cluster("b", "ROUND_ROBIN", &[(b.addr, 1)], "");
+    let vhosts = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/retry" }
+                route:
+                  cluster: flaky
+                  retry_policy: { retry_on: "connect-failure,5xx", num_retries: 2 }
+              - match: { prefix: "/status" }
+                route:
+                  cluster: ring
+                  retry_policy: { retry_on: "retriable-status-codes", retriable_status_codes: [409], num_retries: 2 }
+              - match: { prefix: "/sticky" }
+                route:
+                  cluster: ring
+                  hash_policy:
+                  - header: { header_name: x-user }
+              - match: { prefix: "/split" }
+                route:
+                  weighted_clusters:
+                    clusters:
+                    - { name: a, weight: 1 }
+                    - { name: b, weight: 3 }
+"#;
+    let port = free_port();
+    let wasp = Proxy::start(&hcm(port, vhosts, "", &clusters), &["--concurrency", "1"]);
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+
+    // Half the picks hit the dead endpoint; the retry moves to the live one.
+    for _ in 0..10 {
+        let r = curl(&[&url("/retry")]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["name"], "h0");
+    }
+    assert!(wasp.stat("cluster.flaky.upstream_rq_retry") >= 4);
+    // POST bodies are replayed on retry.
+    let r = curl(&["-d", "payload-123", &url("/retry")]);
+    assert_eq!(r.json()["body_len"], 11);
+
+    // A retriable status is retried, and the last answer is returned.
+    let before = wasp.stat("cluster.ring.upstream_rq_retry");
+    let r = curl(&[&url("/status?status=409")]);
+    assert_eq!(r.status, 409);
+    assert_eq!(wasp.stat("cluster.ring.upstream_rq_retry") - before, 2);
+
+    // The same x-user always lands on the same backend; users spread.
+    let mut seen = std::collections::HashSet::new();
+    for user in 0..30 {
+        let first =
+            curl(&["-H", &format!("x-user: u{user}"), &url("/sticky")]).json()["name"].clone();
+        for _ in 0..2 {
+            let again =
+                curl(&["-H", &format!("x-user: u{user}"), &url("/sticky")]).json()["name"].clone();
+            assert_eq!(again, first, "user u{user} moved");
+        }
+        seen.insert(first.to_string());
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+
+    // weighted_clusters 1:3.
+    let hits_a = (0..200)
+        .filter(|_| curl(&[&url("/split")]).json()["name"] == "a")
+        .count();
+    assert!((25..=75).contains(&hits_a), "{hits_a} of 200 to a");
+}

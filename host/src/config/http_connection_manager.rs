@@ -140,10 +140,69 @@ pub struct StringMatcherConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteActionConfig {
-    pub cluster: String,
+    pub cluster: Option<String>,
+    pub weighted_clusters: Option<RouteWeightedClustersConfig>,
     pub prefix_rewrite: Option<String>,
     pub host_rewrite_literal: Option<String>,
     pub timeout: Option<Duration>,
+    pub retry_policy: Option<RetryPolicyConfig>,
+    #[serde(default)]
+    pub hash_policy: Vec<HashPolicyConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteWeightedClustersConfig {
+    pub clusters: Vec<ClusterWeightConfig>,
+    pub total_weight: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterWeightConfig {
+    pub name: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicyConfig {
+    #[serde(default)]
+    pub retry_on: String,
+    pub num_retries: Option<u32>,
+    pub per_try_timeout: Option<Duration>,
+    #[serde(default)]
+    pub retriable_status_codes: Vec<u16>,
+}
+
+/// One of a route's hash policies (for RING_HASH/MAGLEV clusters).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashPolicyConfig {
+    pub header: Option<HeaderHashConfig>,
+    pub connection_properties: Option<ConnectionPropertiesHashConfig>,
+    pub query_parameter: Option<QueryParameterHashConfig>,
+    #[serde(default)]
+    pub terminal: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderHashConfig {
+    pub header_name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionPropertiesHashConfig {
+    #[serde(default)]
+    pub source_ip: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryParameterHashConfig {
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

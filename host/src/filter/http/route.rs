@@ -10,8 +10,8 @@ use regex::Regex;
 use crate::config::path::{index, join};
 use crate::config::{
     HeaderMatcherConfig, HeaderValueOptionConfig, RedirectActionConfig, RedirectResponseCode,
-    RegexMatcherConfig, RouteConfigurationConfig, RouteEntryConfig, StringMatcherConfig,
-    ValidationError,
+    RegexMatcherConfig, RouteActionConfig, RouteConfigurationConfig, RouteEntryConfig,
+    StringMatcherConfig, ValidationError,
 };
 
 /// Headers to add and remove at one level (route, virtual host, route table).
@@ -106,19 +106,100 @@ struct HeaderMatch {
     invert: bool,
 }
 
+/// Which upstream clusters a route sends to, and how.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    /// (cluster, weight); one entry for `cluster:`.
+    pub clusters: Vec<(String, u32)>,
+    pub prefix_rewrite: Option<String>,
+    pub host_rewrite: Option<String>,
+    pub timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
+    pub hash_policy: Vec<HashPolicy>,
+}
+
+impl Forward {
+    /// A cluster by weight.
+    pub fn pick_cluster(&self) -> &str {
+        if let [(only, _)] = self.clusters.as_slice() {
+            return only;
+        }
+        let total: u32 = self.clusters.iter().map(|c| c.1).sum();
+        let mut point = fastrand::u32(..total.max(1));
+        for (name, w) in &self.clusters {
+            if point < *w {
+                return name;
+            }
+            point -= w;
+        }
+        &self.clusters[0].0
+    }
+
+    /// The request's hash for consistent-hash clusters, from the hash
+    /// policies that find their input (combined in order, as Envoy does).
+    pub fn hash(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        peer: std::net::IpAddr,
+    ) -> Option<u64> {
+        let mut hash: Option<u64> = None;
+        for p in &self.hash_policy {
+            let input: Option<String> = match &p.source {
+                HashSource::Header(name) => headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                HashSource::SourceIp => Some(peer.to_string()),
+                HashSource::Query(name) => query.and_then(|q| {
+                    q.split('&')
+                        .filter_map(|kv| kv.split_once('='))
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.to_string())
+                }),
+            };
+            if let Some(input) = input {
+                let h = crate::cluster::lb::hash_key(input.as_bytes());
+                hash = Some(hash.map_or(h, |prev| prev.rotate_left(1) ^ h));
+                if p.terminal {
+                    break;
+                }
+            }
+        }
+        hash
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HashPolicy {
+    source: HashSource,
+    terminal: bool,
+}
+
+#[derive(Debug, Clone)]
+enum HashSource {
+    Header(HeaderName),
+    SourceIp,
+    Query(String),
+}
+
+/// When and how often a route retries.
+#[derive(Debug, Clone, Default)]
+pub struct RetryPolicy {
+    pub on_5xx: bool,
+    pub on_gateway_error: bool,
+    pub on_connect_failure: bool,
+    pub on_reset: bool,
+    pub retriable_status_codes: Vec<u16>,
+    pub num_retries: u32,
+    pub per_try_timeout: Option<Duration>,
+}
+
 /// What a matched route does.
 #[derive(Debug, Clone)]
 pub enum Action {
-    Forward {
-        cluster: String,
-        prefix_rewrite: Option<String>,
-        host_rewrite: Option<String>,
-        timeout: Option<Duration>,
-    },
-    Direct {
-        status: StatusCode,
-        body: Bytes,
-    },
+    Forward(Forward),
+    Direct { status: StatusCode, body: Bytes },
     Redirect(RedirectActionConfig),
 }
 
@@ -244,24 +325,7 @@ impl RouteTable {
             headers.push(header_match(h, &index(&join(&mat, "headers"), k))?);
         }
         let action = match (&r.route, &r.direct_response, &r.redirect) {
-            (Some(a), None, None) => {
-                if !clusters.contains(&a.cluster) {
-                    return Err(ValidationError::new(
-                        join(&join(at, "route"), "cluster"),
-                        format!("unknown cluster `{}`", a.cluster),
-                    ));
-                }
-                Action::Forward {
-                    cluster: a.cluster.clone(),
-                    prefix_rewrite: a.prefix_rewrite.clone(),
-                    host_rewrite: a.host_rewrite_literal.clone(),
-                    timeout: match a.timeout {
-                        None => Some(Duration::from_secs(15)),
-                        Some(d) if d.is_zero() => None,
-                        Some(d) => Some(d.0),
-                    },
-                }
-            }
+            (Some(a), None, None) => Action::Forward(forward(a, &join(at, "route"), clusters)?),
             (None, Some(d), None) => Action::Direct {
                 status: StatusCode::from_u16(d.status).map_err(|_| {
                     ValidationError::new(
@@ -371,6 +435,116 @@ impl Route {
             _ => path.to_string(),
         }
     }
+}
+
+fn forward(
+    a: &RouteActionConfig,
+    at: &str,
+    known: &std::collections::HashSet<String>,
+) -> Result<Forward, ValidationError> {
+    let unknown =
+        |path: String, name: &str| ValidationError::new(path, format!("unknown cluster `{name}`"));
+    let clusters = match (&a.cluster, &a.weighted_clusters) {
+        (Some(c), None) => {
+            if !known.contains(c) {
+                return Err(unknown(join(at, "cluster"), c));
+            }
+            vec![(c.clone(), 1)]
+        }
+        (None, Some(w)) => {
+            let base = join(&join(at, "weighted_clusters"), "clusters");
+            for (i, c) in w.clusters.iter().enumerate() {
+                if !known.contains(&c.name) {
+                    return Err(unknown(join(&index(&base, i), "name"), &c.name));
+                }
+            }
+            if w.clusters.iter().map(|c| c.weight).sum::<u32>() == 0 {
+                return Err(ValidationError::new(
+                    base,
+                    "cluster weights must not all be zero",
+                ));
+            }
+            w.clusters
+                .iter()
+                .map(|c| (c.name.clone(), c.weight))
+                .collect()
+        }
+        _ => {
+            return Err(ValidationError::new(
+                join(at, "cluster"),
+                "a route needs exactly one of cluster or weighted_clusters",
+            ));
+        }
+    };
+    let retry = match &a.retry_policy {
+        None => None,
+        Some(r) => {
+            let mut p = RetryPolicy {
+                num_retries: r.num_retries.unwrap_or(1),
+                per_try_timeout: r.per_try_timeout.map(|d| d.0).filter(|d| !d.is_zero()),
+                retriable_status_codes: r.retriable_status_codes.clone(),
+                ..RetryPolicy::default()
+            };
+            for cond in r
+                .retry_on
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+            {
+                match cond {
+                    "5xx" => p.on_5xx = true,
+                    "gateway-error" => p.on_gateway_error = true,
+                    "connect-failure" => p.on_connect_failure = true,
+                    "reset" => p.on_reset = true,
+                    "retriable-status-codes" => {}
+                    other => {
+                        return Err(ValidationError::new(
+                            join(&join(at, "retry_policy"), "retry_on"),
+                            format!(
+                                "unsupported retry_on `{other}`; supported: 5xx, gateway-error, connect-failure, reset, retriable-status-codes"
+                            ),
+                        ));
+                    }
+                }
+            }
+            Some(p)
+        }
+    };
+    let mut hash_policy = Vec::new();
+    for (i, h) in a.hash_policy.iter().enumerate() {
+        let hp = index(&join(at, "hash_policy"), i);
+        let source = match (&h.header, &h.connection_properties, &h.query_parameter) {
+            (Some(hh), None, None) => HashSource::Header(
+                HeaderName::from_bytes(hh.header_name.as_bytes()).map_err(|_| {
+                    ValidationError::new(join(&hp, "header.header_name"), "not a valid header name")
+                })?,
+            ),
+            (None, Some(c), None) if c.source_ip => HashSource::SourceIp,
+            (None, None, Some(q)) => HashSource::Query(q.name.clone()),
+            _ => {
+                return Err(ValidationError::new(
+                    hp,
+                    "a hash policy needs one of header, connection_properties.source_ip, query_parameter",
+                ));
+            }
+        };
+        hash_policy.push(HashPolicy {
+            source,
+            terminal: h.terminal,
+        });
+    }
+    Ok(Forward {
+        clusters,
+        prefix_rewrite: a.prefix_rewrite.clone(),
+        host_rewrite: a.host_rewrite_literal.clone(),
+        timeout: match a.timeout {
+            None => Some(Duration::from_secs(15)),
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d.0),
+        },
+        retry,
+        hash_policy,
+    })
 }
 
 fn header_match(h: &HeaderMatcherConfig, at: &str) -> Result<HeaderMatch, ValidationError> {

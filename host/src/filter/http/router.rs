@@ -12,21 +12,27 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use tokio::time::Instant;
+
+use super::route::RetryPolicy;
 use crate::cluster::{LbContext, WorkerCluster};
 
 /// A response body: the upstream's, streamed, or one wasp wrote.
-pub type Body = http_body_util::Either<Incoming, Full<Bytes>>;
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// A request body upstream: the client's, streamed, or buffered for retries.
+type UpstreamBody = Either<Incoming, Full<Bytes>>;
 
 /// A response wasp makes itself.
 pub fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let body: Bytes = body.into();
-    let mut r = Response::new(http_body_util::Either::Right(Full::new(body.clone())));
+    let mut r = Response::new(Either::Right(Full::new(body.clone())));
     *r.status_mut() = status;
     if !body.is_empty() {
         r.headers_mut().insert(
@@ -40,7 +46,7 @@ pub fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 /// One worker's client for one cluster.
 pub struct Upstream {
     pub cluster: Rc<WorkerCluster>,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, UpstreamBody>,
 }
 
 impl Upstream {
@@ -58,21 +64,73 @@ impl Upstream {
     }
 
     /// Sends `req` (its URI holding only path and query) to an endpoint and
-    /// waits for the response head, at most `timeout`.
+    /// waits for the response head, within `timeout` over all attempts,
+    /// retrying as `retry` says (on another endpoint, if the balancer picks
+    /// one). A retried request's body is buffered first, up to
+    /// [`MAX_RETRY_BODY`].
     pub async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         timeout: Option<Duration>,
+        retry: Option<&RetryPolicy>,
+        hash: Option<u64>,
     ) -> Response<Body> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let Some(retry) = retry else {
+            let per_try = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            return self
+                .attempt(req.map(Either::Left), per_try, hash)
+                .await
+                .into_response();
+        };
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, MAX_RETRY_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return local(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
+        };
+        let mut retries = 0;
+        loop {
+            let mut attempt = Request::new(Either::Right(Full::new(body.clone())));
+            *attempt.method_mut() = parts.method.clone();
+            *attempt.uri_mut() = parts.uri.clone();
+            *attempt.headers_mut() = parts.headers.clone();
+            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let per_try = match (retry.per_try_timeout, remaining) {
+                (Some(p), Some(r)) => Some(p.min(r)),
+                (p, r) => p.or(r),
+            };
+            let outcome = self.attempt(attempt, per_try, hash).await;
+            let time_left = remaining.is_none_or(|r| !r.is_zero())
+                && deadline.is_none_or(|d| Instant::now() < d);
+            if retries < retry.num_retries && time_left && outcome.retriable(retry) {
+                retries += 1;
+                self.cluster.stats.upstream_rq_retry.inc();
+                continue;
+            }
+            if retries > 0
+                && matches!(&outcome, Attempt::Response(r) if !r.status().is_server_error())
+            {
+                self.cluster.stats.upstream_rq_retry_success.inc();
+            }
+            return outcome.into_response();
+        }
+    }
+
+    async fn attempt(
+        &self,
+        mut req: Request<UpstreamBody>,
+        timeout: Option<Duration>,
+        hash: Option<u64>,
+    ) -> Attempt {
         let stats = &self.cluster.stats;
-        let Some(endpoint) = self.cluster.choose(LbContext::default()) else {
+        let Some(endpoint) = self.cluster.choose(LbContext { hash }) else {
             stats.upstream_cx_none_healthy.inc();
-            return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+            return Attempt::NoHealthyUpstream;
         };
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let uri: Uri = match format!("http://{}{path}", endpoint.address).parse() {
             Ok(u) => u,
-            Err(_) => return local(StatusCode::BAD_REQUEST, "bad request path"),
+            Err(_) => return Attempt::BadRequest,
         };
         *req.uri_mut() = uri;
         if self.cluster.cluster.settings.http2 {
@@ -100,29 +158,73 @@ impl Upstream {
         match result {
             Ok(Ok(resp)) => {
                 endpoint.stats.rq_success.fetch_add(1, Ordering::Relaxed);
-                resp.map(http_body_util::Either::Left)
+                Attempt::Response(resp)
             }
             Ok(Err(e)) => {
                 endpoint.stats.rq_error.fetch_add(1, Ordering::Relaxed);
-                let reason = if e.is_connect() {
-                    stats.upstream_cx_connect_fail.inc();
-                    "connection failure"
-                } else {
-                    "remote reset"
-                };
                 tracing::debug!(cluster = %self.cluster.cluster.name(), endpoint = %endpoint.address, error = %e, "upstream request failed");
-                local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!(
-                        "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
-                    ),
-                )
+                if e.is_connect() {
+                    stats.upstream_cx_connect_fail.inc();
+                    Attempt::ConnectFailure
+                } else {
+                    Attempt::Reset
+                }
             }
             Err(()) => {
                 endpoint.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
                 stats.upstream_rq_timeout.inc();
-                local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+                Attempt::Timeout
             }
+        }
+    }
+}
+
+/// Largest request body buffered so that it can be retried.
+pub const MAX_RETRY_BODY: usize = 1024 * 1024;
+
+/// How one try ended.
+enum Attempt {
+    Response(Response<Incoming>),
+    NoHealthyUpstream,
+    BadRequest,
+    ConnectFailure,
+    Reset,
+    Timeout,
+}
+
+impl Attempt {
+    fn retriable(&self, p: &RetryPolicy) -> bool {
+        match self {
+            Attempt::Response(r) => {
+                let s = r.status().as_u16();
+                (p.on_5xx && s >= 500)
+                    || (p.on_gateway_error && matches!(s, 502..=504))
+                    || p.retriable_status_codes.contains(&s)
+            }
+            Attempt::ConnectFailure => p.on_5xx || p.on_gateway_error || p.on_connect_failure,
+            Attempt::Reset => p.on_5xx || p.on_reset,
+            Attempt::Timeout => p.on_5xx || p.on_gateway_error,
+            Attempt::NoHealthyUpstream | Attempt::BadRequest => false,
+        }
+    }
+
+    /// The response the client gets: the upstream's, or Envoy's local one.
+    fn into_response(self) -> Response<Body> {
+        match self {
+            Attempt::Response(r) => r.map(Either::Left),
+            Attempt::NoHealthyUpstream => {
+                local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")
+            }
+            Attempt::BadRequest => local(StatusCode::BAD_REQUEST, "bad request path"),
+            Attempt::ConnectFailure => local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+            ),
+            Attempt::Reset => local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: remote reset",
+            ),
+            Attempt::Timeout => local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
         }
     }
 }

@@ -90,7 +90,14 @@ impl HcmSettings {
             .virtual_hosts
             .iter()
             .flat_map(|vh| vh.routes.iter())
-            .filter_map(|r| r.route.as_ref().map(|a| a.cluster.clone()))
+            .filter_map(|r| r.route.as_ref())
+            .flat_map(|a| {
+                a.cluster.iter().cloned().chain(
+                    a.weighted_clusters
+                        .iter()
+                        .flat_map(|w| w.clusters.iter().map(|c| c.name.clone())),
+                )
+            })
             .collect();
         clusters.sort();
         clusters.dedup();
@@ -292,28 +299,26 @@ impl HttpConnectionManager {
                 }
                 resp
             }
-            Action::Forward {
-                cluster,
-                prefix_rewrite,
-                host_rewrite,
-                timeout,
-            } => {
-                let Some(upstream) = self.upstreams.get(cluster) else {
+            Action::Forward(fwd) => {
+                let Some(upstream) = self.upstreams.get(fwd.pick_cluster()) else {
                     return router::local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
                 };
-                if let Some(pr) = prefix_rewrite {
+                let hash = fwd.hash(req.headers(), req.uri().query(), peer.ip());
+                if let Some(pr) = &fwd.prefix_rewrite {
                     if let Ok(uri) = route.rewrite_path(&path, pr).parse() {
                         *req.uri_mut() = uri;
                     }
                 } else if let Ok(uri) = path.parse() {
                     *req.uri_mut() = uri;
                 }
-                self.prepare_upstream_request(&mut req, &host, host_rewrite.as_deref(), peer);
+                self.prepare_upstream_request(&mut req, &host, fwd.host_rewrite.as_deref(), peer);
                 for level in matched.levels.iter().rev() {
                     level.0.apply(req.headers_mut());
                 }
                 let sent = Instant::now();
-                let mut resp = upstream.forward(req, *timeout).await;
+                let mut resp = upstream
+                    .forward(req, fwd.timeout, fwd.retry.as_ref(), hash)
+                    .await;
                 if let Ok(v) = HeaderValue::from_str(&sent.elapsed().as_millis().to_string()) {
                     resp.headers_mut()
                         .insert(HeaderName::from_static("x-envoy-upstream-service-time"), v);
