@@ -16,7 +16,7 @@ use crate::config::path::join;
 use crate::config::{AccessLogConfig, Extension, LogFormatConfig, ValidationError};
 
 pub use format::Format;
-pub use stream_info::{ResponseFlags, StreamInfo};
+pub use stream_info::{HttpInfo, ResponseFlags, StreamInfo};
 
 /// Envoy's default access log format.
 pub const DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\"\n";

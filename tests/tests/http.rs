@@ -451,3 +451,59 @@ fn retries_weighted_clusters_and_hash_policies() {
         .count();
     assert!((25..=75).contains(&hits_a), "{hits_a} of 200 to a");
 }
+
+#[test]
+fn request_timeout_answers_408() {
+    let slow = HttpBackend::start("slow");
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/\" }\n                route: { cluster: slow, timeout: 0s }\n";
+    let clusters = wasp_tests::config::cluster("slow", "ROUND_ROBIN", &[(slow.addr, 1)], "");
+    let port = free_port();
+    let _wasp = Proxy::start(
+        &hcm(port, vhosts, "          request_timeout: 0.3s\n", &clusters),
+        &[],
+    );
+    let started = std::time::Instant::now();
+    let r = curl(&[&format!("http://127.0.0.1:{port}/?delay_ms=3000")]);
+    assert_eq!((r.status, r.body.as_str()), (408, "stream timeout"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+}
+
+#[test]
+fn access_log_in_envoys_default_format() {
+    let backend = HttpBackend::start("logged");
+    let dir = wasp_tests::temp_dir("http-log");
+    let log = dir.join("access.log");
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/\" }\n                route: { cluster: logged }\n";
+    let extra = format!(
+        "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}\n",
+        log.display()
+    );
+    let clusters = wasp_tests::config::cluster("logged", "ROUND_ROBIN", &[(backend.addr, 1)], "");
+    let port = free_port();
+    let _wasp = Proxy::start(&hcm(port, vhosts, &extra, &clusters), &[]);
+    let r = curl(&[
+        "-A",
+        "test-agent/1",
+        "-H",
+        "x-request-id: rid-1",
+        &format!("http://127.0.0.1:{port}/a/b?c=d"),
+    ]);
+    assert_eq!(r.status, 200);
+    let line = wasp_tests::eventually(
+        std::time::Duration::from_secs(5),
+        "the access log line",
+        || std::fs::read_to_string(&log).ok().filter(|s| !s.is_empty()),
+    );
+    let expected_tail = format!(
+        "\"GET /a/b?c=d HTTP/1.1\" 200 - 0 {} ",
+        r.header("content-length").unwrap()
+    );
+    assert!(line.contains(&expected_tail), "{line}");
+    assert!(
+        line.ends_with(&format!(
+            "\"-\" \"test-agent/1\" \"rid-1\" \"127.0.0.1:{port}\" \"{}\"\n",
+            backend.addr
+        )),
+        "{line}"
+    );
+}

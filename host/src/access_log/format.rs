@@ -46,8 +46,12 @@ pub enum Operator {
     DownstreamLocalAddressWithoutPort,
     ConnectionId,
     Hostname,
-    /// HTTP request/response headers and trailers: `-` on a TCP stream.
-    Header,
+    /// `%REQ(A?B)%`: the first of the named request headers present.
+    Request(Vec<String>),
+    /// `%RESP(A?B)%`.
+    Response(Vec<String>),
+    /// Trailers are not kept: `-`.
+    Trailer,
     /// An operator Envoy knows whose value wasp does not track: `-`.
     Unavailable,
 }
@@ -225,7 +229,18 @@ fn operator(token: &str) -> Result<(Operator, Option<usize>), String> {
         "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Operator::DownstreamLocalAddressWithoutPort,
         "CONNECTION_ID" => Operator::ConnectionId,
         "HOSTNAME" => Operator::Hostname,
-        "REQ" | "RESP" | "TRAILER" if arg.is_some() => Operator::Header,
+        "REQ" | "RESP" | "TRAILER" if arg.is_some() => {
+            let names = arg
+                .unwrap_or_default()
+                .split('?')
+                .map(|n| n.to_ascii_lowercase())
+                .collect();
+            match name {
+                "REQ" => Operator::Request(names),
+                "RESP" => Operator::Response(names),
+                _ => Operator::Trailer,
+            }
+        }
         n if UNAVAILABLE.contains(&n) => Operator::Unavailable,
         _ => return Err(format!("unknown command operator %{token}%")),
     };
@@ -267,7 +282,24 @@ fn render_operator(op: &Operator, info: &StreamInfo, out: &mut String) {
             None => write!(out, "{}", info.start.elapsed().as_millis()),
         },
         Operator::ResponseFlags => write!(out, "{}", info.response_flags),
-        Operator::ResponseCode => out.write_str("0"),
+        Operator::ResponseCode => {
+            write!(out, "{}", info.http.as_ref().map_or(0, |h| h.response_code))
+        }
+        Operator::Protocol => out.write_str(info.http.as_ref().map_or("-", |h| h.protocol)),
+        Operator::Request(names) => {
+            let v = info
+                .http
+                .as_ref()
+                .and_then(|h| names.iter().find_map(|n| h.request_header(n)));
+            out.write_str(v.unwrap_or("-"))
+        }
+        Operator::Response(names) => {
+            let v = info
+                .http
+                .as_ref()
+                .and_then(|h| names.iter().find_map(|n| h.response_header(n)));
+            out.write_str(v.unwrap_or("-"))
+        }
         Operator::UpstreamHost => opt(out, info.upstream_host),
         Operator::UpstreamLocalAddress => opt(out, info.upstream_local),
         Operator::UpstreamCluster => match &info.upstream_cluster {
@@ -284,7 +316,7 @@ fn render_operator(op: &Operator, info: &StreamInfo, out: &mut String) {
         }
         Operator::ConnectionId => write!(out, "{}", info.connection_id),
         Operator::Hostname => out.write_str(hostname()),
-        Operator::Protocol | Operator::Header | Operator::Unavailable => out.write_str("-"),
+        Operator::Trailer | Operator::Unavailable => out.write_str("-"),
     };
 }
 
@@ -403,6 +435,30 @@ mod tests {
     fn start_time_formats_and_lengths() {
         let f = Format::text("%START_TIME(%Y/%m/%dT%H:%M:%E3S)% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %UPSTREAM_HOST(x):3%").unwrap();
         assert_eq!(f.render(&info()), "2023/11/14T22:13:20.123 10.0.0.1 127");
+    }
+
+    #[test]
+    fn http_fields_fill_the_default_format() {
+        let mut i = info();
+        let mut req = http::HeaderMap::new();
+        req.insert("user-agent", "curl/8".parse().unwrap());
+        req.insert("x-request-id", "abc".parse().unwrap());
+        let mut resp = http::HeaderMap::new();
+        resp.insert("x-envoy-upstream-service-time", "3".parse().unwrap());
+        i.http = Some(Box::new(super::super::HttpInfo {
+            method: "GET".into(),
+            path: "/x?y".into(),
+            authority: "example.com".into(),
+            protocol: "HTTP/1.1",
+            request_headers: req,
+            response_code: 200,
+            response_headers: resp,
+        }));
+        let f = Format::text(super::super::DEFAULT_FORMAT).unwrap();
+        assert_eq!(
+            f.render(&i),
+            "[2023-11-14T22:13:20.123Z] \"GET /x?y HTTP/1.1\" 200 - 10 20 42 3 \"-\" \"curl/8\" \"abc\" \"example.com\" \"127.0.0.1:8080\"\n"
+        );
     }
 
     #[test]

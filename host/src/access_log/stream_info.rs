@@ -21,6 +21,39 @@ pub struct StreamInfo {
     pub bytes_sent: u64,
     pub response_flags: ResponseFlags,
     pub duration: Option<std::time::Duration>,
+    /// For HTTP streams: the request and response as the log sees them.
+    pub http: Option<Box<HttpInfo>>,
+}
+
+/// The HTTP facts of a stream, for `%REQ(...)%`, `%RESP(...)%`,
+/// `%PROTOCOL%` and `%RESPONSE_CODE%`.
+#[derive(Debug, Clone, Default)]
+pub struct HttpInfo {
+    pub method: String,
+    pub path: String,
+    pub authority: String,
+    pub protocol: &'static str,
+    pub request_headers: http::HeaderMap,
+    pub response_code: u16,
+    pub response_headers: http::HeaderMap,
+}
+
+impl HttpInfo {
+    /// A request header, with Envoy's pseudo-header names.
+    pub fn request_header(&self, name: &str) -> Option<&str> {
+        match name {
+            ":method" => Some(&self.method),
+            ":path" => Some(&self.path),
+            ":authority" => Some(&self.authority),
+            _ => self.request_headers.get(name).and_then(|v| v.to_str().ok()),
+        }
+    }
+
+    pub fn response_header(&self, name: &str) -> Option<&str> {
+        self.response_headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+    }
 }
 
 impl StreamInfo {
@@ -42,6 +75,7 @@ impl StreamInfo {
             bytes_sent: 0,
             response_flags: ResponseFlags::default(),
             duration: None,
+            http: None,
         }
     }
 

@@ -94,7 +94,10 @@ pub enum FilterFactory {
         logs: Vec<Arc<access_log::AccessLog>>,
     },
     RedisProxy(Arc<RedisProxySettings>),
-    HttpConnectionManager(Arc<HcmSettings>),
+    HttpConnectionManager {
+        settings: Arc<HcmSettings>,
+        logs: Vec<Arc<access_log::AccessLog>>,
+    },
     Echo,
     DirectResponse(Bytes),
     ConnectionLimit {
@@ -114,7 +117,10 @@ impl FilterFactory {
             },
             NetworkFilterSettings::RedisProxy(s) => FilterFactory::RedisProxy(s.clone()),
             NetworkFilterSettings::HttpConnectionManager(s) => {
-                FilterFactory::HttpConnectionManager(s.clone())
+                FilterFactory::HttpConnectionManager {
+                    logs: access_log::open_all(&s.access_logs)?,
+                    settings: s.clone(),
+                }
             }
             NetworkFilterSettings::Echo => FilterFactory::Echo,
             NetworkFilterSettings::DirectResponse(b) => FilterFactory::DirectResponse(b.clone()),
@@ -192,9 +198,10 @@ impl WorkerChain {
             FilterFactory::RedisProxy(settings) => TerminalFilter::RedisProxy(Rc::new(
                 RedisProxy::new((**settings).clone(), clusters, stats),
             )),
-            FilterFactory::HttpConnectionManager(settings) => {
+            FilterFactory::HttpConnectionManager { settings, logs } => {
                 TerminalFilter::HttpConnectionManager(Rc::new(HttpConnectionManager::new(
                     settings.clone(),
+                    logs.clone(),
                     clusters,
                     stats,
                 )))

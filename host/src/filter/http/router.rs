@@ -43,6 +43,11 @@ pub fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     r
 }
 
+/// The endpoint a response came from (a response extension, for access
+/// logs).
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamHost(pub std::net::SocketAddr);
+
 /// One worker's client for one cluster.
 pub struct Upstream {
     pub cluster: Rc<WorkerCluster>,
@@ -156,8 +161,9 @@ impl Upstream {
         stats.upstream_rq_active.dec();
         endpoint.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
         match result {
-            Ok(Ok(resp)) => {
+            Ok(Ok(mut resp)) => {
                 endpoint.stats.rq_success.fetch_add(1, Ordering::Relaxed);
+                resp.extensions_mut().insert(UpstreamHost(endpoint.address));
                 Attempt::Response(resp)
             }
             Ok(Err(e)) => {

@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::time::Instant;
 
-use crate::access_log::StreamInfo;
+use crate::access_log::{AccessLog, AccessLogSettings, HttpInfo, StreamInfo};
 use crate::cluster::WorkerClusters;
 use crate::config::path::{index, join};
 use crate::config::{CodecType, HttpConnectionManagerConfig, HttpFilterConfig, ValidationError};
@@ -38,9 +38,14 @@ pub struct HcmSettings {
     pub generate_request_id: bool,
     pub server_name: HeaderValue,
     pub request_headers_timeout: Option<Duration>,
+    /// The longest a request may wait for its response to start: the
+    /// shorter of request_timeout and stream_idle_timeout (Envoy's default
+    /// stream idle timeout is 5 minutes).
+    pub response_deadline: Option<Duration>,
     pub max_request_headers_bytes: usize,
     /// Clusters routes forward to.
     pub clusters: Vec<String>,
+    pub access_logs: Vec<AccessLogSettings>,
 }
 
 impl HcmSettings {
@@ -73,12 +78,12 @@ impl HcmSettings {
                 "only envoy.filters.http.router is supported so far",
             ));
         }
-        if !c.access_log.is_empty() {
-            return Err(ValidationError::new(
-                join(path, "access_log"),
-                "HTTP access logs are not supported yet",
-            ));
-        }
+        let access_logs = c
+            .access_log
+            .iter()
+            .enumerate()
+            .map(|(i, l)| AccessLogSettings::validate(l, &index(&join(path, "access_log"), i)))
+            .collect::<Result<Vec<_>, _>>()?;
         let route_config = c.route_config.as_ref().ok_or_else(|| {
             ValidationError::new(
                 join(path, "route_config"),
@@ -116,8 +121,20 @@ impl HcmSettings {
                 .request_headers_timeout
                 .map(|d| d.0)
                 .filter(|d| !d.is_zero()),
+            response_deadline: [
+                c.request_timeout.map(|d| d.0),
+                Some(
+                    c.stream_idle_timeout
+                        .map_or(Duration::from_secs(300), |d| d.0),
+                ),
+            ]
+            .into_iter()
+            .flatten()
+            .filter(|d| !d.is_zero())
+            .min(),
             max_request_headers_bytes: c.max_request_headers_kb.unwrap_or(60) as usize * 1024,
             clusters,
+            access_logs,
         })
     }
 }
@@ -139,6 +156,7 @@ struct HttpStats {
 /// One worker's http_connection_manager.
 pub struct HttpConnectionManager {
     settings: Arc<HcmSettings>,
+    logs: Vec<Arc<AccessLog>>,
     upstreams: HashMap<String, Upstream>,
     stats: HttpStats,
 }
@@ -162,7 +180,12 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 ];
 
 impl HttpConnectionManager {
-    pub fn new(settings: Arc<HcmSettings>, clusters: &WorkerClusters, stats: &Scope) -> Self {
+    pub fn new(
+        settings: Arc<HcmSettings>,
+        logs: Vec<Arc<AccessLog>>,
+        clusters: &WorkerClusters,
+        stats: &Scope,
+    ) -> Self {
         let scope = stats.tagged(
             "http",
             "envoy_http_conn_manager_prefix",
@@ -188,6 +211,7 @@ impl HttpConnectionManager {
                 rq_redirect: scope.counter("rq_redirect"),
             },
             settings,
+            logs,
             upstreams,
         }
     }
@@ -196,11 +220,11 @@ impl HttpConnectionManager {
     pub async fn serve(self: Rc<Self>, d: Downstream, info: StreamInfo) {
         self.stats.downstream_cx_total.inc();
         self.stats.downstream_cx_active.inc();
-        let peer = info.downstream_remote;
         let hcm = self.clone();
+        let info = Rc::new(info);
         let service = hyper::service::service_fn(move |req| {
-            let hcm = hcm.clone();
-            async move { Ok::<_, Infallible>(hcm.handle(req, peer).await) }
+            let (hcm, info) = (hcm.clone(), info.clone());
+            async move { Ok::<_, Infallible>(hcm.handle(req, &info).await) }
         });
         let io = TokioIo::new(d.stream);
         let s = &self.settings;
@@ -245,13 +269,47 @@ impl HttpConnectionManager {
         self.stats.downstream_cx_active.dec();
     }
 
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn handle(&self, req: Request<Incoming>, conn: &StreamInfo) -> Response<Body> {
+        let peer = conn.downstream_remote;
         let stats = &self.stats;
         stats.downstream_rq_total.inc();
         stats.downstream_rq_active.inc();
         let started = Instant::now();
         let version = req.version();
-        let mut resp = self.route(req, peer).await;
+        // What the access log needs of the request, taken before it moves on.
+        let log_request = (!self.logs.is_empty()).then(|| {
+            let authority = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+                .or_else(|| req.uri().authority().map(|a| a.to_string()))
+                .unwrap_or_default();
+            HttpInfo {
+                method: req.method().to_string(),
+                path: req
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string(),
+                authority,
+                protocol: match version {
+                    http::Version::HTTP_10 => "HTTP/1.0",
+                    http::Version::HTTP_2 => "HTTP/2",
+                    _ => "HTTP/1.1",
+                },
+                request_headers: req.headers().clone(),
+                ..HttpInfo::default()
+            }
+        });
+        let routed = self.route(req, peer);
+        let mut resp = match self.settings.response_deadline {
+            None => routed.await,
+            Some(limit) => match tokio::time::timeout(limit, routed).await {
+                Ok(r) => r,
+                Err(_) => router::local(StatusCode::REQUEST_TIMEOUT, "stream timeout"),
+            },
+        };
         // Answer in the client's HTTP version, whatever the upstream spoke.
         *resp.version_mut() = version;
         resp.headers_mut()
@@ -263,7 +321,36 @@ impl HttpConnectionManager {
         stats
             .downstream_rq_time
             .record(started.elapsed().as_millis() as u64);
+        if let Some(mut http) = log_request {
+            self.log(conn, &mut http, &resp);
+        }
         resp
+    }
+
+    /// Writes the access log entry of a request once its response head is
+    /// ready (durations and byte counts are to that point; bodies stream
+    /// on afterwards).
+    fn log(&self, conn: &StreamInfo, http: &mut HttpInfo, resp: &Response<Body>) {
+        let mut info = StreamInfo::new(
+            conn.connection_id,
+            conn.downstream_remote,
+            conn.downstream_local,
+        );
+        let length = |h: &http::HeaderMap| {
+            h.get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(0)
+        };
+        info.bytes_received = length(&http.request_headers);
+        info.bytes_sent = length(resp.headers());
+        info.upstream_host = resp.extensions().get::<router::UpstreamHost>().map(|u| u.0);
+        http.response_code = resp.status().as_u16();
+        http.response_headers = resp.headers().clone();
+        info.http = Some(Box::new(std::mem::take(http)));
+        info.finish();
+        for log in &self.logs {
+            log.log(&info);
+        }
     }
 
     async fn route(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
