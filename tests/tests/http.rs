@@ -590,3 +590,42 @@ fn hundred_mib_bodies_stream_byte_exact() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn query_parameter_matches_regex_rewrite_and_auto_host_rewrite() {
+    let backend = HttpBackend::start("q");
+    let port = free_port();
+    let vhosts = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match:
+                  prefix: "/"
+                  query_parameters:
+                  - name: debug
+                    string_match: { exact: "1" }
+                direct_response: { status: 200, body: { inline_string: "debug" } }
+              - match: { prefix: "/items/" }
+                route:
+                  cluster: named
+                  regex_rewrite:
+                    pattern: { regex: "^/items/([0-9]+)$" }
+                    substitution: "/v2/item/\\1"
+              - match: { prefix: "/" }
+                route: { cluster: named, auto_host_rewrite: true }
+"#;
+    let cluster = format!(
+        "  - name: named\n    type: STRICT_DNS\n    connect_timeout: 1s\n    dns_lookup_family: V4_ONLY\n    load_assignment:\n      cluster_name: named\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{ address: localhost, port_value: {} }}\n",
+        backend.addr.port()
+    );
+    let _wasp = Proxy::start(&hcm(port, vhosts, "", &cluster), &[]);
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    assert_eq!(curl(&[&url("/x?a=2&debug=1")]).body, "debug");
+    let r = curl(&[&url("/items/42?full=yes")]);
+    assert_eq!(r.json()["path"], "/v2/item/42?full=yes");
+    let r = curl(&[&url("/other?debug=0")]);
+    assert_eq!(
+        r.json()["headers"]["host"],
+        "localhost",
+        "auto_host_rewrite uses the DNS name"
+    );
+}

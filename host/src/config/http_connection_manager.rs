@@ -98,7 +98,24 @@ pub struct RouteMatchConfig {
     pub safe_regex: Option<RegexMatcherConfig>,
     #[serde(default)]
     pub headers: Vec<HeaderMatcherConfig>,
+    #[serde(default)]
+    pub query_parameters: Vec<QueryParameterMatcherConfig>,
     pub case_sensitive: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryParameterMatcherConfig {
+    pub name: String,
+    pub string_match: Option<StringMatcherConfig>,
+    pub present_match: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexRewriteConfig {
+    pub pattern: RegexMatcherConfig,
+    pub substitution: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,7 +160,10 @@ pub struct RouteActionConfig {
     pub cluster: Option<String>,
     pub weighted_clusters: Option<RouteWeightedClustersConfig>,
     pub prefix_rewrite: Option<String>,
+    pub regex_rewrite: Option<RegexRewriteConfig>,
     pub host_rewrite_literal: Option<String>,
+    #[serde(default)]
+    pub auto_host_rewrite: bool,
     pub timeout: Option<Duration>,
     pub retry_policy: Option<RetryPolicyConfig>,
     #[serde(default)]

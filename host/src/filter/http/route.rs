@@ -112,7 +112,11 @@ pub struct Forward {
     /// (cluster, weight); one entry for `cluster:`.
     pub clusters: Vec<(String, u32)>,
     pub prefix_rewrite: Option<String>,
+    /// `regex_rewrite`: every match in the path (not the query) replaced.
+    pub regex_rewrite: Option<(Regex, String)>,
     pub host_rewrite: Option<String>,
+    /// `auto_host_rewrite`: Host becomes the chosen endpoint's hostname.
+    pub auto_host_rewrite: bool,
     pub timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
     pub hash_policy: Vec<HashPolicy>,
@@ -204,10 +208,18 @@ pub enum Action {
 }
 
 #[derive(Debug, Clone)]
+struct QueryMatch {
+    name: String,
+    /// `None`: present with any value.
+    value: Option<ValueMatch>,
+}
+
+#[derive(Debug, Clone)]
 pub struct Route {
     path: PathMatch,
     case_sensitive: bool,
     headers: Vec<HeaderMatch>,
+    query: Vec<QueryMatch>,
     pub action: Action,
     pub headers_ops: (HeaderOps, HeaderOps),
 }
@@ -324,6 +336,18 @@ impl RouteTable {
         for (k, h) in m.headers.iter().enumerate() {
             headers.push(header_match(h, &index(&join(&mat, "headers"), k))?);
         }
+        let mut query = Vec::new();
+        for (k, q) in m.query_parameters.iter().enumerate() {
+            let qat = index(&join(&mat, "query_parameters"), k);
+            let value = match &q.string_match {
+                Some(sm) => Some(string_match(sm, &join(&qat, "string_match"))?),
+                None => None,
+            };
+            query.push(QueryMatch {
+                name: q.name.clone(),
+                value,
+            });
+        }
         let action = match (&r.route, &r.direct_response, &r.redirect) {
             (Some(a), None, None) => Action::Forward(forward(a, &join(at, "route"), clusters)?),
             (None, Some(d), None) => Action::Direct {
@@ -355,6 +379,7 @@ impl RouteTable {
             path,
             case_sensitive: m.case_sensitive.unwrap_or(true),
             headers,
+            query,
             action,
             headers_ops: ops(
                 &r.request_headers_to_add,
@@ -423,7 +448,25 @@ impl Route {
             PathMatch::Exact(p) => path.eq_ignore_ascii_case(p),
             PathMatch::Regex(r) => r.is_match(path),
         };
-        ok && self.headers.iter().all(|h| h.matches(headers))
+        ok && self.headers.iter().all(|h| h.matches(headers)) && self.query_matches(path_and_query)
+    }
+
+    fn query_matches(&self, path_and_query: &str) -> bool {
+        if self.query.is_empty() {
+            return true;
+        }
+        let query = path_and_query.split_once('?').map_or("", |q| q.1);
+        let params: Vec<(&str, &str)> = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.split_once('=').unwrap_or((p, "")))
+            .collect();
+        self.query.iter().all(|q| {
+            params
+                .iter()
+                .find(|(k, _)| *k == q.name)
+                .is_some_and(|(_, v)| q.value.as_ref().is_none_or(|m| m.matches(v)))
+        })
     }
 
     /// The path sent upstream: the matched prefix replaced by `prefix_rewrite`.
@@ -533,10 +576,34 @@ fn forward(
             terminal: h.terminal,
         });
     }
+    let regex_rewrite = match &a.regex_rewrite {
+        None => None,
+        Some(r) => Some((
+            Regex::new(&r.pattern.regex).map_err(|e| {
+                ValidationError::new(
+                    join(at, "regex_rewrite.pattern.regex"),
+                    format!("invalid regex: {e}"),
+                )
+            })?,
+            // Envoy (RE2) writes groups as \1; the regex crate as ${1}.
+            Regex::new(r"\\(\d)")
+                .expect("static regex")
+                .replace_all(&r.substitution, "$${$1}")
+                .into_owned(),
+        )),
+    };
+    if a.prefix_rewrite.is_some() && regex_rewrite.is_some() {
+        return Err(ValidationError::new(
+            join(at, "regex_rewrite"),
+            "set either prefix_rewrite or regex_rewrite, not both",
+        ));
+    }
     Ok(Forward {
         clusters,
         prefix_rewrite: a.prefix_rewrite.clone(),
+        regex_rewrite,
         host_rewrite: a.host_rewrite_literal.clone(),
+        auto_host_rewrite: a.auto_host_rewrite,
         timeout: match a.timeout {
             None => Some(Duration::from_secs(15)),
             Some(d) if d.is_zero() => None,
@@ -550,25 +617,6 @@ fn forward(
 fn header_match(h: &HeaderMatcherConfig, at: &str) -> Result<HeaderMatch, ValidationError> {
     let name = HeaderName::from_bytes(h.name.as_bytes())
         .map_err(|_| ValidationError::new(join(at, "name"), "not a valid header name"))?;
-    let from_string = |s: &StringMatcherConfig| -> Result<ValueMatch, ValidationError> {
-        Ok(
-            match (&s.exact, &s.prefix, &s.suffix, &s.contains, &s.safe_regex) {
-                (Some(v), ..) => ValueMatch::Exact(v.clone()),
-                (_, Some(v), ..) => ValueMatch::Prefix(v.clone()),
-                (_, _, Some(v), ..) => ValueMatch::Suffix(v.clone()),
-                (_, _, _, Some(v), _) => ValueMatch::Contains(v.clone()),
-                (_, _, _, _, Some(r)) => {
-                    ValueMatch::Regex(regex(r, &join(at, "string_match.safe_regex"))?)
-                }
-                _ => {
-                    return Err(ValidationError::new(
-                        join(at, "string_match"),
-                        "empty string matcher",
-                    ));
-                }
-            },
-        )
-    };
     let value = if let Some(v) = &h.exact_match {
         ValueMatch::Exact(v.clone())
     } else if let Some(v) = &h.prefix_match {
@@ -580,7 +628,7 @@ fn header_match(h: &HeaderMatcherConfig, at: &str) -> Result<HeaderMatch, Valida
     } else if let Some(r) = &h.safe_regex_match {
         ValueMatch::Regex(regex(r, &join(at, "safe_regex_match"))?)
     } else if let Some(s) = &h.string_match {
-        from_string(s)?
+        string_match(s, &join(at, "string_match"))?
     } else {
         ValueMatch::Present(h.present_match.unwrap_or(true))
     };
@@ -591,17 +639,39 @@ fn header_match(h: &HeaderMatcherConfig, at: &str) -> Result<HeaderMatch, Valida
     })
 }
 
+fn string_match(s: &StringMatcherConfig, at: &str) -> Result<ValueMatch, ValidationError> {
+    Ok(
+        match (&s.exact, &s.prefix, &s.suffix, &s.contains, &s.safe_regex) {
+            (Some(v), ..) => ValueMatch::Exact(v.clone()),
+            (_, Some(v), ..) => ValueMatch::Prefix(v.clone()),
+            (_, _, Some(v), ..) => ValueMatch::Suffix(v.clone()),
+            (_, _, _, Some(v), _) => ValueMatch::Contains(v.clone()),
+            (_, _, _, _, Some(r)) => ValueMatch::Regex(regex(r, &join(at, "safe_regex"))?),
+            _ => return Err(ValidationError::new(at, "empty string matcher")),
+        },
+    )
+}
+
+impl ValueMatch {
+    fn matches(&self, v: &str) -> bool {
+        match self {
+            ValueMatch::Present(want) => *want,
+            ValueMatch::Exact(e) => v == e,
+            ValueMatch::Prefix(p) => v.starts_with(p.as_str()),
+            ValueMatch::Suffix(s) => v.ends_with(s.as_str()),
+            ValueMatch::Contains(c) => v.contains(c.as_str()),
+            ValueMatch::Regex(r) => r.is_match(v),
+        }
+    }
+}
+
 impl HeaderMatch {
     fn matches(&self, headers: &HeaderMap) -> bool {
         let value = headers.get(&self.name).and_then(|v| v.to_str().ok());
         let hit = match (&self.value, value) {
             (ValueMatch::Present(want), v) => v.is_some() == *want,
             (_, None) => false,
-            (ValueMatch::Exact(e), Some(v)) => v == e,
-            (ValueMatch::Prefix(p), Some(v)) => v.starts_with(p.as_str()),
-            (ValueMatch::Suffix(s), Some(v)) => v.ends_with(s.as_str()),
-            (ValueMatch::Contains(c), Some(v)) => v.contains(c.as_str()),
-            (ValueMatch::Regex(r), Some(v)) => r.is_match(v),
+            (m, Some(v)) => m.matches(v),
         };
         hit != self.invert
     }

@@ -79,12 +79,13 @@ impl Upstream {
         timeout: Option<Duration>,
         retry: Option<&RetryPolicy>,
         hash: Option<u64>,
+        auto_host: bool,
     ) -> Response<Body> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let Some(retry) = retry else {
             let per_try = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             return self
-                .attempt(req.map(Either::Left), per_try, hash)
+                .attempt(req.map(Either::Left), per_try, hash, auto_host)
                 .await
                 .into_response();
         };
@@ -104,7 +105,7 @@ impl Upstream {
                 (Some(p), Some(r)) => Some(p.min(r)),
                 (p, r) => p.or(r),
             };
-            let outcome = self.attempt(attempt, per_try, hash).await;
+            let outcome = self.attempt(attempt, per_try, hash, auto_host).await;
             let time_left = remaining.is_none_or(|r| !r.is_zero())
                 && deadline.is_none_or(|d| Instant::now() < d);
             if retries < retry.num_retries && time_left && outcome.retriable(retry) {
@@ -126,6 +127,7 @@ impl Upstream {
         mut req: Request<UpstreamBody>,
         timeout: Option<Duration>,
         hash: Option<u64>,
+        auto_host: bool,
     ) -> Attempt {
         let stats = &self.cluster.stats;
         let Some(endpoint) = self.cluster.choose(LbContext { hash }) else {
@@ -138,6 +140,11 @@ impl Upstream {
             Err(_) => return Attempt::BadRequest,
         };
         *req.uri_mut() = uri;
+        if auto_host && !endpoint.hostname.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&endpoint.hostname) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
         if self.cluster.cluster.settings.http2 {
             // hyper derives :authority from the URI, which names the chosen
             // endpoint so that its pool keeps per-endpoint connections; a

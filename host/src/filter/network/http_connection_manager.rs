@@ -391,11 +391,18 @@ impl HttpConnectionManager {
                     return router::local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
                 };
                 let hash = fwd.hash(req.headers(), req.uri().query(), peer.ip());
-                if let Some(pr) = &fwd.prefix_rewrite {
-                    if let Ok(uri) = route.rewrite_path(&path, pr).parse() {
-                        *req.uri_mut() = uri;
+                let upstream_path = match (&fwd.prefix_rewrite, &fwd.regex_rewrite) {
+                    (Some(pr), _) => route.rewrite_path(&path, pr),
+                    (None, Some((re, substitution))) => {
+                        let (p, q) = path
+                            .split_once('?')
+                            .map_or((path.as_str(), None), |(p, q)| (p, Some(q)));
+                        let p = re.replace_all(p, substitution.as_str());
+                        q.map_or_else(|| p.to_string(), |q| format!("{p}?{q}"))
                     }
-                } else if let Ok(uri) = path.parse() {
+                    (None, None) => path.clone(),
+                };
+                if let Ok(uri) = upstream_path.parse() {
                     *req.uri_mut() = uri;
                 }
                 self.prepare_upstream_request(&mut req, &host, fwd.host_rewrite.as_deref(), peer);
@@ -404,7 +411,13 @@ impl HttpConnectionManager {
                 }
                 let sent = Instant::now();
                 let mut resp = upstream
-                    .forward(req, fwd.timeout, fwd.retry.as_ref(), hash)
+                    .forward(
+                        req,
+                        fwd.timeout,
+                        fwd.retry.as_ref(),
+                        hash,
+                        fwd.auto_host_rewrite,
+                    )
                     .await;
                 if let Ok(v) = HeaderValue::from_str(&sent.elapsed().as_millis().to_string()) {
                     resp.headers_mut()
