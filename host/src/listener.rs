@@ -297,8 +297,9 @@ impl WorkerListener {
             };
             let info = StreamInfo::new(ids.next(), peer, local);
             let (chain, buffer_limit) = (self.chain.clone(), self.buffer_limit);
+            let draining = shutdown.clone();
             tokio::task::spawn_local(async move {
-                chain.serve(stream, info, buffer_limit).await;
+                chain.serve(stream, info, buffer_limit, draining).await;
                 drop(guard);
             });
         }

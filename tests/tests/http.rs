@@ -629,3 +629,31 @@ fn query_parameter_matches_regex_rewrite_and_auto_host_rewrite() {
         "auto_host_rewrite uses the DNS name"
     );
 }
+
+/// On SIGTERM, idle keep-alive connections are closed instead of holding
+/// the drain open for --drain-time-s.
+#[test]
+fn draining_closes_idle_keep_alive_connections() {
+    use std::io::{Read, Write};
+    let port = free_port();
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/\" }\n                direct_response: { status: 200, body: { inline_string: ok } }\n";
+    let mut wasp = Proxy::start(&hcm(port, vhosts, "", ""), &["--drain-time-s", "60"]);
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 512];
+    let n = c.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = std::time::Instant::now();
+    wasp.terminate();
+    let exit = wasp.wait_exit(std::time::Duration::from_secs(10));
+    assert!(exit.success());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The client sees the close.
+    assert_eq!(c.read(&mut buf).unwrap_or(0), 0);
+}

@@ -214,7 +214,13 @@ impl WorkerChain {
     }
 
     /// Serves an accepted connection until it closes.
-    pub async fn serve(&self, stream: TcpStream, info: StreamInfo, buffer_limit: usize) {
+    pub async fn serve(
+        &self,
+        stream: TcpStream,
+        info: StreamInfo,
+        buffer_limit: usize,
+        draining: tokio::sync::watch::Receiver<bool>,
+    ) {
         let chain = if self.filters.is_empty() {
             None
         } else {
@@ -231,6 +237,7 @@ impl WorkerChain {
         let downstream = Downstream {
             stream,
             buffer_limit,
+            draining,
             chain,
             read_eof: Cell::new(false),
         };
@@ -250,6 +257,9 @@ pub struct Downstream {
     pub stream: TcpStream,
     /// The listener's per_connection_buffer_limit_bytes.
     pub buffer_limit: usize,
+    /// Becomes true when the server starts draining: protocols that can end
+    /// a connection politely (HTTP) do so.
+    pub draining: tokio::sync::watch::Receiver<bool>,
     chain: Option<RefCell<FilterChain>>,
     read_eof: Cell<bool>,
 }

@@ -227,14 +227,29 @@ impl HttpConnectionManager {
             async move { Ok::<_, Infallible>(hcm.handle(req, &info).await) }
         });
         let io = TokioIo::new(d.stream);
+        let mut draining = d.draining;
         let s = &self.settings;
+        // On drain, let in-flight requests finish, then close (GOAWAY on
+        // HTTP/2, `connection: close` on HTTP/1.1).
+        macro_rules! serve_until_drained {
+            ($conn:expr) => {{
+                let conn = $conn;
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => r.map_err(|e| e.to_string()),
+                    _ = draining.wait_for(|d| *d) => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await.map_err(|e| e.to_string())
+                    }
+                }
+            }};
+        }
         let result = match s.codec {
-            CodecType::Http2 => {
+            CodecType::Http2 => serve_until_drained!(
                 hyper::server::conn::http2::Builder::new(LocalExec)
                     .timer(TokioTimer::new())
                     .serve_connection(io, service)
-                    .await
-            }
+            ),
             CodecType::Http1 => {
                 let mut b = hyper::server::conn::http1::Builder::new();
                 b.timer(TokioTimer::new())
@@ -242,7 +257,7 @@ impl HttpConnectionManager {
                 if let Some(t) = s.request_headers_timeout {
                     b.header_read_timeout(t);
                 }
-                b.serve_connection(io, service).await
+                serve_until_drained!(b.serve_connection(io, service))
             }
             CodecType::Auto => {
                 let mut b = hyper_util::server::conn::auto::Builder::new(LocalExec);
@@ -253,14 +268,7 @@ impl HttpConnectionManager {
                     b.http1().header_read_timeout(t);
                 }
                 b.http2().timer(TokioTimer::new());
-                b.serve_connection(io, service)
-                    .await
-                    .map_err(|e| {
-                        tracing::debug!(error = %e, "http connection ended with an error");
-                        e
-                    })
-                    .ok();
-                Ok(())
+                serve_until_drained!(b.serve_connection(io, service))
             }
         };
         if let Err(e) = result {
