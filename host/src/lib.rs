@@ -7,10 +7,13 @@
 //! ───────────                          ──────────────────────────────
 //! config::parse ── YAML → *Config      listener::WorkerListener::run
 //! server::Bootstrap::validate            accept (SO_REUSEPORT socket)
-//!   → ListenerSettings, ClusterSettings   └─ filter::network::TerminalFilter
-//! cluster::Cluster (ArcSwap<EndpointSet>)      tcp_proxy: WorkerCluster::connect
-//!   ↑ cluster::dns refresh                       (lb::LoadBalancer, per worker)
-//! admin (stats, clusters, config_dump)         └─ io::pump both ways
+//!   → ListenerSettings, ClusterSettings   └─ filter::network::WorkerChain::serve
+//! cluster::Cluster (ArcSwap<EndpointSet>)      non-terminal filters (chain.rs)
+//!   ↑ cluster::dns, redis_cluster refresh      then one terminal filter:
+//!   ↑ cluster::health checks                   tcp_proxy → WorkerCluster::connect, io::pump
+//! admin (stats, clusters, config_dump)         redis_proxy → resp, upstream (pipelined)
+//!                                              http_connection_manager → http::route,
+//!                                                http::router (hyper client per cluster)
 //! ```
 //!
 //! The main thread owns configuration, DNS, admin and shutdown; it publishes
@@ -21,7 +24,8 @@
 //! Module map: [`config`] (YAML model, strict parsing, source positions),
 //! [`server`] (bootstrap validation, binding, workers, signals, drain),
 //! [`worker`], [`listener`], [`cluster`] (endpoints, DNS, load balancers),
-//! [`filter`] (network filters), [`access_log`], [`admin`], [`stats`].
+//! [`filter`] (network filters, HTTP routing), [`access_log`], [`admin`],
+//! [`stats`].
 
 pub mod access_log;
 pub mod admin;
