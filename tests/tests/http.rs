@@ -604,6 +604,12 @@ fn query_parameter_matches_regex_rewrite_and_auto_host_rewrite() {
                   - name: debug
                     string_match: { exact: "1" }
                 direct_response: { status: 200, body: { inline_string: "debug" } }
+              - match:
+                  prefix: "/"
+                  query_parameters:
+                  - name: mode
+                    string_match: { prefix: "Fast", ignore_case: true }
+                direct_response: { status: 200, body: { inline_string: "fast" } }
               - match: { prefix: "/items/" }
                 route:
                   cluster: named
@@ -620,6 +626,8 @@ fn query_parameter_matches_regex_rewrite_and_auto_host_rewrite() {
     let _wasp = Proxy::start(&hcm(port, vhosts, "", &cluster), &[]);
     let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
     assert_eq!(curl(&[&url("/x?a=2&debug=1")]).body, "debug");
+    assert_eq!(curl(&[&url("/x?mode=FASTER")]).body, "fast", "ignore_case");
+    assert_ne!(curl(&[&url("/x?mode=slow")]).body, "fast");
     let r = curl(&[&url("/items/42?full=yes")]);
     assert_eq!(r.json()["path"], "/v2/item/42?full=yes");
     let r = curl(&[&url("/other?debug=0")]);

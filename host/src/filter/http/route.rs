@@ -91,6 +91,8 @@ enum PathMatch {
 
 #[derive(Debug, Clone)]
 enum ValueMatch {
+    /// The inner match (on a lower-cased pattern) against the lower-cased value.
+    IgnoreCase(Box<ValueMatch>),
     Present(bool),
     Exact(String),
     Prefix(String),
@@ -640,21 +642,33 @@ fn header_match(h: &HeaderMatcherConfig, at: &str) -> Result<HeaderMatch, Valida
 }
 
 fn string_match(s: &StringMatcherConfig, at: &str) -> Result<ValueMatch, ValidationError> {
-    Ok(
-        match (&s.exact, &s.prefix, &s.suffix, &s.contains, &s.safe_regex) {
-            (Some(v), ..) => ValueMatch::Exact(v.clone()),
-            (_, Some(v), ..) => ValueMatch::Prefix(v.clone()),
-            (_, _, Some(v), ..) => ValueMatch::Suffix(v.clone()),
-            (_, _, _, Some(v), _) => ValueMatch::Contains(v.clone()),
-            (_, _, _, _, Some(r)) => ValueMatch::Regex(regex(r, &join(at, "safe_regex"))?),
-            _ => return Err(ValidationError::new(at, "empty string matcher")),
-        },
-    )
+    // `ignore_case` (not for regexes, as in Envoy): compare lower-cased.
+    let fold = |v: &String| {
+        if s.ignore_case {
+            v.to_ascii_lowercase()
+        } else {
+            v.clone()
+        }
+    };
+    let m = match (&s.exact, &s.prefix, &s.suffix, &s.contains, &s.safe_regex) {
+        (Some(v), ..) => ValueMatch::Exact(fold(v)),
+        (_, Some(v), ..) => ValueMatch::Prefix(fold(v)),
+        (_, _, Some(v), ..) => ValueMatch::Suffix(fold(v)),
+        (_, _, _, Some(v), _) => ValueMatch::Contains(fold(v)),
+        (_, _, _, _, Some(r)) => return Ok(ValueMatch::Regex(regex(r, &join(at, "safe_regex"))?)),
+        _ => return Err(ValidationError::new(at, "empty string matcher")),
+    };
+    Ok(if s.ignore_case {
+        ValueMatch::IgnoreCase(Box::new(m))
+    } else {
+        m
+    })
 }
 
 impl ValueMatch {
     fn matches(&self, v: &str) -> bool {
         match self {
+            ValueMatch::IgnoreCase(inner) => inner.matches(&v.to_ascii_lowercase()),
             ValueMatch::Present(want) => *want,
             ValueMatch::Exact(e) => v == e,
             ValueMatch::Prefix(p) => v.starts_with(p.as_str()),

@@ -286,13 +286,7 @@ impl HttpConnectionManager {
         let version = req.version();
         // What the access log needs of the request, taken before it moves on.
         let log_request = (!self.logs.is_empty()).then(|| {
-            let authority = req
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-                .or_else(|| req.uri().authority().map(|a| a.to_string()))
-                .unwrap_or_default();
+            let authority = authority(&req);
             HttpInfo {
                 method: req.method().to_string(),
                 path: req
@@ -362,13 +356,7 @@ impl HttpConnectionManager {
     }
 
     async fn route(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()))
-            .unwrap_or_default();
+        let host = authority(&req);
         let path = req
             .uri()
             .path_and_query()
@@ -481,6 +469,16 @@ impl HttpConnectionManager {
             }
         }
     }
+}
+
+/// The request's authority: Host on HTTP/1.1, `:authority` on HTTP/2.
+fn authority(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default()
 }
 
 /// A random (version 4) UUID, as Envoy's x-request-id.
