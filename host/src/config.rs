@@ -59,7 +59,7 @@ pub use source_map::SourceMap;
 
 /// Building YAML paths the way serde reports them (`a.b[2].c`).
 pub mod path {
-    pub use super::error::{index, join};
+    pub use super::error::{index, join, non_empty};
 }
 pub use tcp_proxy::{
     TcpProxyConfig, TcpProxyHashPolicyConfig, WeightedClusterConfig, WeightedClustersConfig,

@@ -189,6 +189,29 @@ impl LoadBalancer {
     }
 }
 
+/// Picks one of `items` with probability proportional to `weight`; `draw(n)`
+/// returns a random number below `n`. Shared by tcp_proxy's and the HTTP
+/// router's weighted clusters.
+pub fn pick_weighted<T>(
+    items: &[T],
+    weight: impl Fn(&T) -> u32,
+    draw: impl FnOnce(u32) -> u32,
+) -> Option<&T> {
+    if items.len() <= 1 {
+        return items.first();
+    }
+    let total: u32 = items.iter().map(&weight).sum();
+    let mut point = draw(total.max(1));
+    items.iter().find(|item| {
+        let w = weight(item);
+        if point < w {
+            return true;
+        }
+        point -= w;
+        false
+    })
+}
+
 /// The 64-bit hash load balancers use for keys (xxHash64, seed 0, as Envoy).
 pub fn hash_key(key: &[u8]) -> u64 {
     xxhash_rust::xxh64::xxh64(key, 0)

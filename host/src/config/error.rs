@@ -98,3 +98,14 @@ pub fn join(parent: &str, key: &str) -> String {
 pub fn index(parent: &str, i: usize) -> String {
     format!("{parent}[{i}]")
 }
+
+/// The error for a required string field left empty.
+pub fn non_empty(value: &str, parent: &str, field: &str) -> Result<(), ValidationError> {
+    if value.is_empty() {
+        return Err(ValidationError::new(
+            join(parent, field),
+            format!("{field} must not be empty"),
+        ));
+    }
+    Ok(())
+}

@@ -127,18 +127,8 @@ pub struct Forward {
 impl Forward {
     /// A cluster by weight.
     pub fn pick_cluster(&self) -> &str {
-        if let [(only, _)] = self.clusters.as_slice() {
-            return only;
-        }
-        let total: u32 = self.clusters.iter().map(|c| c.1).sum();
-        let mut point = fastrand::u32(..total.max(1));
-        for (name, w) in &self.clusters {
-            if point < *w {
-                return name;
-            }
-            point -= w;
-        }
-        &self.clusters[0].0
+        crate::cluster::lb::pick_weighted(&self.clusters, |c| c.1, |n| fastrand::u32(..n))
+            .map_or("", |c| c.0.as_str())
     }
 
     /// The request's hash for consistent-hash clusters, from the hash

@@ -21,12 +21,7 @@ pub struct ConnectionLimitSettings {
 
 impl ConnectionLimitSettings {
     pub fn validate(c: &ConnectionLimitConfig, path: &str) -> Result<Self, ValidationError> {
-        if c.stat_prefix.is_empty() {
-            return Err(ValidationError::new(
-                join(path, "stat_prefix"),
-                "stat_prefix must not be empty",
-            ));
-        }
+        crate::config::path::non_empty(&c.stat_prefix, path, "stat_prefix")?;
         if c.max_connections == 0 {
             return Err(ValidationError::new(
                 join(path, "max_connections"),

@@ -54,12 +54,7 @@ impl HcmSettings {
         path: &str,
         known: &HashSet<String>,
     ) -> Result<Self, ValidationError> {
-        if c.stat_prefix.is_empty() {
-            return Err(ValidationError::new(
-                join(path, "stat_prefix"),
-                "stat_prefix must not be empty",
-            ));
-        }
+        crate::config::path::non_empty(&c.stat_prefix, path, "stat_prefix")?;
         let filters = join(path, "http_filters");
         match c.http_filters.as_slice() {
             [] => {

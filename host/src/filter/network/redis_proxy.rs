@@ -73,12 +73,7 @@ impl RedisProxySettings {
         path: &str,
         clusters: &HashSet<String>,
     ) -> Result<Self, ValidationError> {
-        if c.stat_prefix.is_empty() {
-            return Err(ValidationError::new(
-                join(path, "stat_prefix"),
-                "stat_prefix must not be empty",
-            ));
-        }
+        crate::config::path::non_empty(&c.stat_prefix, path, "stat_prefix")?;
         let settings_path = join(path, "settings");
         let settings = c.settings.clone().ok_or_else(|| {
             ValidationError::new(

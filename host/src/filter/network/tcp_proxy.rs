@@ -42,12 +42,7 @@ impl TcpProxySettings {
         path: &str,
         known: &HashSet<String>,
     ) -> Result<Self, ValidationError> {
-        if c.stat_prefix.is_empty() {
-            return Err(ValidationError::new(
-                join(path, "stat_prefix"),
-                "stat_prefix must not be empty",
-            ));
-        }
+        crate::config::path::non_empty(&c.stat_prefix, path, "stat_prefix")?;
         let unknown =
             |at: String, name: &str| ValidationError::new(at, format!("unknown cluster `{name}`"));
         let clusters = match (&c.cluster, &c.weighted_clusters) {
@@ -141,7 +136,6 @@ struct TcpStats {
 pub struct TcpProxy {
     settings: Arc<TcpProxySettings>,
     clusters: Vec<(Rc<WorkerCluster>, Arc<str>, u32)>,
-    total_weight: u32,
     logs: Vec<Arc<AccessLog>>,
     stats: TcpStats,
     rng: RefCell<fastrand::Rng>,
@@ -161,7 +155,6 @@ impl TcpProxy {
             .filter_map(|(name, w)| Some((clusters.get(name)?, Arc::from(name.as_str()), *w)))
             .collect();
         TcpProxy {
-            total_weight: clusters.iter().map(|c| c.2).sum(),
             clusters,
             logs,
             stats: TcpStats {
@@ -178,25 +171,12 @@ impl TcpProxy {
         }
     }
 
-    fn pick_cluster(&self) -> Option<&(Rc<WorkerCluster>, Arc<str>, u32)> {
-        if self.clusters.len() <= 1 {
-            return self.clusters.first();
-        }
-        let mut point = self.rng.borrow_mut().u32(..self.total_weight);
-        self.clusters.iter().find(|c| {
-            if point < c.2 {
-                return true;
-            }
-            point -= c.2;
-            false
-        })
-    }
-
     pub async fn serve(&self, d: Downstream, mut info: StreamInfo) {
         let buffer_limit = d.buffer_limit;
         let downstream = &d;
         self.stats.downstream_cx_total.inc();
-        let Some((cluster, cluster_name, _)) = self.pick_cluster() else {
+        let picked = lb::pick_weighted(&self.clusters, |c| c.2, |n| self.rng.borrow_mut().u32(..n));
+        let Some((cluster, cluster_name, _)) = picked else {
             self.stats.downstream_cx_no_route.inc();
             drop(d);
             return self.finish(info);
@@ -242,6 +222,9 @@ impl TcpProxy {
         endpoint.stats.rq_total.fetch_add(1, Ordering::Relaxed);
         endpoint.stats.rq_active.fetch_add(1, Ordering::Relaxed);
 
+        // Each side's reads are bounded by its own limit: the listener's for
+        // the downstream, the cluster's for the upstream (as in Envoy).
+        let upstream_limit = cluster.cluster.settings.per_connection_buffer_limit_bytes as usize;
         let connected_at = Instant::now();
         let activity = Cell::new(connected_at);
         let (rx, tx) = (Cell::new(0u64), Cell::new(0u64));
@@ -266,7 +249,7 @@ impl TcpProxy {
                 io::pump(
                     &upstream,
                     downstream,
-                    buffer_limit,
+                    upstream_limit,
                     &activity,
                     &tx,
                     &downstream_counters,
