@@ -682,6 +682,7 @@ impl WorkerCluster {
 }
 
 /// A worker's handles on every cluster.
+#[derive(Clone)]
 pub struct WorkerClusters {
     by_name: HashMap<String, Rc<WorkerCluster>>,
 }

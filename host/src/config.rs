@@ -23,6 +23,7 @@ mod network_filter;
 mod redis_proxy;
 mod source_map;
 mod tcp_proxy;
+mod wasm;
 
 pub use access_log::{
     AccessLogConfig, FileAccessLogConfig, LogFormatConfig, StreamAccessLogConfig,
@@ -56,6 +57,10 @@ pub use redis_proxy::{
     RedisRouteConfig, RequestMirrorPolicyConfig,
 };
 pub use source_map::SourceMap;
+pub use wasm::{
+    AnyValue, AsyncDataSourceConfig, CapabilityRestrictionConfig, EnvironmentVariablesConfig,
+    FailurePolicyConfig, PluginConfig, SandboxConfig, VmConfig, WasmFilterConfig,
+};
 
 /// Building YAML paths the way serde reports them (`a.b[2].c`).
 pub mod path {

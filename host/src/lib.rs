@@ -35,4 +35,5 @@ pub mod filter;
 pub mod listener;
 pub mod server;
 pub mod stats;
+pub mod wasm;
 pub mod worker;

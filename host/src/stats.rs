@@ -201,7 +201,6 @@ impl Store {
     }
 
     /// The summed value of one stat, if it exists.
-    #[cfg(test)]
     pub fn value(&self, name: &str) -> Option<i64> {
         let metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
         let m = metrics.get(name)?;
@@ -218,7 +217,15 @@ impl Store {
 /// `envoy_` + the name with everything outside `[a-zA-Z0-9_]` made `_`.
 fn prometheus_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len() + 6);
-    out.push_str("envoy_");
+    // Stats in a custom namespace (wasm filters' `wasmcustom.`) are
+    // exported as Envoy does: without the namespace and without `envoy_`.
+    let name = match name.strip_prefix("wasmcustom.") {
+        Some(rest) => rest,
+        None => {
+            out.push_str("envoy_");
+            name
+        }
+    };
     out.extend(name.chars().map(|c| {
         if c.is_ascii_alphanumeric() || c == '_' {
             c
@@ -282,6 +289,11 @@ impl Scope {
         }
     }
 
+    /// The summed value of stat `name` in this scope.
+    pub fn value(&self, name: &str) -> Option<i64> {
+        self.store.value(&format!("{}{name}", self.prefix))
+    }
+
     /// A new shard of counter `name`: the caller (one worker) owns it.
     pub fn counter(&self, name: &str) -> Counter {
         Counter(self.store.shard(self, name, Kind::Counter))
@@ -332,6 +344,16 @@ impl Gauge {
     /// Sets this shard; meant for gauges with a single owner (the main thread).
     pub fn set(&self, v: i64) {
         self.0.store(v as u64, Ordering::Relaxed);
+    }
+
+    /// Adds a signed delta to this shard.
+    pub fn add(&self, delta: i64) {
+        self.0.fetch_add(delta as u64, Ordering::Relaxed);
+    }
+
+    /// This shard's value.
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed) as i64
     }
 }
 

@@ -2,7 +2,7 @@ use serde::Deserialize;
 use serde::de::Deserializer;
 
 use super::extension::{Empty, Extensions, unsupported};
-use super::{AccessLogConfig, DataSourceConfig, Duration, Extension};
+use super::{AccessLogConfig, DataSourceConfig, Duration, Extension, WasmFilterConfig};
 
 /// `envoy.filters.network.http_connection_manager`.
 #[derive(Debug, Clone, Deserialize)]
@@ -277,30 +277,47 @@ pub struct HeaderValueConfig {
 #[derive(Debug, Clone)]
 pub enum HttpFilterConfig {
     Router,
+    Wasm(Box<WasmFilterConfig>),
 }
 
-const TYPES: &[&str] = &[
+const ROUTER_TYPES: &[&str] = &[
     "envoy.extensions.filters.http.router.v3.Router",
     "envoy.config.filter.http.router.v2.Router",
 ];
-const NAMES: &[&str] = &["envoy.filters.http.router", "envoy.router"];
+const ROUTER_NAMES: &[&str] = &["envoy.filters.http.router", "envoy.router"];
+const WASM_TYPE: &str = "envoy.extensions.filters.http.wasm.v3.Wasm";
+const WASM_NAME: &str = "envoy.filters.http.wasm";
 
 impl Extensions for HttpFilterConfig {
     const KIND: &'static str = "HTTP filter";
 
     fn from_type<'de, D: Deserializer<'de>>(type_name: &str, d: D) -> Result<Self, D::Error> {
-        if TYPES.contains(&type_name) {
+        if ROUTER_TYPES.contains(&type_name) {
             Empty::deserialize(d)?;
             return Ok(HttpFilterConfig::Router);
         }
-        Err(unsupported(Self::KIND, type_name, TYPES))
+        if type_name == WASM_TYPE {
+            return Ok(HttpFilterConfig::Wasm(Box::new(WasmFilterConfig::deserialize(d)?)));
+        }
+        Err(unsupported(
+            Self::KIND,
+            type_name,
+            &[ROUTER_TYPES[0], ROUTER_TYPES[1], WASM_TYPE],
+        ))
     }
 
     fn from_name<'de, D: Deserializer<'de>>(name: &str, d: D) -> Result<Self, D::Error> {
-        if NAMES.contains(&name) {
+        if ROUTER_NAMES.contains(&name) {
             Empty::deserialize(d)?;
             return Ok(HttpFilterConfig::Router);
         }
-        Err(unsupported(Self::KIND, name, NAMES))
+        if name == WASM_NAME {
+            return Ok(HttpFilterConfig::Wasm(Box::new(WasmFilterConfig::deserialize(d)?)));
+        }
+        Err(unsupported(
+            Self::KIND,
+            name,
+            &[ROUTER_NAMES[0], ROUTER_NAMES[1], WASM_NAME],
+        ))
     }
 }

@@ -4,6 +4,7 @@ use serde::de::Deserializer;
 use super::extension::{Empty, Extensions, unsupported};
 use super::{
     DataSourceConfig, Duration, HttpConnectionManagerConfig, RedisProxyConfig, TcpProxyConfig,
+    WasmFilterConfig,
 };
 
 /// The network filters wasp has, by config.
@@ -15,6 +16,7 @@ pub enum NetworkFilterConfig {
     ConnectionLimit(ConnectionLimitConfig),
     RedisProxy(Box<RedisProxyConfig>),
     HttpConnectionManager(Box<HttpConnectionManagerConfig>),
+    Wasm(Box<WasmFilterConfig>),
 }
 
 /// `envoy.filters.network.connection_limit`.
@@ -73,6 +75,7 @@ const TYPES: &[(&str, &str)] = &[
         "envoy.config.filter.network.http_connection_manager.v2.HttpConnectionManager",
         "http_connection_manager",
     ),
+    ("envoy.extensions.filters.network.wasm.v3.Wasm", "wasm"),
 ];
 
 const NAMES: &[(&str, &str)] = &[
@@ -89,6 +92,7 @@ const NAMES: &[(&str, &str)] = &[
         "http_connection_manager",
     ),
     ("envoy.http_connection_manager", "http_connection_manager"),
+    ("envoy.filters.network.wasm", "wasm"),
 ];
 
 impl NetworkFilterConfig {
@@ -105,6 +109,7 @@ impl NetworkFilterConfig {
             "redis_proxy" => {
                 NetworkFilterConfig::RedisProxy(Box::new(RedisProxyConfig::deserialize(d)?))
             }
+            "wasm" => NetworkFilterConfig::Wasm(Box::new(WasmFilterConfig::deserialize(d)?)),
             "connection_limit" => {
                 NetworkFilterConfig::ConnectionLimit(ConnectionLimitConfig::deserialize(d)?)
             }

@@ -16,6 +16,7 @@ pub mod http_connection_manager;
 pub mod io;
 pub mod redis_proxy;
 pub mod tcp_proxy;
+pub mod wasm;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -49,6 +50,7 @@ pub enum NetworkFilterSettings {
     Echo,
     DirectResponse(Bytes),
     ConnectionLimit(ConnectionLimitSettings),
+    Wasm(Arc<crate::wasm::PluginSettings>),
 }
 
 impl NetworkFilterSettings {
@@ -83,6 +85,9 @@ impl NetworkFilterSettings {
             NetworkFilterConfig::ConnectionLimit(c) => {
                 NetworkFilterSettings::ConnectionLimit(ConnectionLimitSettings::validate(c, &at)?)
             }
+            NetworkFilterConfig::Wasm(c) => NetworkFilterSettings::Wasm(
+                crate::wasm::PluginSettings::validate(&c.config, &join(&at, "config"), clusters)?,
+            ),
         })
     }
 }
@@ -104,6 +109,7 @@ pub enum FilterFactory {
         settings: ConnectionLimitSettings,
         count: Arc<SharedCount>,
     },
+    Wasm(Arc<crate::wasm::PluginSettings>),
 }
 
 impl FilterFactory {
@@ -128,6 +134,7 @@ impl FilterFactory {
                 settings: s.clone(),
                 count: Arc::default(),
             },
+            NetworkFilterSettings::Wasm(p) => FilterFactory::Wasm(p.clone()),
         })
     }
 }
@@ -139,11 +146,21 @@ enum WorkerFilter {
         count: Arc<SharedCount>,
         stats: ConnectionLimitStats,
     },
+    Wasm(crate::wasm::PluginHandle),
 }
 
 impl WorkerFilter {
-    fn new_filter(&self) -> Box<dyn NetworkFilter> {
+    fn new_filter(&self, info: &StreamInfo) -> Box<dyn NetworkFilter> {
         match self {
+            WorkerFilter::Wasm(plugin) => Box::new(wasm::WasmNetworkFilter::new(
+                plugin.clone(),
+                crate::wasm::ConnectionFacts {
+                    id: info.connection_id,
+                    source: info.downstream_remote,
+                    destination: info.downstream_local,
+                    direction: 0,
+                },
+            )),
             WorkerFilter::ConnectionLimit {
                 settings,
                 count,
@@ -188,6 +205,9 @@ impl WorkerChain {
                         count: count.clone(),
                     })
                 }
+                FilterFactory::Wasm(p) => Some(WorkerFilter::Wasm(crate::wasm::plugin_on_worker(
+                    p, clusters, stats,
+                ))),
                 _ => None,
             })
             .collect();
@@ -208,7 +228,7 @@ impl WorkerChain {
             }
             FilterFactory::Echo => TerminalFilter::Echo,
             FilterFactory::DirectResponse(b) => TerminalFilter::DirectResponse(b.clone()),
-            FilterFactory::ConnectionLimit { .. } => return None,
+            FilterFactory::ConnectionLimit { .. } | FilterFactory::Wasm(_) => return None,
         };
         Some(WorkerChain { filters, terminal })
     }
@@ -225,7 +245,7 @@ impl WorkerChain {
             None
         } else {
             let mut chain =
-                FilterChain::new(self.filters.iter().map(WorkerFilter::new_filter).collect());
+                FilterChain::new(self.filters.iter().map(|f| f.new_filter(&info)).collect());
             if !chain.on_new_connection() {
                 if let Some(delay) = chain.close_delay() {
                     tokio::time::sleep(delay).await;

@@ -122,6 +122,18 @@ impl Upstream {
         }
     }
 
+    /// Sends a request wasp made (an http_call) to an endpoint, once.
+    /// `None` if it could not be sent or the upstream reset; like Envoy's
+    /// async client, an unreachable or empty cluster is a 503 answer.
+    pub async fn call(&self, req: Request<Full<Bytes>>) -> Option<Response<Body>> {
+        match self.attempt(req.map(Either::Right), None, None, false).await {
+            a @ (Attempt::Response(_) | Attempt::NoHealthyUpstream | Attempt::ConnectFailure) => {
+                Some(a.into_response())
+            }
+            Attempt::BadRequest | Attempt::Reset | Attempt::Timeout => None,
+        }
+    }
+
     async fn attempt(
         &self,
         mut req: Request<UpstreamBody>,

@@ -64,7 +64,12 @@ impl HcmSettings {
                 ));
             }
             [.., last] => {
-                let HttpFilterConfig::Router = last.config;
+                if !matches!(last.config, HttpFilterConfig::Router) {
+                    return Err(ValidationError::new(
+                        index(&filters, c.http_filters.len() - 1),
+                        "the last HTTP filter must be envoy.filters.http.router",
+                    ));
+                }
             }
         }
         if c.http_filters.len() > 1 {
