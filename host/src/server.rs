@@ -86,6 +86,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     if let Some(n) = &opts.service_node {
         bootstrap.node.id = Some(n.clone());
     }
+    crate::wasm::set_node(crate::wasm::NodeInfo {
+        id: bootstrap.node.id.clone().unwrap_or_default(),
+        cluster: bootstrap.node.cluster.clone().unwrap_or_default(),
+    });
     if opts.mode == Mode::Validate {
         println!("configuration '{origin}' OK");
         return Ok(());

@@ -1,5 +1,7 @@
 //! HTTP: the route table an http_connection_manager matches requests
 //! against, and the router that sends them upstream.
 
+pub mod body;
 pub mod route;
 pub mod router;
+pub mod wasm;

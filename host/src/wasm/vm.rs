@@ -468,10 +468,14 @@ impl VmHandle {
     }
 
     fn schedule_retry(&self) {
+        // The first failure is rebuilt at once; one that keeps failing
+        // waits 100ms, 200ms, ... up to 10s between attempts.
         let n = self.failures.get().saturating_add(1);
         self.failures.set(n);
-        let backoff = Duration::from_millis(100u64 << n.min(7)).min(Duration::from_secs(10));
-        self.retry_at.set(Some(Instant::now() + backoff));
+        if n > 1 {
+            let backoff = Duration::from_millis(100u64 << (n - 2).min(7)).min(Duration::from_secs(10));
+            self.retry_at.set(Some(Instant::now() + backoff));
+        }
     }
 
     /// Drops a failed instance: its streams are woken to apply their

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -23,16 +23,12 @@ use tokio::time::Instant;
 use super::route::RetryPolicy;
 use crate::cluster::{LbContext, WorkerCluster};
 
-/// A response body: the upstream's, streamed, or one wasp wrote.
-pub type Body = Either<Incoming, Full<Bytes>>;
-
-/// A request body upstream: the client's, streamed, or buffered for retries.
-type UpstreamBody = Either<Incoming, Full<Bytes>>;
+pub use super::body::Body;
 
 /// A response wasp makes itself.
 pub fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let body: Bytes = body.into();
-    let mut r = Response::new(Either::Right(Full::new(body.clone())));
+    let mut r = Response::new(Body::full(body.clone()));
     *r.status_mut() = status;
     if !body.is_empty() {
         r.headers_mut().insert(
@@ -51,7 +47,7 @@ pub struct UpstreamHost(pub std::net::SocketAddr);
 /// One worker's client for one cluster.
 pub struct Upstream {
     pub cluster: Rc<WorkerCluster>,
-    client: Client<HttpConnector, UpstreamBody>,
+    client: Client<HttpConnector, Body>,
 }
 
 impl Upstream {
@@ -75,7 +71,7 @@ impl Upstream {
     /// [`MAX_RETRY_BODY`].
     pub async fn forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<Body>,
         timeout: Option<Duration>,
         retry: Option<&RetryPolicy>,
         hash: Option<u64>,
@@ -85,7 +81,7 @@ impl Upstream {
         let Some(retry) = retry else {
             let per_try = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             return self
-                .attempt(req.map(Either::Left), per_try, hash, auto_host)
+                .attempt(req, per_try, hash, auto_host)
                 .await
                 .into_response();
         };
@@ -96,7 +92,7 @@ impl Upstream {
         };
         let mut retries = 0;
         loop {
-            let mut attempt = Request::new(Either::Right(Full::new(body.clone())));
+            let mut attempt = Request::new(Body::full(body.clone()));
             *attempt.method_mut() = parts.method.clone();
             *attempt.uri_mut() = parts.uri.clone();
             *attempt.headers_mut() = parts.headers.clone();
@@ -126,7 +122,7 @@ impl Upstream {
     /// `None` if it could not be sent or the upstream reset; like Envoy's
     /// async client, an unreachable or empty cluster is a 503 answer.
     pub async fn call(&self, req: Request<Full<Bytes>>) -> Option<Response<Body>> {
-        match self.attempt(req.map(Either::Right), None, None, false).await {
+        match self.attempt(req.map(Body::Full), None, None, false).await {
             a @ (Attempt::Response(_) | Attempt::NoHealthyUpstream | Attempt::ConnectFailure) => {
                 Some(a.into_response())
             }
@@ -136,7 +132,7 @@ impl Upstream {
 
     async fn attempt(
         &self,
-        mut req: Request<UpstreamBody>,
+        mut req: Request<Body>,
         timeout: Option<Duration>,
         hash: Option<u64>,
         auto_host: bool,
@@ -236,7 +232,7 @@ impl Attempt {
     /// The response the client gets: the upstream's, or Envoy's local one.
     fn into_response(self) -> Response<Body> {
         match self {
-            Attempt::Response(r) => r.map(Either::Left),
+            Attempt::Response(r) => r.map(Body::Incoming),
             Attempt::NoHealthyUpstream => {
                 local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")
             }

@@ -6,7 +6,7 @@
 //! and HTTP/2 streams are spawned with `spawn_local`.
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -23,7 +23,10 @@ use crate::cluster::WorkerClusters;
 use crate::config::path::{index, join};
 use crate::config::{CodecType, HttpConnectionManagerConfig, HttpFilterConfig, ValidationError};
 use crate::filter::http::route::{Action, RouteTable, redirect_location};
+use crate::filter::http::body::BoxError;
 use crate::filter::http::router::{self, Body, Upstream};
+use crate::filter::http::wasm::{Stop, WasmStream};
+use crate::wasm::{ConnectionFacts, PluginHandle, PluginSettings};
 use crate::stats::{Counter, Gauge, Histogram, Scope};
 
 use super::Downstream;
@@ -46,6 +49,8 @@ pub struct HcmSettings {
     /// Clusters routes forward to.
     pub clusters: Vec<String>,
     pub access_logs: Vec<AccessLogSettings>,
+    /// The wasm HTTP filters before the router, in order.
+    pub wasm_filters: Vec<Arc<PluginSettings>>,
 }
 
 impl HcmSettings {
@@ -72,11 +77,21 @@ impl HcmSettings {
                 }
             }
         }
-        if c.http_filters.len() > 1 {
-            return Err(ValidationError::new(
-                index(&filters, 0),
-                "only envoy.filters.http.router is supported so far",
-            ));
+        let mut wasm_filters = Vec::new();
+        for (i, f) in c.http_filters[..c.http_filters.len() - 1].iter().enumerate() {
+            match &f.config {
+                HttpFilterConfig::Wasm(w) => wasm_filters.push(PluginSettings::validate(
+                    &w.config,
+                    &join(&join(&index(&filters, i), "typed_config"), "config"),
+                    known,
+                )?),
+                HttpFilterConfig::Router => {
+                    return Err(ValidationError::new(
+                        index(&filters, i),
+                        "envoy.filters.http.router must be the last HTTP filter",
+                    ));
+                }
+            }
         }
         let access_logs = c
             .access_log
@@ -135,6 +150,7 @@ impl HcmSettings {
             max_request_headers_bytes: c.max_request_headers_kb.unwrap_or(60) as usize * 1024,
             clusters,
             access_logs,
+            wasm_filters,
         })
     }
 }
@@ -158,6 +174,8 @@ pub struct HttpConnectionManager {
     settings: Arc<HcmSettings>,
     logs: Vec<Arc<AccessLog>>,
     upstreams: HashMap<String, Upstream>,
+    /// This worker's instances of the wasm HTTP filters.
+    filters: Vec<PluginHandle>,
     stats: HttpStats,
 }
 
@@ -210,6 +228,11 @@ impl HttpConnectionManager {
                 rq_direct_response: scope.counter("rq_direct_response"),
                 rq_redirect: scope.counter("rq_redirect"),
             },
+            filters: settings
+                .wasm_filters
+                .iter()
+                .map(|p| crate::wasm::plugin_on_worker(p, clusters, stats))
+                .collect(),
             settings,
             logs,
             upstreams,
@@ -224,7 +247,7 @@ impl HttpConnectionManager {
         let info = Rc::new(info);
         let service = hyper::service::service_fn(move |req| {
             let (hcm, info) = (hcm.clone(), info.clone());
-            async move { Ok::<_, Infallible>(hcm.handle(req, &info).await) }
+            async move { hcm.handle(req, &info).await }
         });
         let io = TokioIo::new(d.stream);
         let mut draining = d.draining;
@@ -277,7 +300,9 @@ impl HttpConnectionManager {
         self.stats.downstream_cx_active.dec();
     }
 
-    async fn handle(&self, req: Request<Incoming>, conn: &StreamInfo) -> Response<Body> {
+    /// One request: its response, or an error that resets the stream (a
+    /// wasm filter's `proxy_close_stream`).
+    async fn handle(&self, req: Request<Incoming>, conn: &StreamInfo) -> Result<Response<Body>, BoxError> {
         let peer = conn.downstream_remote;
         let stats = &self.stats;
         stats.downstream_rq_total.inc();
@@ -295,22 +320,31 @@ impl HttpConnectionManager {
                     .map_or("/", |p| p.as_str())
                     .to_string(),
                 authority,
-                protocol: match version {
-                    http::Version::HTTP_10 => "HTTP/1.0",
-                    http::Version::HTTP_2 => "HTTP/2",
-                    _ => "HTTP/1.1",
-                },
+                protocol: protocol_name(version),
                 request_headers: req.headers().clone(),
                 ..HttpInfo::default()
             }
         });
-        let routed = self.route(req, peer);
-        let mut resp = match self.settings.response_deadline {
+        let routed = async {
+            if self.filters.is_empty() {
+                Ok(self.route(req.map(Body::Incoming), peer).await)
+            } else {
+                self.filtered(req, conn).await
+            }
+        };
+        let result = match self.settings.response_deadline {
             None => routed.await,
             Some(limit) => match tokio::time::timeout(limit, routed).await {
                 Ok(r) => r,
-                Err(_) => router::local(StatusCode::REQUEST_TIMEOUT, "stream timeout"),
+                Err(_) => Ok(router::local(StatusCode::REQUEST_TIMEOUT, "stream timeout")),
             },
+        };
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                stats.downstream_rq_active.dec();
+                return Err(e);
+            }
         };
         // Answer in the client's HTTP version, whatever the upstream spoke.
         *resp.version_mut() = version;
@@ -326,7 +360,56 @@ impl HttpConnectionManager {
         if let Some(mut http) = log_request {
             self.log(conn, &mut http, &resp);
         }
-        resp
+        Ok(resp)
+    }
+
+    /// A request through the wasm filters, the router, and back.
+    async fn filtered(&self, req: Request<Incoming>, conn: &StreamInfo) -> Result<Response<Body>, BoxError> {
+        let facts = ConnectionFacts {
+            id: conn.connection_id,
+            source: conn.downstream_remote,
+            destination: conn.downstream_local,
+            direction: 0,
+        };
+        let protocol = protocol_name(req.version());
+        let stream = match WasmStream::start(&self.filters, &facts, protocol) {
+            Ok(s) => s,
+            Err(stop) => return stopped(stop),
+        };
+        let (parts, body) = req.into_parts();
+        let end = hyper::body::Body::is_end_stream(&body);
+        let parts = match stream.request_headers(parts, end).await {
+            Ok(p) => p,
+            // A local reply still passes the response callbacks.
+            Err(Stop::Reply(r)) => return self.respond(&stream, r).await,
+            Err(Stop::Reset) => return stopped(Stop::Reset),
+        };
+        let abort = Rc::new(RefCell::new(None));
+        let wake = Rc::new(tokio::sync::Notify::new());
+        let body = stream.request_body(Body::Incoming(body), abort.clone(), wake.clone());
+        let req = Request::from_parts(parts, body);
+        let resp = tokio::select! {
+            r = self.route(req, conn.downstream_remote) => r,
+            _ = wake.notified() => match abort.borrow_mut().take() {
+                Some(Stop::Reply(r)) => r,
+                _ => return stopped(Stop::Reset),
+            },
+        };
+        if let Some(u) = resp.extensions().get::<router::UpstreamHost>() {
+            stream.set_upstream(u.0);
+        }
+        self.respond(&stream, resp).await
+    }
+
+    /// A response through the wasm filters' response callbacks.
+    async fn respond(&self, stream: &Rc<WasmStream>, resp: Response<Body>) -> Result<Response<Body>, BoxError> {
+        let (parts, body) = resp.into_parts();
+        let end = hyper::body::Body::is_end_stream(&body);
+        match stream.response_headers(parts, end).await {
+            Ok(parts) => Ok(Response::from_parts(parts, stream.response_body(body))),
+            Err(Stop::Reply(r)) => Ok(r),
+            Err(Stop::Reset) => stopped(Stop::Reset),
+        }
     }
 
     /// Writes the access log entry of a request once its response head is
@@ -355,7 +438,7 @@ impl HttpConnectionManager {
         }
     }
 
-    async fn route(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn route(&self, mut req: Request<Body>, peer: SocketAddr) -> Response<Body> {
         let host = authority(&req);
         let path = req
             .uri()
@@ -434,7 +517,7 @@ impl HttpConnectionManager {
 
     fn prepare_upstream_request(
         &self,
-        req: &mut Request<Incoming>,
+        req: &mut Request<Body>,
         host: &str,
         host_rewrite: Option<&str>,
         peer: SocketAddr,
@@ -471,8 +554,24 @@ impl HttpConnectionManager {
     }
 }
 
+/// What a stream stopped by a wasm filter answers: its reply, or a reset.
+fn stopped(stop: Stop) -> Result<Response<Body>, BoxError> {
+    match stop {
+        Stop::Reply(r) => Ok(r),
+        Stop::Reset => Err("stream closed by a wasm filter".into()),
+    }
+}
+
+fn protocol_name(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        _ => "HTTP/1.1",
+    }
+}
+
 /// The request's authority: Host on HTTP/1.1, `:authority` on HTTP/2.
-fn authority(req: &Request<Incoming>) -> String {
+fn authority<B>(req: &Request<B>) -> String {
     req.headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())

@@ -38,11 +38,17 @@ fn with_map<R>(
     }
 }
 
+/// A map serialized; a known map that is not available in this callback
+/// reads as empty (the SDKs trap on anything but OK here).
 fn serialized_map(state: &HostState, map_type: i32) -> Result<Vec<u8>, Status> {
-    with_map(state, map_type, |m| {
+    if !(0..=7).contains(&map_type) {
+        return Err(Status::BadArgument);
+    }
+    Ok(with_map(state, map_type, |m| {
         let list = headers::pairs(m);
         pairs::serialize(list.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
     })
+    .unwrap_or_default())
 }
 
 /// A copy of buffer `kind` of the current callback.
@@ -125,7 +131,11 @@ pub fn add(linker: &mut Linker<HostState>, abi: AbiVersion) {
         "proxy_get_header_map_value",
         |c, map: i32, key_ptr: i32, key_len: i32, ptr_out: i32, len_out: i32| {
             let key = read_string(&c, key_ptr, key_len)?;
-            match with_map(c.data(), map, |m| headers::get(m, &key))? {
+            if !(0..=7).contains(&map) {
+                return Ok(Status::BadArgument);
+            }
+            // A map not available in this callback has no values.
+            match with_map(c.data(), map, |m| headers::get(m, &key)).unwrap_or(None) {
                 Some(v) => Ok(copy_out(&mut c, &v, ptr_out, len_out)?),
                 // ABI 0.1.0 reported a missing header as an empty value.
                 None if v0_1 => Ok(copy_out(&mut c, &[], ptr_out, len_out)?),
