@@ -7,6 +7,7 @@ pub mod backend;
 pub mod config;
 pub mod http_backend;
 pub mod redis;
+pub mod wasm;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -47,7 +47,10 @@ impl RootContext for Root {
         let vm_config = self.get_vm_configuration().unwrap_or_default();
         log(
             LogLevel::Info,
-            &format!("probe vm_start config={}", String::from_utf8_lossy(&vm_config)),
+            &format!(
+                "probe vm_start config={}",
+                String::from_utf8_lossy(&vm_config)
+            ),
         );
         if let Ok(v) = std::env::var("PROBE_ENV") {
             log(LogLevel::Info, &format!("probe env PROBE_ENV={v}"));
@@ -82,7 +85,10 @@ impl RootContext for Root {
         if self.config.tick_ms > 0 {
             self.set_tick_period(Duration::from_millis(self.config.tick_ms));
         }
-        log(LogLevel::Info, &format!("probe configured tag={}", self.config.tag));
+        log(
+            LogLevel::Info,
+            &format!("probe configured tag={}", self.config.tag),
+        );
         true
     }
 
@@ -101,7 +107,8 @@ impl RootContext for Root {
             let item = String::from_utf8_lossy(&item).into_owned();
             log(LogLevel::Info, &format!("probe queue event {item}"));
             let (_, cas) = self.get_shared_data("probe.last_event");
-            self.set_shared_data("probe.last_event", Some(item.as_bytes()), cas).ok();
+            self.set_shared_data("probe.last_event", Some(item.as_bytes()), cas)
+                .ok();
         }
     }
 
@@ -146,13 +153,27 @@ struct Probe {
 }
 
 impl Context for Probe {
-    fn on_http_call_response(&mut self, _token: u32, headers: usize, body: usize, _trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        headers: usize,
+        body: usize,
+        _trailers: usize,
+    ) {
         if headers == 0 {
-            self.send_http_response(502, vec![("x-probe-auth", "failed")], Some(b"auth call failed\n"));
+            self.send_http_response(
+                502,
+                vec![("x-probe-auth", "failed")],
+                Some(b"auth call failed\n"),
+            );
             return;
         }
-        let status = self.get_http_call_response_header(":status").unwrap_or_default();
-        let body = self.get_http_call_response_body(0, body).unwrap_or_default();
+        let status = self
+            .get_http_call_response_header(":status")
+            .unwrap_or_default();
+        let body = self
+            .get_http_call_response_body(0, body)
+            .unwrap_or_default();
         if status == "200" {
             self.add_http_request_header("x-auth-body", String::from_utf8_lossy(&body).trim());
             self.resume_http_request();
@@ -182,7 +203,10 @@ impl HttpContext for Probe {
         }
         self.action = self.get_http_request_header("x-probe").unwrap_or_default();
         let path = self.get_http_request_header(":path").unwrap_or_default();
-        log(LogLevel::Info, &format!("probe request {} {}", self.action, path));
+        log(
+            LogLevel::Info,
+            &format!("probe request {} {}", self.action, path),
+        );
         self.add_http_request_header("x-probe-seen", &self.config.tag);
         match self.action.as_str() {
             "headers" => {
@@ -195,18 +219,22 @@ impl HttpContext for Probe {
                     .collect();
                 names.sort();
                 names.dedup();
-                self.notes.push(("x-request-header-names".into(), names.join(",")));
+                self.notes
+                    .push(("x-request-header-names".into(), names.join(",")));
                 for h in [":method", ":path", ":authority", ":scheme"] {
                     let v = self.get_http_request_header(h).unwrap_or_default();
                     self.notes.push((format!("x-request-{}", &h[1..]), v));
                 }
                 let missing = self.get_http_request_header("x-not-there").is_none();
-                self.notes.push(("x-missing-is-none".into(), missing.to_string()));
+                self.notes
+                    .push(("x-missing-is-none".into(), missing.to_string()));
             }
             "set-all" => {
                 let mut all = self.get_http_request_headers();
                 all.push(("x-set-all".into(), "yes".into()));
-                self.set_http_request_headers(all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect());
+                self.set_http_request_headers(
+                    all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+                );
             }
             "rewrite-path" => {
                 self.set_http_request_header(":path", Some("/rewritten"));
@@ -235,16 +263,23 @@ impl HttpContext for Probe {
                     "custom": prop(self, &["probe", "custom"]),
                     "missing": prop(self, &["no", "such", "property"]),
                 });
-                self.send_http_response(200, vec![("content-type", "application/json")], Some(body.to_string().as_bytes()));
+                self.send_http_response(
+                    200,
+                    vec![("content-type", "application/json")],
+                    Some(body.to_string().as_bytes()),
+                );
                 return Action::Pause;
             }
             "auth" => {
                 let cluster = self
                     .get_http_request_header("x-probe-cluster")
                     .unwrap_or_else(|| self.config.cluster.clone());
+                let path = self
+                    .get_http_request_header("x-probe-auth-path")
+                    .unwrap_or_else(|| "/check".into());
                 let call = self.dispatch_http_call(
                     &cluster,
-                    vec![(":method", "GET"), (":path", "/check"), (":authority", "auth")],
+                    vec![(":method", "GET"), (":path", &path), (":authority", "auth")],
                     None,
                     vec![],
                     Duration::from_millis(1000),
@@ -266,11 +301,17 @@ impl HttpContext for Probe {
             "ticks" => {
                 let (v, _) = self.get_shared_data("probe.ticks");
                 let body = String::from_utf8(v.unwrap_or_default()).unwrap_or_default();
-                self.send_http_response(200, vec![], Some(format!("{}\n", if body.is_empty() { "0" } else { &body }).as_bytes()));
+                self.send_http_response(
+                    200,
+                    vec![],
+                    Some(format!("{}\n", if body.is_empty() { "0" } else { &body }).as_bytes()),
+                );
                 return Action::Pause;
             }
             "enqueue" => {
-                let value = self.get_http_request_header("x-probe-value").unwrap_or_default();
+                let value = self
+                    .get_http_request_header("x-probe-value")
+                    .unwrap_or_default();
                 let queue = self.resolve_shared_queue("", "probe.events");
                 let status = match queue {
                     Some(q) => match self.enqueue_shared_queue(q, Some(value.as_bytes())) {
@@ -297,7 +338,10 @@ impl HttpContext for Probe {
                 if let Some(h) = hist {
                     hostcalls::record_metric(h, 7).ok();
                 }
-                let n = self.requests.and_then(|m| hostcalls::get_metric(m).ok()).unwrap_or(0);
+                let n = self
+                    .requests
+                    .and_then(|m| hostcalls::get_metric(m).ok())
+                    .unwrap_or(0);
                 self.send_http_response(200, vec![], Some(format!("{n}\n").as_bytes()));
                 return Action::Pause;
             }
@@ -313,7 +357,14 @@ impl HttpContext for Probe {
                 return Action::Pause;
             }
             "grpc" => {
-                let r = self.dispatch_grpc_call("auth", "svc", "Method", vec![], None, Duration::from_secs(1));
+                let r = self.dispatch_grpc_call(
+                    "auth",
+                    "svc",
+                    "Method",
+                    vec![],
+                    None,
+                    Duration::from_secs(1),
+                );
                 let msg = format!("grpc: {r:?}\n");
                 self.send_http_response(501, vec![], Some(msg.as_bytes()));
                 return Action::Pause;
@@ -347,12 +398,16 @@ impl HttpContext for Probe {
             }
             "time" => {
                 let now = self.get_current_time();
-                let ns = now.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+                let ns = now
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
                 self.notes.push(("x-time-ns".into(), ns.to_string()));
             }
             "foreign" => {
                 let r = self.call_foreign_function("wasp_no_such_function", None);
-                self.notes.push(("x-foreign".into(), format!("{:?}", r.err())));
+                self.notes
+                    .push(("x-foreign".into(), format!("{:?}", r.err())));
             }
             "env" => {
                 let v = std::env::var("PROBE_ENV").unwrap_or_else(|_| "<unset>".into());
@@ -400,8 +455,12 @@ impl HttpContext for Probe {
     }
 
     fn on_log(&mut self) {
-        let status = self.get_http_response_header(":status").unwrap_or_else(|| "-".into());
-        let path = self.get_http_request_header(":path").unwrap_or_else(|| "-".into());
+        let status = self
+            .get_http_response_header(":status")
+            .unwrap_or_else(|| "-".into());
+        let path = self
+            .get_http_request_header(":path")
+            .unwrap_or_else(|| "-".into());
         log(LogLevel::Info, &format!("probe on_log {status} {path}"));
     }
 }

@@ -18,6 +18,9 @@ proxy_wasm::main! {{
 #[derive(Default)]
 struct Root {
     metrics: Option<(u32, u32)>,
+    /// Configuration `passthrough`: count and log only (for protocols
+    /// such as RESP that must not be rewritten).
+    passthrough: bool,
 }
 
 impl Context for Root {}
@@ -30,10 +33,15 @@ impl RootContext for Root {
         true
     }
 
-    fn create_stream_context(&self, id: u32) -> Option<Box<dyn StreamContext>> {
+    fn on_configure(&mut self, _: usize) -> bool {
+        self.passthrough = self.get_plugin_configuration().as_deref() == Some(b"passthrough");
+        true
+    }
+
+    fn create_stream_context(&self, _id: u32) -> Option<Box<dyn StreamContext>> {
         Some(Box::new(Probe {
-            id,
             metrics: self.metrics,
+            passthrough: self.passthrough,
         }))
     }
 
@@ -43,8 +51,8 @@ impl RootContext for Root {
 }
 
 struct Probe {
-    id: u32,
     metrics: Option<(u32, u32)>,
+    passthrough: bool,
 }
 
 impl Context for Probe {}
@@ -56,15 +64,23 @@ fn text(bytes: Option<proxy_wasm::types::Bytes>) -> String {
 impl StreamContext for Probe {
     fn on_new_connection(&mut self) -> Action {
         let source = text(self.get_property(vec!["source", "address"]));
-        let ip = source.rsplit_once(':').map_or(source.as_str(), |(ip, _)| ip);
-        hostcalls::log(LogLevel::Info, &format!("tcp_probe new connection from {ip}")).ok();
-        let _ = self.id;
+        let ip = source
+            .rsplit_once(':')
+            .map_or(source.as_str(), |(ip, _)| ip);
+        hostcalls::log(
+            LogLevel::Info,
+            &format!("tcp_probe new connection from {ip}"),
+        )
+        .ok();
         Action::Continue
     }
 
     fn on_downstream_data(&mut self, size: usize, _end: bool) -> Action {
         if let Some((down, _)) = self.metrics {
             hostcalls::increment_metric(down, size as i64).ok();
+        }
+        if self.passthrough {
+            return Action::Continue;
         }
         let data = self.get_downstream_data(0, size).unwrap_or_default();
         if data.starts_with(b"close") {
@@ -84,14 +100,18 @@ impl StreamContext for Probe {
         if let Some((_, up)) = self.metrics {
             hostcalls::increment_metric(up, size as i64).ok();
         }
-        if size > 0 {
+        if size > 0 && !self.passthrough {
             self.set_upstream_data(0, 0, b"[wasm]");
         }
         Action::Continue
     }
 
     fn on_downstream_close(&mut self, peer: PeerType) {
-        hostcalls::log(LogLevel::Info, &format!("tcp_probe downstream close {}", peer as u32)).ok();
+        hostcalls::log(
+            LogLevel::Info,
+            &format!("tcp_probe downstream close {}", peer as u32),
+        )
+        .ok();
     }
 
     fn on_log(&mut self) {
