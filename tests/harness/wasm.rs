@@ -100,3 +100,42 @@ pub fn cluster(name: &str, addr: std::net::SocketAddr) -> String {
         addr.port()
     )
 }
+
+/// An `envoy.filters.network.wasm` entry for a filter chain.
+pub fn network_filter(name: &str, code: &str, configuration: &str) -> String {
+    format!(
+        r#"      - name: envoy.filters.network.wasm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm
+          config:
+            name: {name}
+            root_id: {name}_root
+            configuration:
+              "@type": type.googleapis.com/google.protobuf.StringValue
+              value: '{configuration}'
+            vm_config:
+              vm_id: {name}_vm
+              runtime: envoy.wasm.runtime.v8
+              code:
+                local:
+                  filename: {code}
+"#
+    )
+}
+
+/// A listener on `port` whose chain is `filters` then `terminal` (a filter
+/// entry), with `clusters`.
+pub fn network_config(port: u16, filters: &str, terminal: &str, clusters: &str) -> String {
+    format!(
+        r#"static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+{filters}{terminal}  clusters:
+{clusters}admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+"#
+    )
+}

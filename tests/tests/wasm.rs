@@ -453,3 +453,82 @@ fn abi_0_1_0_modules_run() {
     let r = curl(&[&format!("http://127.0.0.1:{port}/")]);
     assert_eq!(r.json()["headers"]["x-abi"], "0.1.0");
 }
+
+fn tcp_proxy_entry(cluster: &str) -> String {
+    format!(
+        r#"      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: {cluster}
+"#
+    )
+}
+
+#[test]
+fn network_filter_sees_and_changes_both_directions() {
+    use std::io::{Read, Write};
+    let echo = wasp_tests::backend::echo();
+    let port = free_port();
+    let code = filter("tcp_probe");
+    let config = wasp_tests::wasm::network_config(
+        port,
+        &wasp_tests::wasm::network_filter("tcp_probe", code.to_str().unwrap(), ""),
+        &tcp_proxy_entry("echo"),
+        &cluster("echo", echo.addr),
+    );
+    let p = Proxy::start(&config, &[]);
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"ping pong\n").unwrap();
+    let mut buf = [0u8; 64];
+    let n = c.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"[wasm]PING pong\n", "downstream rewritten, upstream prefixed");
+    // `hold` is held (PAUSE) until more data arrives, then both go on.
+    c.write_all(b"hold").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    c.write_all(b" more\n").unwrap();
+    let n = c.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"[wasm]hold more\n");
+    // `close` closes the connection from the filter.
+    c.write_all(b"close now\n").unwrap();
+    let n = c.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "closed by the filter");
+    wait_log(&p, "tcp_probe new connection from 127.0.0.1");
+    wait_log(&p, "tcp_probe downstream close 1");
+    wait_log(&p, "tcp_probe on_log");
+    // data_size counts what is offered: held bytes are offered again with
+    // the next read (10 + 4 + 10 + 10).
+    assert_eq!(p.stat("wasmcustom.tcp_probe.downstream_bytes"), 34);
+    assert_eq!(p.stat("wasmcustom.tcp_probe.upstream_bytes"), 20, "two echoed lines");
+}
+
+#[test]
+fn network_filter_in_front_of_redis_proxy() {
+    let redis = wasp_tests::redis::RedisServer::start();
+    let port = free_port();
+    let code = filter("tcp_probe");
+    let terminal = r#"      - name: envoy.filters.network.redis_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy
+          stat_prefix: redis
+          settings: {op_timeout: 1s}
+          prefix_routes: {catch_all_route: {cluster: redis}}
+"#;
+    let config = wasp_tests::wasm::network_config(
+        port,
+        &wasp_tests::wasm::network_filter("tcp_probe", code.to_str().unwrap(), "passthrough"),
+        terminal,
+        &cluster("redis", redis.addr()),
+    );
+    let p = Proxy::start(&config, &[]);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(wasp_tests::redis::raw_command(addr, &["SET", "k", "v"]), "+OK\r\n");
+    assert_eq!(wasp_tests::redis::raw_command(addr, &["GET", "k"]), "$1\r\nv\r\n");
+    assert!(redis.command(&["GET", "k"]).contains('v'), "the key reached redis");
+    eventually(Duration::from_secs(5), "byte counters", || {
+        (p.stat("wasmcustom.tcp_probe.downstream_bytes") > 0
+            && p.stat("wasmcustom.tcp_probe.upstream_bytes") > 0)
+            .then_some(())
+    });
+}
