@@ -30,7 +30,12 @@ fi
 
 step "format and lints"
 cargo fmt --all -- --check
+cargo fmt --manifest-path filters/Cargo.toml --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo clippy --manifest-path filters/Cargo.toml --target wasm32-wasip1 --release --quiet -- -D warnings
+
+step "first-party wasm filters (filters/, wasm32-wasip1)"
+cargo build --manifest-path filters/Cargo.toml --target wasm32-wasip1 --release
 
 step "build"
 cargo build --workspace --bins

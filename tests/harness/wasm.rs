@@ -14,7 +14,14 @@ pub fn filter(name: &str) -> PathBuf {
         // Always run cargo: it is a no-op when nothing changed, and a stale
         // filter would test old code.
         let out = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--quiet", "--target", "wasm32-wasip1", "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "--target",
+                "wasm32-wasip1",
+                "--manifest-path",
+            ])
             .arg(&manifest)
             .output()
             .expect("run cargo for filters/");

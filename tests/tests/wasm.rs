@@ -62,20 +62,44 @@ fn header_maps_get_add_replace_remove_and_set_pairs() {
     // What the filter read, reported in response headers it added.
     assert_eq!(r.header("x-request-method"), Some("GET"));
     assert_eq!(r.header("x-request-path"), Some("/some/path?q=1"));
-    assert!(r.header("x-request-authority").unwrap().starts_with("127.0.0.1:"));
+    assert!(
+        r.header("x-request-authority")
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
     assert_eq!(r.header("x-request-scheme"), Some("http"));
     assert_eq!(r.header("x-missing-is-none"), Some("true"));
     let names = r.header("x-request-header-names").unwrap();
-    for n in [":authority", ":method", ":path", "user-agent", "x-probe", "x-probe-seen", "x-replace-me"] {
+    for n in [
+        ":authority",
+        ":method",
+        ":path",
+        "user-agent",
+        "x-probe",
+        "x-probe-seen",
+        "x-replace-me",
+    ] {
         assert!(names.split(',').any(|x| x == n), "{n} missing from {names}");
     }
     assert!(!names.contains("x-remove-me"));
-    assert_eq!(r.header("x-probe-response-seen"), Some("200"), "response map read");
+    assert_eq!(
+        r.header("x-probe-response-seen"),
+        Some("200"),
+        "response map read"
+    );
 
     let r = get(&s, "set-all", &[]);
-    assert_eq!(r.json()["headers"]["x-set-all"], "yes", "set_header_map_pairs");
+    assert_eq!(
+        r.json()["headers"]["x-set-all"],
+        "yes",
+        "set_header_map_pairs"
+    );
     let r = get(&s, "rewrite-path", &[]);
-    assert_eq!(r.json()["path"], "/rewritten", ":path rewritten before routing");
+    assert_eq!(
+        r.json()["path"],
+        "/rewritten",
+        ":path rewritten before routing"
+    );
 }
 
 #[test]
@@ -87,26 +111,62 @@ fn local_responses_and_on_log_after_them() {
     assert_eq!(r.header("x-denied"), Some("yes"));
     // The local reply passes the plugin's own response callback.
     assert_eq!(r.header("x-probe-response-seen"), Some("403"));
-    wait_log(&s.proxy, "wasm log probe probe_root probe_vm: probe on_log 403 /some/path?q=1");
+    wait_log(
+        &s.proxy,
+        "wasm log probe probe_root probe_vm: probe on_log 403 /some/path?q=1",
+    );
 }
 
 #[test]
 fn request_and_response_bodies_buffered_and_rewritten() {
     let s = probe("", "", &[]);
-    let r = curl(&["-H", "x-probe: upper", "--data-binary", "hello body", &format!("{}/echo", s.url)]);
+    let r = curl(&[
+        "-H",
+        "x-probe: upper",
+        "--data-binary",
+        "hello body",
+        &format!("{}/echo", s.url),
+    ]);
     assert_eq!(r.status, 200);
-    assert_eq!(r.body, "HELLO BODY", "request body rewritten at end of stream");
-    let r = curl(&["-H", "x-probe: upper-response", "--data-binary", "quiet reply", &format!("{}/echo", s.url)]);
+    assert_eq!(
+        r.body, "HELLO BODY",
+        "request body rewritten at end of stream"
+    );
+    let r = curl(&[
+        "-H",
+        "x-probe: upper-response",
+        "--data-binary",
+        "quiet reply",
+        &format!("{}/echo", s.url),
+    ]);
     assert_eq!(r.body, "QUIET REPLY", "response body rewritten");
 
-    // A body larger than the buffer limit held by a paused filter: 413.
+    // A body larger than the buffer limit held by a paused filter: 413 (to
+    // a backend that answers only after the whole body; /echo would start
+    // its response first, and then a reset is all that is left).
     let big = temp_dir("wasm-body").join("big");
     std::fs::write(&big, vec![b'a'; 3 << 20]).unwrap();
-    let r = curl(&["-H", "x-probe: upper", "-H", "expect:", "--data-binary", &format!("@{}", big.display()), &format!("{}/echo", s.url)]);
+    let r = curl(&[
+        "-H",
+        "x-probe: upper",
+        "-H",
+        "expect:",
+        "--data-binary",
+        &format!("@{}", big.display()),
+        &format!("{}/collect", s.url),
+    ]);
     assert_eq!(r.status, 413, "{}", r.body);
 
     // Streamed through a filter that watches but does not hold: byte-exact.
-    let r = curl(&["-H", "x-probe: none", "-H", "expect:", "--data-binary", &format!("@{}", big.display()), &format!("{}/echo", s.url)]);
+    let r = curl(&[
+        "-H",
+        "x-probe: none",
+        "-H",
+        "expect:",
+        "--data-binary",
+        &format!("@{}", big.display()),
+        &format!("{}/echo", s.url),
+    ]);
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len(), 3 << 20);
     assert!(r.body.bytes().all(|b| b == b'a'));
@@ -117,9 +177,15 @@ fn http_call_pauses_the_request_until_the_answer() {
     let s = probe("", "", &[]);
     let r = get(&s, "auth", &["x-probe-auth-path: /check"]);
     assert_eq!(r.status, 200, "{r:?}");
-    let auth_body = r.json()["headers"]["x-auth-body"].as_str().unwrap().to_string();
+    let auth_body = r.json()["headers"]["x-auth-body"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(auth_body.contains("\"path\":\"/check\""), "{auth_body}");
-    assert!(auth_body.contains("\"authority\"") || auth_body.contains("\"host\":\"auth\""), "{auth_body}");
+    assert!(
+        auth_body.contains("\"authority\"") || auth_body.contains("\"host\":\"auth\""),
+        "{auth_body}"
+    );
 
     let r = get(&s, "auth", &["x-probe-auth-path: /check?status=401"]);
     assert_eq!(r.status, 403);
@@ -165,9 +231,21 @@ fn shared_data_cas_is_one_store_across_workers() {
         .map(|_| get(&s, "counter", &[]).body.trim().parse().unwrap())
         .collect();
     seen.sort();
-    assert_eq!(seen, (1..=40).collect::<Vec<_>>(), "every increment counted once");
-    let per_worker = |w: usize| s.proxy.stat(&format!("listener.127.0.0.1_{}.worker_{w}.downstream_cx_total", s.url.rsplit(':').next().unwrap()));
-    assert!(per_worker(0) > 0 && per_worker(1) > 0, "both workers served");
+    assert_eq!(
+        seen,
+        (1..=40).collect::<Vec<_>>(),
+        "every increment counted once"
+    );
+    let per_worker = |w: usize| {
+        s.proxy.stat(&format!(
+            "listener.127.0.0.1_{}.worker_{w}.downstream_cx_total",
+            s.url.rsplit(':').next().unwrap()
+        ))
+    };
+    assert!(
+        per_worker(0) > 0 && per_worker(1) > 0,
+        "both workers served"
+    );
 }
 
 #[test]
@@ -192,7 +270,11 @@ fn metrics_are_one_stat_across_workers() {
         get(&s, "none", &[]);
     }
     let r = get(&s, "metrics", &[]);
-    assert_eq!(r.body.trim(), "10", "proxy_get_metric sees every worker's increments");
+    assert_eq!(
+        r.body.trim(),
+        "10",
+        "proxy_get_metric sees every worker's increments"
+    );
     assert_eq!(s.proxy.stat("wasmcustom.probe.requests"), 10);
     assert_eq!(s.proxy.stat("wasmcustom.probe.gauge"), 42);
     let (_, prom) = s.proxy.get("/stats/prometheus").unwrap();
@@ -209,11 +291,19 @@ fn properties_envoy_paths_and_set_property_round_trip() {
     assert_eq!(j["plugin_root_id"], "probe_root");
     assert_eq!(j["plugin_vm_id"], "probe_vm");
     assert_eq!(j["source_ip"], "127.0.0.1");
-    assert_eq!(j["destination_port"], s.url.rsplit(':').next().unwrap().parse::<i64>().unwrap());
+    assert_eq!(
+        j["destination_port"],
+        s.url.rsplit(':').next().unwrap().parse::<i64>().unwrap()
+    );
     assert_eq!(j["request_path"], "/some/path?q=1");
     assert_eq!(j["request_url_path"], "/some/path");
     assert_eq!(j["request_method"], "GET");
-    assert!(j["request_host"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(
+        j["request_host"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
     assert_eq!(j["request_protocol"], "HTTP/1.1");
     assert_eq!(j["request_header"], "bar");
     assert_eq!(j["node_id"], "node-7");
@@ -226,11 +316,29 @@ fn properties_envoy_paths_and_set_property_round_trip() {
 fn logging_levels_stdout_stderr_and_the_host_level() {
     let s = probe("", "", &["-l", "debug"]);
     let r = get(&s, "log", &[]);
-    assert_eq!(r.header("x-log-level"), Some("1"), "proxy_get_log_level at debug");
-    for line in ["probe level debug", "probe level info", "probe level warn", "probe level error", "probe level critical", "probe stdout line", "probe stderr line"] {
-        wait_log(&s.proxy, &format!("wasm log probe probe_root probe_vm: {line}"));
+    assert_eq!(
+        r.header("x-log-level"),
+        Some("1"),
+        "proxy_get_log_level at debug"
+    );
+    for line in [
+        "probe level debug",
+        "probe level info",
+        "probe level warn",
+        "probe level error",
+        "probe level critical",
+        "probe stdout line",
+        "probe stderr line",
+    ] {
+        wait_log(
+            &s.proxy,
+            &format!("wasm log probe probe_root probe_vm: {line}"),
+        );
     }
-    assert!(!s.proxy.log().contains("probe level trace"), "trace is below debug");
+    assert!(
+        !s.proxy.log().contains("probe level trace"),
+        "trace is below debug"
+    );
     let info = probe("", "", &[]);
     assert_eq!(get(&info, "log", &[]).header("x-log-level"), Some("2"));
 }
@@ -242,11 +350,22 @@ fn time_environment_foreign_functions_and_grpc() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    let t: u128 = get(&s, "time", &[]).header("x-time-ns").unwrap().parse().unwrap();
+    let t: u128 = get(&s, "time", &[])
+        .header("x-time-ns")
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(t.abs_diff(now) < 5_000_000_000, "{t} vs {now}");
-    assert_eq!(get(&s, "foreign", &[]).header("x-foreign"), Some("Some(NotFound)"));
+    assert_eq!(
+        get(&s, "foreign", &[]).header("x-foreign"),
+        Some("Some(NotFound)")
+    );
     let r = get(&s, "grpc", &[]);
-    assert_eq!((r.status, r.body.as_str()), (501, "grpc: Err(InternalFailure)\n"), "a clear failure, not a trap");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (501, "grpc: Err(InternalFailure)\n"),
+        "a clear failure, not a trap"
+    );
     // Environment variables come only from vm_config.
     assert_eq!(get(&s, "env", &[]).header("x-env"), Some("<unset>"));
     let env = "                  environment_variables:\n                    key_values: {PROBE_ENV: from-config}\n";
@@ -258,13 +377,27 @@ fn time_environment_foreign_functions_and_grpc() {
 fn close_stream_resets_the_request() {
     let s = probe("", "", &[]);
     let out = std::process::Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "-H", "x-probe: close"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            "-H",
+            "x-probe: close",
+        ])
         .arg(format!("{}/", s.url))
         .output()
         .unwrap();
     assert!(!out.status.success(), "curl saw the stream reset");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "000");
-    assert_eq!(get(&s, "none", &[]).status, 200, "the next request is served");
+    assert_eq!(
+        get(&s, "none", &[]).status,
+        200,
+        "the next request is served"
+    );
 }
 
 #[test]
@@ -299,7 +432,10 @@ fn an_endless_loop_is_stopped_at_the_deadline_without_hurting_other_streams() {
     });
     let (status, took) = slow.join().unwrap();
     assert_eq!(status, 503);
-    assert!(took < Duration::from_secs(2), "stopped near its 0.2s deadline: {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "stopped near its 0.2s deadline: {took:?}"
+    );
     wait_log(&s.proxy, "ran past its deadline");
     // The worker was not blocked for good: more requests are served.
     for _ in 0..5 {
@@ -313,7 +449,10 @@ fn add_header_filter_configured_by_string_value() {
     let port = free_port();
     let code = filter("add_header");
     let filters = http_filter("adder", code.to_str().unwrap(), "from-config", "");
-    let _p = Proxy::start(&http_config(port, &filters, &cluster("backend", backend.addr)), &[]);
+    let _p = Proxy::start(
+        &http_config(port, &filters, &cluster("backend", backend.addr)),
+        &[],
+    );
     let r = curl(&[&format!("http://127.0.0.1:{port}/x")]);
     assert_eq!(r.json()["headers"]["x-wasm-filter"], "from-config");
     assert_eq!(r.header("x-wasm-filter"), Some("from-config"));
@@ -321,12 +460,19 @@ fn add_header_filter_configured_by_string_value() {
 
 fn validate_with(filters: &str) -> (bool, String) {
     let backend: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let config = http_config(free_port(), filters, &(cluster("backend", backend) + &cluster("auth", backend)));
+    let config = http_config(
+        free_port(),
+        filters,
+        &(cluster("backend", backend) + &cluster("auth", backend)),
+    );
     let dir = temp_dir("wasm-validate");
     let path = dir.join("config.yaml");
     std::fs::write(&path, config).unwrap();
     let out = run_wasp(&["--mode", "validate", "-c", path.to_str().unwrap()]);
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout))
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+    )
 }
 
 fn wat_file(text: &str) -> String {
@@ -338,7 +484,12 @@ fn wat_file(text: &str) -> String {
 #[test]
 fn start_up_failures_are_config_errors() {
     let code = filter("probe");
-    let (ok, out) = validate_with(&http_filter("probe", code.to_str().unwrap(), "{\"reject\": true}", ""));
+    let (ok, out) = validate_with(&http_filter(
+        "probe",
+        code.to_str().unwrap(),
+        "{\"reject\": true}",
+        "",
+    ));
     assert!(!ok);
     assert!(out.contains("proxy_on_configure returned false"), "{out}");
     assert!(out.contains("http_filters[0]"), "names the filter: {out}");
@@ -347,9 +498,17 @@ fn start_up_failures_are_config_errors() {
     assert!(!ok);
     assert!(out.contains("/no/such/file.wasm"), "{out}");
 
-    let (ok, out) = validate_with(&http_filter("probe", code.to_str().unwrap(), "{\"tag\": \"fine\"}", ""));
+    let (ok, out) = validate_with(&http_filter(
+        "probe",
+        code.to_str().unwrap(),
+        "{\"tag\": \"fine\"}",
+        "",
+    ));
     assert!(ok, "{out}");
-    assert!(out.contains("probe configured tag=fine"), "validation started the plugin: {out}");
+    assert!(
+        out.contains("probe configured tag=fine"),
+        "validation started the plugin: {out}"
+    );
 }
 
 const MEMORY_AND_ALLOC: &str = r#"
@@ -374,14 +533,19 @@ fn bad_modules_are_rejected_with_what_is_wrong() {
     let (ok, out) = validate_with(&http_filter("bad", &unknown_import, "", ""));
     assert!(!ok);
     assert!(out.contains("env.proxy_teleport"), "{out}");
-    assert!(out.contains("env.proxy_log"), "wrong signature listed too: {out}");
+    assert!(
+        out.contains("env.proxy_log"),
+        "wrong signature listed too: {out}"
+    );
 
     let no_abi = wat_file(&format!("(module {MEMORY_AND_ALLOC})"));
     let (ok, out) = validate_with(&http_filter("bad", &no_abi, "", ""));
     assert!(!ok);
     assert!(out.contains("Proxy-Wasm ABI version"), "{out}");
 
-    let no_alloc = wat_file(r#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1")))"#);
+    let no_alloc = wat_file(
+        r#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1")))"#,
+    );
     let (ok, out) = validate_with(&http_filter("bad", &no_alloc, "", ""));
     assert!(!ok);
     assert!(out.contains("allocator"), "{out}");
@@ -393,7 +557,10 @@ fn bad_modules_are_rejected_with_what_is_wrong() {
     ));
     let (ok, out) = validate_with(&http_filter("bad", &wrong_sig, "", ""));
     assert!(!ok);
-    assert!(out.contains("proxy_on_request_headers") && out.contains("wrong signature"), "{out}");
+    assert!(
+        out.contains("proxy_on_request_headers") && out.contains("wrong signature"),
+        "{out}"
+    );
 
     let traps_at_start = wat_file(&format!(
         r#"(module (func (export "proxy_abi_version_0_2_1"))
@@ -426,7 +593,10 @@ fn out_of_bounds_pointers_are_a_status_not_a_crash() {
     let backend = HttpBackend::start("backend");
     let port = free_port();
     let filters = http_filter("oob", &module, "", "");
-    let _p = Proxy::start(&http_config(port, &filters, &cluster("backend", backend.addr)), &[]);
+    let _p = Proxy::start(
+        &http_config(port, &filters, &cluster("backend", backend.addr)),
+        &[],
+    );
     let r = curl(&[&format!("http://127.0.0.1:{port}/")]);
     assert_eq!(r.status, 506, "INVALID_MEMORY_ACCESS is 6");
 }
@@ -449,7 +619,10 @@ fn abi_0_1_0_modules_run() {
     let backend = HttpBackend::start("backend");
     let port = free_port();
     let filters = http_filter("old", &module, "", "");
-    let _p = Proxy::start(&http_config(port, &filters, &cluster("backend", backend.addr)), &[]);
+    let _p = Proxy::start(
+        &http_config(port, &filters, &cluster("backend", backend.addr)),
+        &[],
+    );
     let r = curl(&[&format!("http://127.0.0.1:{port}/")]);
     assert_eq!(r.json()["headers"]["x-abi"], "0.1.0");
 }
@@ -483,7 +656,11 @@ fn network_filter_sees_and_changes_both_directions() {
     c.write_all(b"ping pong\n").unwrap();
     let mut buf = [0u8; 64];
     let n = c.read(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"[wasm]PING pong\n", "downstream rewritten, upstream prefixed");
+    assert_eq!(
+        &buf[..n],
+        b"[wasm]PING pong\n",
+        "downstream rewritten, upstream prefixed"
+    );
     // `hold` is held (PAUSE) until more data arrives, then both go on.
     c.write_all(b"hold").unwrap();
     std::thread::sleep(Duration::from_millis(200));
@@ -500,7 +677,11 @@ fn network_filter_sees_and_changes_both_directions() {
     // data_size counts what is offered: held bytes are offered again with
     // the next read (10 + 4 + 10 + 10).
     assert_eq!(p.stat("wasmcustom.tcp_probe.downstream_bytes"), 34);
-    assert_eq!(p.stat("wasmcustom.tcp_probe.upstream_bytes"), 20, "two echoed lines");
+    assert_eq!(
+        p.stat("wasmcustom.tcp_probe.upstream_bytes"),
+        20,
+        "two echoed lines"
+    );
 }
 
 #[test]
@@ -523,9 +704,18 @@ fn network_filter_in_front_of_redis_proxy() {
     );
     let p = Proxy::start(&config, &[]);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert_eq!(wasp_tests::redis::raw_command(addr, &["SET", "k", "v"]), "+OK\r\n");
-    assert_eq!(wasp_tests::redis::raw_command(addr, &["GET", "k"]), "$1\r\nv\r\n");
-    assert!(redis.command(&["GET", "k"]).contains('v'), "the key reached redis");
+    assert_eq!(
+        wasp_tests::redis::raw_command(addr, &["SET", "k", "v"]),
+        "+OK\r\n"
+    );
+    assert_eq!(
+        wasp_tests::redis::raw_command(addr, &["GET", "k"]),
+        "$1\r\nv\r\n"
+    );
+    assert!(
+        redis.command(&["GET", "k"]).contains('v'),
+        "the key reached redis"
+    );
     eventually(Duration::from_secs(5), "byte counters", || {
         (p.stat("wasmcustom.tcp_probe.downstream_bytes") > 0
             && p.stat("wasmcustom.tcp_probe.upstream_bytes") > 0)

@@ -244,7 +244,7 @@ impl HttpContext for Probe {
                 return Action::Pause;
             }
             "props" => {
-                self.set_property(vec!["probe", "custom"], Some(b"round-trip"));
+                self.set_property(vec!["probe_custom"], Some(b"round-trip"));
                 let source = prop(self, &["source", "address"]);
                 let body = serde_json::json!({
                     "plugin_name": prop(self, &["plugin_name"]),
@@ -260,7 +260,7 @@ impl HttpContext for Probe {
                     "request_header": prop(self, &["request", "headers", "x-foo"]),
                     "node_id": prop(self, &["node", "id"]),
                     "connection_id_set": int_prop(self, &["connection", "id"]) >= 0,
-                    "custom": prop(self, &["probe", "custom"]),
+                    "custom": prop(self, &["probe_custom"]),
                     "missing": prop(self, &["no", "such", "property"]),
                 });
                 self.send_http_response(

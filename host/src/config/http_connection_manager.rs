@@ -297,7 +297,9 @@ impl Extensions for HttpFilterConfig {
             return Ok(HttpFilterConfig::Router);
         }
         if type_name == WASM_TYPE {
-            return Ok(HttpFilterConfig::Wasm(Box::new(WasmFilterConfig::deserialize(d)?)));
+            return Ok(HttpFilterConfig::Wasm(Box::new(
+                WasmFilterConfig::deserialize(d)?,
+            )));
         }
         Err(unsupported(
             Self::KIND,
@@ -312,7 +314,9 @@ impl Extensions for HttpFilterConfig {
             return Ok(HttpFilterConfig::Router);
         }
         if name == WASM_NAME {
-            return Ok(HttpFilterConfig::Wasm(Box::new(WasmFilterConfig::deserialize(d)?)));
+            return Ok(HttpFilterConfig::Wasm(Box::new(
+                WasmFilterConfig::deserialize(d)?,
+            )));
         }
         Err(unsupported(
             Self::KIND,

@@ -122,9 +122,10 @@ impl AnyValue {
             ("google.protobuf.StringValue", serde_json::Value::String(s)) => {
                 Ok(s.clone().into_bytes())
             }
-            ("google.protobuf.StringValue" | "google.protobuf.BytesValue", serde_json::Value::Null) => {
-                Ok(Vec::new())
-            }
+            (
+                "google.protobuf.StringValue" | "google.protobuf.BytesValue",
+                serde_json::Value::Null,
+            ) => Ok(Vec::new()),
             ("google.protobuf.BytesValue", serde_json::Value::String(s)) => {
                 base64::engine::general_purpose::STANDARD
                     .decode(s.trim())

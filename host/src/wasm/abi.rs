@@ -93,7 +93,11 @@ fn finish(r: HostResult) -> wasmtime::Result<i32> {
 /// Whether the calling plugin may use hostcall `name`
 /// (`capability_restriction_config`).
 fn capable(caller: &Caller<'_, HostState>, name: &str) -> bool {
-    match caller.data().plugin().and_then(|p| p.allowed_capabilities.as_ref()) {
+    match caller
+        .data()
+        .plugin()
+        .and_then(|p| p.allowed_capabilities.as_ref())
+    {
         None => true,
         Some(allowed) => {
             let ok = allowed.contains(name);

@@ -41,7 +41,11 @@ pub fn dispatch(
         .as_ref()
         .is_some_and(|allowed| !allowed.contains(cluster))
     {
-        super::abi::log(state, 3, &format!("http_call to cluster `{cluster}` is not allowed by the plugin's sandbox"));
+        super::abi::log(
+            state,
+            3,
+            &format!("http_call to cluster `{cluster}` is not allowed by the plugin's sandbox"),
+        );
         return Err(Status::BadArgument);
     }
     let vm = state.vm.upgrade().ok_or(Status::InternalFailure)?;
@@ -84,7 +88,10 @@ pub fn dispatch(
             let collected = Limited::new(body, MAX_RESPONSE_BODY).collect().await.ok()?;
             let trailers = collected.trailers().cloned();
             let body = collected.to_bytes();
-            let mut headers = vec![(":status".to_string(), Bytes::from(parts.status.as_str().to_string()))];
+            let mut headers = vec![(
+                ":status".to_string(),
+                Bytes::from(parts.status.as_str().to_string()),
+            )];
             headers.extend(
                 parts
                     .headers
@@ -96,7 +103,11 @@ pub fn dispatch(
                 .flatten()
                 .map(|(k, v)| (k.as_str().to_string(), Bytes::copy_from_slice(v.as_bytes())))
                 .collect();
-            Some(CallResponse { headers, body, trailers })
+            Some(CallResponse {
+                headers,
+                body,
+                trailers,
+            })
         })
         .await
         .ok()

@@ -23,8 +23,8 @@ use wasmtime::{Memory, StoreLimits, TypedFunc};
 
 use super::plugin::PluginSettings;
 use super::shared::VmEvent;
-use crate::stats::{Counter, Gauge, Histogram, Scope};
 use super::vm::VmHandle;
+use crate::stats::{Counter, Gauge, Histogram, Scope};
 
 /// `proxy_stream_type_t`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -42,8 +42,11 @@ pub struct PluginSettings {
     pub allowed_clusters: Option<HashSet<String>>,
     /// Hostcalls the plugin may make (None: all).
     pub allowed_capabilities: Option<HashSet<String>>,
-    /// The log prefix Envoy uses: ` name root_id vm_id`, empty parts left out.
+    /// The log prefix Envoy uses for stream contexts: ` name root_id
+    /// vm_id`, empty parts left out.
     pub log_prefix: String,
+    /// ... and for the root context: ` root_id vm_id`.
+    pub root_log_prefix: String,
 }
 
 impl std::fmt::Debug for PluginSettings {
@@ -141,11 +144,15 @@ impl PluginSettings {
             (FailurePolicyConfig::FailReload, _) => FailurePolicy::Reload,
             _ => FailurePolicy::Closed,
         };
-        let log_prefix = [c.name.as_str(), c.root_id.as_str(), vm.vm_id.as_str()]
-            .iter()
-            .filter(|s| !s.is_empty())
-            .map(|s| format!(" {s}"))
-            .collect();
+        let prefix = |parts: &[&str]| -> String {
+            parts
+                .iter()
+                .filter(|s| !s.is_empty())
+                .map(|s| format!(" {s}"))
+                .collect()
+        };
+        let log_prefix = prefix(&[&c.name, &c.root_id, &vm.vm_id]);
+        let root_log_prefix = prefix(&[&c.root_id, &vm.vm_id]);
         let plugin = Arc::new(PluginSettings {
             name: c.name.clone(),
             root_id: c.root_id.clone(),
@@ -168,6 +175,7 @@ impl PluginSettings {
                 .filter(|r| !r.allowed_capabilities.is_empty())
                 .map(|r| r.allowed_capabilities.keys().cloned().collect()),
             log_prefix,
+            root_log_prefix,
         });
         super::vm::canary(&plugin).map_err(|m| ValidationError::new(path, m))?;
         Ok(plugin)
@@ -187,7 +195,11 @@ fn check_imports(module: &CompiledModule, linker: &Linker<HostState>) -> Result<
     let mut missing = Vec::new();
     for import in module.module.imports() {
         let ExternType::Func(want) = import.ty() else {
-            missing.push(format!("{}.{} (not a function)", import.module(), import.name()));
+            missing.push(format!(
+                "{}.{} (not a function)",
+                import.module(),
+                import.name()
+            ));
             continue;
         };
         let ok = match linker.get(&mut store, import.module(), import.name()) {

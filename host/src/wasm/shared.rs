@@ -43,7 +43,12 @@ pub fn set(vm_id: &str, key: &str, value: Bytes, cas: u32) -> bool {
     let d = data();
     let mut map = lock(&d.map);
     let entry = map.entry((vm_id.to_string(), key.to_string()));
-    let next = || d.next_cas.fetch_add(1, Ordering::Relaxed).wrapping_add(1).max(1);
+    let next = || {
+        d.next_cas
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1)
+            .max(1)
+    };
     match entry {
         std::collections::hash_map::Entry::Occupied(mut e) => {
             if cas != 0 && e.get().1 != cas {
@@ -127,13 +132,10 @@ pub fn enqueue(queue_id: u32, value: Bytes) -> bool {
     true
 }
 
-/// The oldest item: `Err(())` if there is no such queue, `Ok(None)` if it is
-/// empty.
-pub fn dequeue(queue_id: u32) -> Result<Option<Bytes>, ()> {
+/// The oldest item: `None` if there is no such queue, `Some(None)` if it
+/// is empty.
+pub fn dequeue(queue_id: u32) -> Option<Option<Bytes>> {
     let mut q = lock(queues());
-    let queue = q
-        .queues
-        .get_mut((queue_id as usize).wrapping_sub(1))
-        .ok_or(())?;
-    Ok(queue.items.pop_front())
+    let queue = q.queues.get_mut((queue_id as usize).wrapping_sub(1))?;
+    Some(queue.items.pop_front())
 }

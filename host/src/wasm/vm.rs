@@ -18,9 +18,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use wasmtime::{Instance, Store, StoreLimitsBuilder, TypedFunc};
 
 use super::abi::AbiVersion;
-use super::context::{
-    CallResponse, CallScope, Effect, HostState, RootContext, SharedStream,
-};
+use super::context::{CallResponse, CallScope, Effect, HostState, RootContext, SharedStream};
 use super::engine::{EPOCH_TICK, engine};
 use super::plugin::PluginSettings;
 use super::shared::VmEvent;
@@ -66,6 +64,7 @@ type F2 = TypedFunc<(u32, u32), ()>;
 type F2R = TypedFunc<(u32, u32), u32>;
 type F3 = TypedFunc<(u32, u32, u32), ()>;
 type F3R = TypedFunc<(u32, u32, u32), u32>;
+type F5 = TypedFunc<(u32, u32, u32, u32, u32), ()>;
 
 /// The module's callbacks (all optional).
 #[derive(Default)]
@@ -90,7 +89,7 @@ struct Exports {
     on_response_headers_v1: Option<F2R>,
     on_response_body: Option<F3R>,
     on_response_trailers: Option<F2R>,
-    on_http_call_response: Option<TypedFunc<(u32, u32, u32, u32, u32), ()>>,
+    on_http_call_response: Option<F5>,
     on_queue_ready: Option<F2>,
     on_foreign_function: Option<F3>,
 }
@@ -112,7 +111,11 @@ fn typed<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
 }
 
 impl Exports {
-    fn load(instance: &Instance, store: &mut Store<HostState>, abi: AbiVersion) -> Result<Self, String> {
+    fn load(
+        instance: &Instance,
+        store: &mut Store<HostState>,
+        abi: AbiVersion,
+    ) -> Result<Self, String> {
         let v1 = abi == AbiVersion::V0_1_0;
         let mut e = Exports {
             on_context_create: typed(instance, store, "proxy_on_context_create")?,
@@ -193,7 +196,9 @@ impl Live {
             None => typed(&instance, &mut store, "proxy_on_memory_allocate")?,
         };
         let Some(alloc) = alloc else {
-            return Err("the module exports no allocator (malloc or proxy_on_memory_allocate)".into());
+            return Err(
+                "the module exports no allocator (malloc or proxy_on_memory_allocate)".into(),
+            );
         };
         {
             let s = store.data_mut();
@@ -251,7 +256,9 @@ impl Live {
         }
         self.store.data_mut().scope.vm_configuration = Some(plugin.vm_configuration.clone());
         let started = match self.exports.on_vm_start.clone() {
-            Some(f) => self.call(id, |s| f.call(s, (id, plugin.vm_configuration.len() as u32)))?,
+            Some(f) => self.call(id, |s| {
+                f.call(s, (id, plugin.vm_configuration.len() as u32))
+            })?,
             None => 1,
         };
         self.store.data_mut().scope = CallScope::default();
@@ -418,10 +425,11 @@ impl VmHandle {
             plugins.push(plugin.clone());
             plugins.len() - 1
         };
-        let started = match self.live.borrow_mut().as_mut() {
-            Some(live) => Some(live.start_plugin(&plugin).map(|root| live.roots.push(root))),
-            None => None,
-        };
+        let started = self
+            .live
+            .borrow_mut()
+            .as_mut()
+            .map(|live| live.start_plugin(&plugin).map(|root| live.roots.push(root)));
         match started {
             Some(Ok(())) => self.apply_effects(),
             Some(Err(e)) => self.fail(&plugin, &e),
@@ -473,7 +481,8 @@ impl VmHandle {
         let n = self.failures.get().saturating_add(1);
         self.failures.set(n);
         if n > 1 {
-            let backoff = Duration::from_millis(100u64 << (n - 2).min(7)).min(Duration::from_secs(10));
+            let backoff =
+                Duration::from_millis(100u64 << (n - 2).min(7)).min(Duration::from_secs(10));
             self.retry_at.set(Some(Instant::now() + backoff));
         }
     }
@@ -540,11 +549,10 @@ impl VmHandle {
             for effect in effects {
                 match effect {
                     Effect::Wake(id) => {
-                        let stream = self
-                            .live
-                            .borrow()
-                            .as_ref()
-                            .and_then(|l| l.store.data().streams.get(&id).map(|(_, s)| s.clone()));
+                        let stream =
+                            self.live.borrow().as_ref().and_then(|l| {
+                                l.store.data().streams.get(&id).map(|(_, s)| s.clone())
+                            });
                         if let Some(s) = stream {
                             s.borrow().notify.notify_one();
                         }
@@ -570,7 +578,8 @@ impl VmHandle {
         let generation = self.generation.get();
         let period = Duration::from_millis(period.into());
         tokio::task::spawn_local(async move {
-            let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            let mut interval =
+                tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 interval.tick().await;
@@ -634,7 +643,11 @@ impl VmHandle {
                 return Ok(());
             };
             let (h, b, t) = response.as_ref().map_or((0, 0, 0), |r| {
-                (r.headers.len() as u32, r.body.len() as u32, r.trailers.len() as u32)
+                (
+                    r.headers.len() as u32,
+                    r.body.len() as u32,
+                    r.trailers.len() as u32,
+                )
             });
             let status = match &response {
                 Some(_) => None,
@@ -657,7 +670,11 @@ impl VmHandle {
 
     /// Creates a stream context under the plugin's root; `None` if the VM
     /// is down (the caller applies the failure policy).
-    pub fn create_stream(&self, handle: &PluginHandle, data: SharedStream) -> Option<StreamContext> {
+    pub fn create_stream(
+        &self,
+        handle: &PluginHandle,
+        data: SharedStream,
+    ) -> Option<StreamContext> {
         if !self.ensure_live() {
             return None;
         }
@@ -679,7 +696,12 @@ impl VmHandle {
     }
 
     /// Runs a stream callback.
-    pub fn call_stream(&self, plugin: &PluginSettings, stream: &StreamContext, call: StreamCall) -> Action {
+    pub fn call_stream(
+        &self,
+        plugin: &PluginSettings,
+        stream: &StreamContext,
+        call: StreamCall,
+    ) -> Action {
         if !self.alive(stream) {
             return Action::Failed;
         }
@@ -689,12 +711,18 @@ impl VmHandle {
             use StreamCall as C;
             let b = u32::from;
             let r = match call {
-                C::RequestHeaders { headers, end } => match (e.on_request_headers.clone(), e.on_request_headers_v1.clone()) {
+                C::RequestHeaders { headers, end } => match (
+                    e.on_request_headers.clone(),
+                    e.on_request_headers_v1.clone(),
+                ) {
                     (Some(f), _) => l.call(id, |s| f.call(s, (id, headers, b(end))))?,
                     (None, Some(f)) => l.call(id, |s| f.call(s, (id, headers)))?,
                     _ => 0,
                 },
-                C::ResponseHeaders { headers, end } => match (e.on_response_headers.clone(), e.on_response_headers_v1.clone()) {
+                C::ResponseHeaders { headers, end } => match (
+                    e.on_response_headers.clone(),
+                    e.on_response_headers_v1.clone(),
+                ) {
                     (Some(f), _) => l.call(id, |s| f.call(s, (id, headers, b(end))))?,
                     (None, Some(f)) => l.call(id, |s| f.call(s, (id, headers)))?,
                     _ => 0,
@@ -752,7 +780,10 @@ impl VmHandle {
     /// Whether the module has a callback for request or response bodies.
     pub fn wants_bodies(&self) -> (bool, bool) {
         self.live.borrow().as_ref().map_or((false, false), |l| {
-            (l.exports.on_request_body.is_some(), l.exports.on_response_body.is_some())
+            (
+                l.exports.on_request_body.is_some(),
+                l.exports.on_response_body.is_some(),
+            )
         })
     }
 

@@ -26,17 +26,20 @@ use hyper::body::Frame;
 
 use super::body::{Body, BoxError};
 use crate::wasm::{
-    Action, ConnectionFacts, FailurePolicy, LocalResponse, PluginHandle, StreamCall,
-    StreamContext, StreamData,
+    Action, ConnectionFacts, FailurePolicy, LocalResponse, PluginHandle, StreamCall, StreamContext,
+    StreamData,
 };
 
 /// Largest body a paused plugin may hold (Envoy's default buffer limit).
 pub const BUFFER_LIMIT: usize = 1 << 20;
 
+/// Most request bytes read and dropped after answering early.
+const DRAIN_LIMIT: usize = 64 << 20;
+
 /// How a filter phase ended other than by continuing.
 pub enum Stop {
     /// Answer with this instead.
-    Reply(Response<Body>),
+    Reply(Box<Response<Body>>),
     /// Reset the stream (`proxy_close_stream`).
     Reset,
 }
@@ -69,9 +72,8 @@ fn header_count(headers: &HeaderMap, pseudo: usize) -> u32 {
 fn failure_reply(filter: &Filter) -> Option<Stop> {
     match filter.plugin.plugin.failure_policy {
         FailurePolicy::Open => None,
-        FailurePolicy::Closed | FailurePolicy::Reload => Some(Stop::Reply(super::router::local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "",
+        FailurePolicy::Closed | FailurePolicy::Reload => Some(Stop::Reply(Box::new(
+            super::router::local(StatusCode::SERVICE_UNAVAILABLE, ""),
         ))),
     }
 }
@@ -93,7 +95,11 @@ pub fn local_response(l: LocalResponse) -> Response<Body> {
 
 impl WasmStream {
     /// Creates the stream's context on each plugin.
-    pub fn start(plugins: &[PluginHandle], connection: &ConnectionFacts, protocol: &'static str) -> Result<Rc<Self>, Stop> {
+    pub fn start(
+        plugins: &[PluginHandle],
+        connection: &ConnectionFacts,
+        protocol: &'static str,
+    ) -> Result<Rc<Self>, Stop> {
         let mut filters = Vec::with_capacity(plugins.len());
         let (mut wants_request_body, mut wants_response_body) = (false, false);
         for plugin in plugins {
@@ -145,7 +151,7 @@ impl WasmStream {
                     return Err(Stop::Reset);
                 }
                 if let Some(l) = d.local_response.take() {
-                    return Err(Stop::Reply(local_response(l)));
+                    return Err(Stop::Reply(Box::new(local_response(l))));
                 }
                 let resumed = match dir {
                     Direction::Request => std::mem::take(&mut d.resume_request),
@@ -180,7 +186,11 @@ impl WasmStream {
                 d.request = Some(parts);
             }
             result = self
-                .run(filter, StreamCall::RequestHeaders { headers: n, end }, Direction::Request)
+                .run(
+                    filter,
+                    StreamCall::RequestHeaders { headers: n, end },
+                    Direction::Request,
+                )
                 .await;
             parts = filter
                 .data
@@ -216,10 +226,17 @@ impl WasmStream {
                 d.response = Some(parts);
             }
             let r = self
-                .run(filter, StreamCall::ResponseHeaders { headers: n, end }, Direction::Response)
+                .run(
+                    filter,
+                    StreamCall::ResponseHeaders { headers: n, end },
+                    Direction::Response,
+                )
                 .await;
             let mut d = filter.data.borrow_mut();
-            parts = d.response.take().expect("the response head stays with its stream");
+            parts = d
+                .response
+                .take()
+                .expect("the response head stays with its stream");
             if filter.context.is_some() {
                 d.response = Some(copy_response_head(&parts));
             }
@@ -230,16 +247,39 @@ impl WasmStream {
     }
 
     /// The request body as the upstream gets it.
-    pub fn request_body(self: &Rc<Self>, body: Body, abort: Rc<RefCell<Option<Stop>>>, wake: Rc<tokio::sync::Notify>) -> Body {
+    pub fn request_body(
+        self: &Rc<Self>,
+        body: Body,
+        abort: Rc<RefCell<Option<Stop>>>,
+        wake: Rc<tokio::sync::Notify>,
+    ) -> Body {
         if !self.wants_request_body || hyper::body::Body::is_end_stream(&body) {
             return body;
         }
         let (tx, out) = Body::channel();
         let stream = self.clone();
         tokio::task::spawn_local(async move {
-            if let Err(stop) = stream.pump(body, tx, Direction::Request).await {
+            let mut body = body;
+            if let Err(stop) = stream.pump(&mut body, &tx, Direction::Request).await {
+                // Read what the client is still sending (within bounds)
+                // before answering: closing a connection with unread input
+                // resets it under the answer before the client reads it.
+                let drain = async {
+                    let mut left = DRAIN_LIMIT;
+                    while let Some(Ok(frame)) = body.frame().await {
+                        let n = frame.data_ref().map_or(0, |d| d.len());
+                        left = left.saturating_sub(n);
+                        if left == 0 {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
                 *abort.borrow_mut() = Some(stop);
                 wake.notify_one();
+                // Only now fail the upstream request's body, so the answer
+                // above wins over the upstream's error.
+                reset(&tx);
             }
         });
         out
@@ -254,24 +294,23 @@ impl WasmStream {
         let stream = self.clone();
         tokio::task::spawn_local(async move {
             // A failure after the response head is out can only reset.
-            let _ = stream.pump(body, tx, Direction::Response).await;
+            let mut body = body;
+            if stream
+                .pump(&mut body, &tx, Direction::Response)
+                .await
+                .is_err()
+            {
+                reset(&tx);
+            }
         });
         out
     }
 
     /// Moves a body through the plugins' body and trailer callbacks.
-    async fn pump(
-        &self,
-        mut body: Body,
-        tx: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
-        dir: Direction,
-    ) -> Result<(), Stop> {
+    async fn pump(&self, body: &mut Body, tx: &Sender, dir: Direction) -> Result<(), Stop> {
         let order: Vec<&Filter> = match dir {
             Direction::Request => self.filters.iter().collect(),
             Direction::Response => self.filters.iter().rev().collect(),
-        };
-        let reset = |tx: &tokio::sync::mpsc::Sender<_>| {
-            let _ = tx.try_send(Err::<Frame<Bytes>, BoxError>("stream reset by a wasm filter".into()));
         };
         let mut ended = false;
         while !ended {
@@ -288,7 +327,7 @@ impl WasmStream {
             };
             let frame = match frame.into_data() {
                 Ok(data) => {
-                    let end = ended || hyper::body::Body::is_end_stream(&body);
+                    let end = ended || hyper::body::Body::is_end_stream(&*body);
                     ended = end;
                     let mut chunk = data;
                     for filter in &order {
@@ -299,10 +338,7 @@ impl WasmStream {
                                 chunk = Bytes::new();
                                 break;
                             }
-                            Err(stop) => {
-                                reset(&tx);
-                                return Err(stop);
-                            }
+                            Err(stop) => return Err(stop),
                         }
                     }
                     if chunk.is_empty() {
@@ -316,10 +352,7 @@ impl WasmStream {
                     };
                     ended = true;
                     for filter in &order {
-                        if let Err(stop) = self.trailers_through(filter, &mut trailers, dir).await {
-                            reset(&tx);
-                            return Err(stop);
-                        }
+                        self.trailers_through(filter, &mut trailers, dir).await?;
                     }
                     Frame::trailers(trailers)
                 }
@@ -348,10 +381,10 @@ impl WasmStream {
             let buf = body_buffer(&mut d, dir);
             buf.extend_from_slice(&chunk);
             if buf.len() > BUFFER_LIMIT {
-                return Err(Stop::Reply(super::router::local(
+                return Err(Stop::Reply(Box::new(super::router::local(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "Payload Too Large",
-                )));
+                ))));
             }
             buf.len() as u32
         };
@@ -360,7 +393,10 @@ impl WasmStream {
             Direction::Response => StreamCall::ResponseBody { size, end },
         };
         let ctx = filter.context.as_ref().expect("checked above");
-        let action = filter.plugin.vm.call_stream(&filter.plugin.plugin, ctx, call);
+        let action = filter
+            .plugin
+            .vm
+            .call_stream(&filter.plugin.plugin, ctx, call);
         if action == Action::Pause && !end {
             // StopIterationAndBuffer: keep it and offer more with the next
             // chunk, unless the plugin resumed meanwhile.
@@ -404,7 +440,7 @@ impl WasmStream {
             return Err(Stop::Reset);
         }
         if let Some(l) = d.local_response.take() {
-            return Err(Stop::Reply(local_response(l)));
+            return Err(Stop::Reply(Box::new(local_response(l))));
         }
         Ok(())
     }
@@ -432,7 +468,12 @@ impl WasmStream {
         }
     }
 
-    async fn trailers_through(&self, filter: &Filter, trailers: &mut HeaderMap, dir: Direction) -> Result<(), Stop> {
+    async fn trailers_through(
+        &self,
+        filter: &Filter,
+        trailers: &mut HeaderMap,
+        dir: Direction,
+    ) -> Result<(), Stop> {
         if filter.context.is_none() {
             return Ok(());
         }
@@ -467,6 +508,13 @@ impl WasmStream {
             f.data.borrow_mut().upstream = Some(address);
         }
     }
+}
+
+type Sender = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
+
+/// Ends a filtered body with an error: the peer's stream is reset.
+fn reset(tx: &Sender) {
+    let _ = tx.try_send(Err("stream reset by a wasm filter".into()));
 }
 
 fn body_buffer(d: &mut StreamData, dir: Direction) -> &mut BytesMut {

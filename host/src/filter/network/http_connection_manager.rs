@@ -5,8 +5,8 @@
 //! Everything runs on the connection's worker: the hyper service holds `Rc`s
 //! and HTTP/2 streams are spawned with `spawn_local`.
 
-use std::collections::{HashMap, HashSet};
 use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -22,12 +22,12 @@ use crate::access_log::{AccessLog, AccessLogSettings, HttpInfo, StreamInfo};
 use crate::cluster::WorkerClusters;
 use crate::config::path::{index, join};
 use crate::config::{CodecType, HttpConnectionManagerConfig, HttpFilterConfig, ValidationError};
-use crate::filter::http::route::{Action, RouteTable, redirect_location};
 use crate::filter::http::body::BoxError;
+use crate::filter::http::route::{Action, RouteTable, redirect_location};
 use crate::filter::http::router::{self, Body, Upstream};
 use crate::filter::http::wasm::{Stop, WasmStream};
-use crate::wasm::{ConnectionFacts, PluginHandle, PluginSettings};
 use crate::stats::{Counter, Gauge, Histogram, Scope};
+use crate::wasm::{ConnectionFacts, PluginHandle, PluginSettings};
 
 use super::Downstream;
 
@@ -78,7 +78,10 @@ impl HcmSettings {
             }
         }
         let mut wasm_filters = Vec::new();
-        for (i, f) in c.http_filters[..c.http_filters.len() - 1].iter().enumerate() {
+        for (i, f) in c.http_filters[..c.http_filters.len() - 1]
+            .iter()
+            .enumerate()
+        {
             match &f.config {
                 HttpFilterConfig::Wasm(w) => wasm_filters.push(PluginSettings::validate(
                     &w.config,
@@ -302,8 +305,13 @@ impl HttpConnectionManager {
 
     /// One request: its response, or an error that resets the stream (a
     /// wasm filter's `proxy_close_stream`).
-    async fn handle(&self, req: Request<Incoming>, conn: &StreamInfo) -> Result<Response<Body>, BoxError> {
+    async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        conn: &StreamInfo,
+    ) -> Result<Response<Body>, BoxError> {
         let peer = conn.downstream_remote;
+        self.mutate_request_headers(req.headers_mut(), peer);
         let stats = &self.stats;
         stats.downstream_rq_total.inc();
         stats.downstream_rq_active.inc();
@@ -364,7 +372,11 @@ impl HttpConnectionManager {
     }
 
     /// A request through the wasm filters, the router, and back.
-    async fn filtered(&self, req: Request<Incoming>, conn: &StreamInfo) -> Result<Response<Body>, BoxError> {
+    async fn filtered(
+        &self,
+        req: Request<Incoming>,
+        conn: &StreamInfo,
+    ) -> Result<Response<Body>, BoxError> {
         let facts = ConnectionFacts {
             id: conn.connection_id,
             source: conn.downstream_remote,
@@ -381,7 +393,7 @@ impl HttpConnectionManager {
         let parts = match stream.request_headers(parts, end).await {
             Ok(p) => p,
             // A local reply still passes the response callbacks.
-            Err(Stop::Reply(r)) => return self.respond(&stream, r).await,
+            Err(Stop::Reply(r)) => return self.respond(&stream, *r).await,
             Err(Stop::Reset) => return stopped(Stop::Reset),
         };
         let abort = Rc::new(RefCell::new(None));
@@ -391,7 +403,7 @@ impl HttpConnectionManager {
         let resp = tokio::select! {
             r = self.route(req, conn.downstream_remote) => r,
             _ = wake.notified() => match abort.borrow_mut().take() {
-                Some(Stop::Reply(r)) => r,
+                Some(Stop::Reply(r)) => *r,
                 _ => return stopped(Stop::Reset),
             },
         };
@@ -402,12 +414,16 @@ impl HttpConnectionManager {
     }
 
     /// A response through the wasm filters' response callbacks.
-    async fn respond(&self, stream: &Rc<WasmStream>, resp: Response<Body>) -> Result<Response<Body>, BoxError> {
+    async fn respond(
+        &self,
+        stream: &Rc<WasmStream>,
+        resp: Response<Body>,
+    ) -> Result<Response<Body>, BoxError> {
         let (parts, body) = resp.into_parts();
         let end = hyper::body::Body::is_end_stream(&body);
         match stream.response_headers(parts, end).await {
             Ok(parts) => Ok(Response::from_parts(parts, stream.response_body(body))),
-            Err(Stop::Reply(r)) => Ok(r),
+            Err(Stop::Reply(r)) => Ok(*r),
             Err(Stop::Reset) => stopped(Stop::Reset),
         }
     }
@@ -484,7 +500,7 @@ impl HttpConnectionManager {
                 if let Ok(uri) = upstream_path.parse() {
                     *req.uri_mut() = uri;
                 }
-                self.prepare_upstream_request(&mut req, &host, fwd.host_rewrite.as_deref(), peer);
+                self.prepare_upstream_request(&mut req, &host, fwd.host_rewrite.as_deref());
                 for level in matched.levels.iter().rev() {
                     level.0.apply(req.headers_mut());
                 }
@@ -520,7 +536,6 @@ impl HttpConnectionManager {
         req: &mut Request<Body>,
         host: &str,
         host_rewrite: Option<&str>,
-        peer: SocketAddr,
     ) {
         let headers = req.headers_mut();
         for h in &HOP_BY_HOP {
@@ -530,6 +545,12 @@ impl HttpConnectionManager {
         if let Ok(v) = HeaderValue::from_str(host) {
             headers.insert(header::HOST, v);
         }
+    }
+
+    /// What Envoy's connection manager adds before any HTTP filter sees
+    /// the request: x-forwarded-for (with use_remote_address),
+    /// x-forwarded-proto and x-request-id.
+    fn mutate_request_headers(&self, headers: &mut http::HeaderMap, peer: SocketAddr) {
         if self.settings.use_remote_address {
             let ip = peer.ip().to_string();
             let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
@@ -557,7 +578,7 @@ impl HttpConnectionManager {
 /// What a stream stopped by a wasm filter answers: its reply, or a reset.
 fn stopped(stop: Stop) -> Result<Response<Body>, BoxError> {
     match stop {
-        Stop::Reply(r) => Ok(r),
+        Stop::Reply(r) => Ok(*r),
         Stop::Reset => Err("stream closed by a wasm filter".into()),
     }
 }

@@ -49,14 +49,25 @@ impl WasmNetworkFilter {
         let mut size = 0;
         if let Some((b, downstream)) = &mut buf {
             let mut d = self.data.borrow_mut();
-            let slot = if *downstream { &mut d.downstream_data } else { &mut d.upstream_data };
+            let slot = if *downstream {
+                &mut d.downstream_data
+            } else {
+                &mut d.upstream_data
+            };
             std::mem::swap(slot, *b);
             size = slot.len() as u32;
         }
-        let action = self.plugin.vm.call_stream(&self.plugin.plugin, ctx, call(size));
+        let action = self
+            .plugin
+            .vm
+            .call_stream(&self.plugin.plugin, ctx, call(size));
         if let Some((b, downstream)) = buf {
             let mut d = self.data.borrow_mut();
-            let slot = if downstream { &mut d.downstream_data } else { &mut d.upstream_data };
+            let slot = if downstream {
+                &mut d.downstream_data
+            } else {
+                &mut d.upstream_data
+            };
             std::mem::swap(slot, b);
         }
         if self.data.borrow().close {

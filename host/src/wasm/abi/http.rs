@@ -7,7 +7,7 @@ use wasmtime::Linker;
 use super::headers::{self, MapMut};
 use super::memory::{copy_out, read, read_string, write_u32};
 use super::runtime::signal;
-use super::{AbiVersion, Fail, HostResult, Status, pairs, proxy};
+use super::{AbiVersion, Status, pairs, proxy};
 use crate::wasm::context::{HostState, LocalResponse, StreamType};
 
 /// Runs `f` on header map `map_type` of the effective context.
@@ -29,8 +29,16 @@ fn with_map<R>(
             Ok(f(&mut map))
         }
         6 | 7 => {
-            let call = state.scope.call_response.as_ref().ok_or(Status::BadArgument)?;
-            let list = if map_type == 6 { &call.headers } else { &call.trailers };
+            let call = state
+                .scope
+                .call_response
+                .as_ref()
+                .ok_or(Status::BadArgument)?;
+            let list = if map_type == 6 {
+                &call.headers
+            } else {
+                &call.trailers
+            };
             Ok(f(&mut MapMut::Pairs(list)))
         }
         4 | 5 => Err(Status::BadArgument),
@@ -70,8 +78,16 @@ fn buffer(state: &HostState, kind: i32) -> Result<Bytes, Status> {
             .ok_or(Status::NotFound),
         5 => Err(Status::NotFound),
         6 => state.scope.vm_configuration.clone().ok_or(Status::NotFound),
-        7 => state.scope.plugin_configuration.clone().ok_or(Status::NotFound),
-        8 => state.scope.foreign_arguments.clone().ok_or(Status::NotFound),
+        7 => state
+            .scope
+            .plugin_configuration
+            .clone()
+            .ok_or(Status::NotFound),
+        8 => state
+            .scope
+            .foreign_arguments
+            .clone()
+            .ok_or(Status::NotFound),
         _ => Err(Status::BadArgument),
     }
 }
@@ -110,21 +126,33 @@ fn set_buffer(buf: &mut BytesMut, start: usize, size: usize, value: &[u8]) {
 }
 
 pub fn add(linker: &mut Linker<HostState>, abi: AbiVersion) {
-    proxy!(linker, "proxy_get_header_map_size", |c, map: i32, out: i32| {
-        let size = serialized_map(c.data(), map)?.len();
-        write_u32(&mut c, out, size as u32)?;
-        Ok(Status::Ok)
-    });
-    proxy!(linker, "proxy_get_header_map_pairs", |c, map: i32, ptr_out: i32, len_out: i32| {
-        let bytes = serialized_map(c.data(), map)?;
-        Ok(copy_out(&mut c, &bytes, ptr_out, len_out)?)
-    });
-    proxy!(linker, "proxy_set_header_map_pairs", |c, map: i32, ptr: i32, len: i32| {
-        let data = read(&c, ptr, len)?;
-        let list = pairs::deserialize(&data).unwrap_or_default();
-        let ok = with_map(c.data(), map, |m| headers::set_all(m, &list))?;
-        Ok(if ok { Status::Ok } else { Status::BadArgument })
-    });
+    proxy!(
+        linker,
+        "proxy_get_header_map_size",
+        |c, map: i32, out: i32| {
+            let size = serialized_map(c.data(), map)?.len();
+            write_u32(&mut c, out, size as u32)?;
+            Ok(Status::Ok)
+        }
+    );
+    proxy!(
+        linker,
+        "proxy_get_header_map_pairs",
+        |c, map: i32, ptr_out: i32, len_out: i32| {
+            let bytes = serialized_map(c.data(), map)?;
+            Ok(copy_out(&mut c, &bytes, ptr_out, len_out)?)
+        }
+    );
+    proxy!(
+        linker,
+        "proxy_set_header_map_pairs",
+        |c, map: i32, ptr: i32, len: i32| {
+            let data = read(&c, ptr, len)?;
+            let list = pairs::deserialize(&data).unwrap_or_default();
+            let ok = with_map(c.data(), map, |m| headers::set_all(m, &list))?;
+            Ok(if ok { Status::Ok } else { Status::BadArgument })
+        }
+    );
     let v0_1 = abi == AbiVersion::V0_1_0;
     proxy!(
         linker,
@@ -203,11 +231,7 @@ pub fn add(linker: &mut Linker<HostState>, abi: AbiVersion) {
         |c, kind: i32, start: i32, size: i32, ptr: i32, len: i32| {
             let value = read(&c, ptr, len)?;
             if !(0..=3).contains(&kind) {
-                return Ok(if (4..=8).contains(&kind) {
-                    Status::BadArgument
-                } else {
-                    Status::BadArgument
-                });
+                return Ok(Status::BadArgument);
             }
             let stream = c.data().stream().ok_or(Status::NotFound)?;
             let mut s = stream.borrow_mut();
@@ -311,7 +335,19 @@ pub fn add(linker: &mut Linker<HostState>, abi: AbiVersion) {
     proxy!(
         linker,
         "proxy_grpc_call",
-        |c, _a: i32, _b: i32, _c2: i32, _d: i32, _e: i32, _f: i32, _g: i32, _h: i32, _i: i32, _j: i32, _k: i32, _l: i32| {
+        |c,
+         _a: i32,
+         _b: i32,
+         _c2: i32,
+         _d: i32,
+         _e: i32,
+         _f: i32,
+         _g: i32,
+         _h: i32,
+         _i: i32,
+         _j: i32,
+         _k: i32,
+         _l: i32| {
             grpc_unsupported(c.data());
             Ok(Status::InternalFailure)
         }
@@ -324,13 +360,17 @@ pub fn add(linker: &mut Linker<HostState>, abi: AbiVersion) {
             Ok(Status::InternalFailure)
         }
     );
-    proxy!(linker, "proxy_grpc_send", |_c, _a: i32, _b: i32, _d: i32, _e: i32| {
-        Ok(Status::NotFound)
-    });
-    proxy!(linker, "proxy_grpc_cancel", |_c, _a: i32| Ok(Status::NotFound));
-    proxy!(linker, "proxy_grpc_close", |_c, _a: i32| Ok(Status::NotFound));
-    let _: fn(Status) -> Fail = Fail::Status;
-    let _: Option<HostResult> = None;
+    proxy!(
+        linker,
+        "proxy_grpc_send",
+        |_c, _a: i32, _b: i32, _d: i32, _e: i32| { Ok(Status::NotFound) }
+    );
+    proxy!(linker, "proxy_grpc_cancel", |_c, _a: i32| Ok(
+        Status::NotFound
+    ));
+    proxy!(linker, "proxy_grpc_close", |_c, _a: i32| Ok(
+        Status::NotFound
+    ));
 }
 
 fn grpc_unsupported(state: &HostState) {

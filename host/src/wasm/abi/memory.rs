@@ -10,10 +10,7 @@ use crate::wasm::context::HostState;
 pub type Ctx<'a> = Caller<'a, HostState>;
 
 fn memory(caller: &Ctx<'_>) -> Result<wasmtime::Memory, Status> {
-    caller
-        .data()
-        .memory
-        .ok_or(Status::InvalidMemoryAccess)
+    caller.data().memory.ok_or(Status::InvalidMemoryAccess)
 }
 
 fn range(ptr: i32, len: i32, size: usize) -> Result<std::ops::Range<usize>, Status> {

@@ -86,7 +86,13 @@ mod tests {
         assert_eq!(&bytes[..4], &[2, 0, 0, 0]);
         assert_eq!(&bytes[20..], b"a\x001\x00b\x0022\x00");
         let back = deserialize(&bytes).unwrap();
-        assert_eq!(back, vec![("a".into(), Bytes::from("1")), ("b".into(), Bytes::from("22"))]);
+        assert_eq!(
+            back,
+            vec![
+                ("a".into(), Bytes::from("1")),
+                ("b".into(), Bytes::from("22"))
+            ]
+        );
     }
 
     #[test]

@@ -35,11 +35,9 @@ fn stream_property(s: &mut StreamData, path: &[&str]) -> Option<Vec<u8>> {
         ["connection", "mtls"] => vec![0],
         ["upstream", "address"] => s.upstream?.to_string().into_bytes(),
         ["upstream", "port"] => int(s.upstream?.port().into()),
-        ["request", "time"] => int(
-            started
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as i64),
-        ),
+        ["request", "time"] => int(started
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64)),
         ["request", "duration"] => int(started.elapsed().map_or(0, |d| d.as_nanos() as i64)),
         ["request", "protocol"] => s.protocol.as_bytes().to_vec(),
         ["request", "size"] => int(s.request_size as i64),
@@ -107,16 +105,19 @@ fn get(state: &HostState, raw: &[u8]) -> Option<Vec<u8>> {
         }
         _ => {}
     }
+    // Like Envoy, values set with proxy_set_property are found by the
+    // path's first segment (so only one-segment paths read back).
+    let custom = segments[0];
     if let Some(stream) = state.stream() {
         let mut s = stream.borrow_mut();
-        if let Some(v) = s.properties.get(&joined) {
+        if let Some(v) = s.properties.get(custom) {
             return Some(v.to_vec());
         }
         if let Some(v) = stream_property(&mut s, &segments) {
             return Some(v);
         }
     }
-    state.properties.get(&joined).map(|v| v.to_vec())
+    state.properties.get(custom).map(|v| v.to_vec())
 }
 
 /// A path as stored: segments joined by NUL, trailing NULs dropped.

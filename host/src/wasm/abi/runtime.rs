@@ -9,9 +9,17 @@ use super::{AbiVersion, Status, proxy};
 use crate::wasm::context::{Effect, HostState, StreamType};
 
 /// Logs a guest's message the way Envoy does: `wasm log <name> <root_id>
-/// <vm_id>: <message>`.
+/// <vm_id>: <message>` from a stream context, without the name from the
+/// root context.
 pub fn log(state: &HostState, level: i32, message: &str) {
-    let prefix = state.plugin().map_or("", |p| p.log_prefix.as_str());
+    let root = state.roots.contains_key(&state.effective);
+    let prefix = state.plugin().map_or("", |p| {
+        if root {
+            p.root_log_prefix.as_str()
+        } else {
+            p.log_prefix.as_str()
+        }
+    });
     match level {
         0 => tracing::trace!(target: "wasm", "wasm log{prefix}: {message}"),
         1 => tracing::debug!(target: "wasm", "wasm log{prefix}: {message}"),
@@ -76,22 +84,30 @@ pub fn add(linker: &mut Linker<HostState>, abi: AbiVersion) {
         write_u32(&mut c, out, log_level())?;
         Ok(Status::Ok)
     });
-    proxy!(linker, "proxy_get_current_time_nanoseconds", |c, out: i32| {
-        write_u64(&mut c, out, now_nanos())?;
-        Ok(Status::Ok)
-    });
-    proxy!(linker, "proxy_set_tick_period_milliseconds", |c, period: i32| {
-        let state = c.data_mut();
-        let Some(root) = state.root_of(state.effective) else {
-            return Ok(Status::NotFound);
-        };
-        if let Some(r) = state.roots.get_mut(&root) {
-            r.tick_period_ms = period as u32;
-            r.tick_generation += 1;
+    proxy!(
+        linker,
+        "proxy_get_current_time_nanoseconds",
+        |c, out: i32| {
+            write_u64(&mut c, out, now_nanos())?;
+            Ok(Status::Ok)
         }
-        state.effects.push(Effect::Tick(root));
-        Ok(Status::Ok)
-    });
+    );
+    proxy!(
+        linker,
+        "proxy_set_tick_period_milliseconds",
+        |c, period: i32| {
+            let state = c.data_mut();
+            let Some(root) = state.root_of(state.effective) else {
+                return Ok(Status::NotFound);
+            };
+            if let Some(r) = state.roots.get_mut(&root) {
+                r.tick_period_ms = period as u32;
+                r.tick_generation += 1;
+            }
+            state.effects.push(Effect::Tick(root));
+            Ok(Status::Ok)
+        }
+    );
     proxy!(linker, "proxy_done", |c| {
         let state = c.data_mut();
         let id = state.effective;
@@ -115,7 +131,13 @@ pub fn add(linker: &mut Linker<HostState>, abi: AbiVersion) {
     proxy!(
         linker,
         "proxy_call_foreign_function",
-        |c, name_ptr: i32, name_len: i32, args_ptr: i32, args_len: i32, _out_ptr: i32, _out_len: i32| {
+        |c,
+         name_ptr: i32,
+         name_len: i32,
+         args_ptr: i32,
+         args_len: i32,
+         _out_ptr: i32,
+         _out_len: i32| {
             let name = read_string(&c, name_ptr, name_len)?;
             read(&c, args_ptr, args_len)?;
             tracing::debug!(target: "wasm", function = %name, "no such foreign function");
@@ -123,16 +145,20 @@ pub fn add(linker: &mut Linker<HostState>, abi: AbiVersion) {
         }
     );
     if abi == AbiVersion::V0_1_0 {
-        proxy!(linker, "proxy_get_configuration", |c, ptr_out: i32, len_out: i32| {
-            let config = c
-                .data()
-                .scope
-                .plugin_configuration
-                .clone()
-                .or_else(|| c.data().plugin().map(|p| p.configuration.clone()))
-                .unwrap_or_default();
-            Ok(copy_out(&mut c, &config, ptr_out, len_out)?)
-        });
+        proxy!(
+            linker,
+            "proxy_get_configuration",
+            |c, ptr_out: i32, len_out: i32| {
+                let config = c
+                    .data()
+                    .scope
+                    .plugin_configuration
+                    .clone()
+                    .or_else(|| c.data().plugin().map(|p| p.configuration.clone()))
+                    .unwrap_or_default();
+                Ok(copy_out(&mut c, &config, ptr_out, len_out)?)
+            }
+        );
         proxy!(linker, "proxy_continue_request", |c| {
             Ok(signal(c.data_mut(), StreamType::HttpRequest, false))
         });

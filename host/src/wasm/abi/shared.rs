@@ -73,7 +73,11 @@ pub fn add(linker: &mut Linker<HostState>) {
         |c, vm_ptr: i32, vm_len: i32, name_ptr: i32, name_len: i32, id_out: i32| {
             let vm_id = read_string(&c, vm_ptr, vm_len)?;
             let name = read_string(&c, name_ptr, name_len)?;
-            let vm_id = if vm_id.is_empty() { c.data().vm_id.clone() } else { vm_id };
+            let vm_id = if vm_id.is_empty() {
+                c.data().vm_id.clone()
+            } else {
+                vm_id
+            };
             let Some(id) = shared::resolve_queue(&vm_id, &name) else {
                 return Ok(Status::NotFound);
             };
@@ -98,9 +102,9 @@ pub fn add(linker: &mut Linker<HostState>) {
         "proxy_dequeue_shared_queue",
         |c, id: i32, ptr_out: i32, len_out: i32| {
             match shared::dequeue(id as u32) {
-                Err(()) => Ok(Status::NotFound),
-                Ok(None) => Ok(Status::Empty),
-                Ok(Some(v)) => Ok(copy_out(&mut c, &v, ptr_out, len_out)?),
+                None => Ok(Status::NotFound),
+                Some(None) => Ok(Status::Empty),
+                Some(Some(v)) => Ok(copy_out(&mut c, &v, ptr_out, len_out)?),
             }
         }
     );
@@ -119,10 +123,9 @@ pub fn add(linker: &mut Linker<HostState>) {
                     let scope = state.stats.child("wasmcustom");
                     state.metrics.push(match kind {
                         0 => Metric::Counter(name.clone(), scope.counter(&name)),
-                        1 => Metric::Gauge(
-                            name.clone(),
-                            shared_gauge(&name, || scope.gauge(&name)),
-                        ),
+                        1 => {
+                            Metric::Gauge(name.clone(), shared_gauge(&name, || scope.gauge(&name)))
+                        }
                         _ => Metric::Histogram(name.clone(), scope.histogram(&name)),
                     });
                     state.metrics.len() - 1
@@ -133,20 +136,24 @@ pub fn add(linker: &mut Linker<HostState>) {
             Ok(Status::Ok)
         }
     );
-    proxy!(linker, "proxy_increment_metric", |c, id: i32, delta: i64| {
-        Ok(match metric(c.data(), id) {
-            None => Status::NotFound,
-            Some(Metric::Counter(_, counter)) if delta >= 0 => {
-                counter.add(delta as u64);
-                Status::Ok
-            }
-            Some(Metric::Gauge(_, g)) => {
-                g.add(delta);
-                Status::Ok
-            }
-            Some(_) => Status::BadArgument,
-        })
-    });
+    proxy!(
+        linker,
+        "proxy_increment_metric",
+        |c, id: i32, delta: i64| {
+            Ok(match metric(c.data(), id) {
+                None => Status::NotFound,
+                Some(Metric::Counter(_, counter)) if delta >= 0 => {
+                    counter.add(delta as u64);
+                    Status::Ok
+                }
+                Some(Metric::Gauge(_, g)) => {
+                    g.add(delta);
+                    Status::Ok
+                }
+                Some(_) => Status::BadArgument,
+            })
+        }
+    );
     proxy!(linker, "proxy_record_metric", |c, id: i32, value: i64| {
         Ok(match metric(c.data(), id) {
             None => Status::NotFound,

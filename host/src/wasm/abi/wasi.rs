@@ -44,7 +44,11 @@ fn fd_write(c: &mut C<'_>, fd: i32, iovs: i32, n: i32, written_out: i32) -> i32 
     }
     let total = bytes.len() as u32;
     let state = c.data_mut();
-    let buf = if fd == 1 { &mut state.stdout } else { &mut state.stderr };
+    let buf = if fd == 1 {
+        &mut state.stdout
+    } else {
+        &mut state.stderr
+    };
     buf.extend_from_slice(&bytes);
     let mut lines = Vec::new();
     while let Some(end) = buf.iter().position(|b| *b == b'\n') {
@@ -99,9 +103,11 @@ pub fn add(linker: &mut Linker<HostState>) {
 }
 
 fn add_module(l: &mut Linker<HostState>, m: &str) -> wasmtime::Result<()> {
-    l.func_wrap(m, "fd_write", |mut c: C<'_>, fd: i32, iovs: i32, n: i32, out: i32| {
-        fd_write(&mut c, fd, iovs, n, out)
-    })?;
+    l.func_wrap(
+        m,
+        "fd_write",
+        |mut c: C<'_>, fd: i32, iovs: i32, n: i32, out: i32| fd_write(&mut c, fd, iovs, n, out),
+    )?;
     l.func_wrap(m, "fd_read", |_: i32, _: i32, _: i32, _: i32| NOSYS)?;
     l.func_wrap(m, "fd_seek", |_: i32, _: i64, _: i32, _: i32| SUCCESS)?;
     l.func_wrap(m, "fd_close", |_: i32| SUCCESS)?;
@@ -126,47 +132,105 @@ fn add_module(l: &mut Linker<HostState>, m: &str) -> wasmtime::Result<()> {
     l.func_wrap(m, "fd_sync", |_: i32| NOSYS)?;
     l.func_wrap(m, "fd_tell", |_: i32, _: i32| NOSYS)?;
     l.func_wrap(m, "fd_filestat_set_size", |_: i32, _: i64| NOSYS)?;
-    l.func_wrap(m, "fd_filestat_set_times", |_: i32, _: i64, _: i64, _: i32| NOSYS)?;
-    l.func_wrap(m, "fd_pread", |_: i32, _: i32, _: i32, _: i64, _: i32| NOSYS)?;
-    l.func_wrap(m, "fd_pwrite", |_: i32, _: i32, _: i32, _: i64, _: i32| NOSYS)?;
-    l.func_wrap(m, "fd_readdir", |_: i32, _: i32, _: i32, _: i64, _: i32| NOSYS)?;
+    l.func_wrap(
+        m,
+        "fd_filestat_set_times",
+        |_: i32, _: i64, _: i64, _: i32| NOSYS,
+    )?;
+    l.func_wrap(m, "fd_pread", |_: i32, _: i32, _: i32, _: i64, _: i32| {
+        NOSYS
+    })?;
+    l.func_wrap(m, "fd_pwrite", |_: i32, _: i32, _: i32, _: i64, _: i32| {
+        NOSYS
+    })?;
+    l.func_wrap(m, "fd_readdir", |_: i32, _: i32, _: i32, _: i64, _: i32| {
+        NOSYS
+    })?;
     l.func_wrap(m, "fd_renumber", |_: i32, _: i32| NOSYS)?;
-    l.func_wrap(m, "path_open", |_: i32, _: i32, _: i32, _: i32, _: i32, _: i64, _: i64, _: i32, _: i32| NOENT)?;
+    l.func_wrap(
+        m,
+        "path_open",
+        |_: i32, _: i32, _: i32, _: i32, _: i32, _: i64, _: i64, _: i32, _: i32| NOENT,
+    )?;
     l.func_wrap(m, "path_create_directory", |_: i32, _: i32, _: i32| NOSYS)?;
     l.func_wrap(m, "path_remove_directory", |_: i32, _: i32, _: i32| NOSYS)?;
     l.func_wrap(m, "path_unlink_file", |_: i32, _: i32, _: i32| NOSYS)?;
-    l.func_wrap(m, "path_filestat_get", |_: i32, _: i32, _: i32, _: i32, _: i32| NOENT)?;
-    l.func_wrap(m, "path_filestat_set_times", |_: i32, _: i32, _: i32, _: i32, _: i64, _: i64, _: i32| NOSYS)?;
-    l.func_wrap(m, "path_link", |_: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| NOSYS)?;
-    l.func_wrap(m, "path_readlink", |_: i32, _: i32, _: i32, _: i32, _: i32, _: i32| NOSYS)?;
-    l.func_wrap(m, "path_rename", |_: i32, _: i32, _: i32, _: i32, _: i32, _: i32| NOSYS)?;
-    l.func_wrap(m, "path_symlink", |_: i32, _: i32, _: i32, _: i32, _: i32| NOSYS)?;
+    l.func_wrap(
+        m,
+        "path_filestat_get",
+        |_: i32, _: i32, _: i32, _: i32, _: i32| NOENT,
+    )?;
+    l.func_wrap(
+        m,
+        "path_filestat_set_times",
+        |_: i32, _: i32, _: i32, _: i32, _: i64, _: i64, _: i32| NOSYS,
+    )?;
+    l.func_wrap(
+        m,
+        "path_link",
+        |_: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| NOSYS,
+    )?;
+    l.func_wrap(
+        m,
+        "path_readlink",
+        |_: i32, _: i32, _: i32, _: i32, _: i32, _: i32| NOSYS,
+    )?;
+    l.func_wrap(
+        m,
+        "path_rename",
+        |_: i32, _: i32, _: i32, _: i32, _: i32, _: i32| NOSYS,
+    )?;
+    l.func_wrap(
+        m,
+        "path_symlink",
+        |_: i32, _: i32, _: i32, _: i32, _: i32| NOSYS,
+    )?;
     l.func_wrap(m, "sock_accept", |_: i32, _: i32, _: i32| NOSYS)?;
-    l.func_wrap(m, "sock_recv", |_: i32, _: i32, _: i32, _: i32, _: i32, _: i32| NOSYS)?;
-    l.func_wrap(m, "sock_send", |_: i32, _: i32, _: i32, _: i32, _: i32| NOSYS)?;
+    l.func_wrap(
+        m,
+        "sock_recv",
+        |_: i32, _: i32, _: i32, _: i32, _: i32, _: i32| NOSYS,
+    )?;
+    l.func_wrap(m, "sock_send", |_: i32, _: i32, _: i32, _: i32, _: i32| {
+        NOSYS
+    })?;
     l.func_wrap(m, "sock_shutdown", |_: i32, _: i32| NOSYS)?;
     l.func_wrap(m, "proc_raise", |_: i32| NOSYS)?;
     l.func_wrap(m, "sched_yield", || SUCCESS)?;
-    l.func_wrap(m, "poll_oneoff", |mut c: C<'_>, _in: i32, _out: i32, _n: i32, nevents: i32| {
-        // As Envoy: no events, success (Go's runtime insists on success).
-        ok_or_fault(write_u32(&mut c, nevents, 0))
-    })?;
-    l.func_wrap(m, "proc_exit", |c: C<'_>, code: i32| -> wasmtime::Result<()> {
-        super::runtime::log(c.data(), 4, &format!("proc_exit({code}) called"));
-        Err(wasmtime::Error::msg(format!("the module called proc_exit({code})")))
-    })?;
+    l.func_wrap(
+        m,
+        "poll_oneoff",
+        |mut c: C<'_>, _in: i32, _out: i32, _n: i32, nevents: i32| {
+            // As Envoy: no events, success (Go's runtime insists on success).
+            ok_or_fault(write_u32(&mut c, nevents, 0))
+        },
+    )?;
+    l.func_wrap(
+        m,
+        "proc_exit",
+        |c: C<'_>, code: i32| -> wasmtime::Result<()> {
+            super::runtime::log(c.data(), 4, &format!("proc_exit({code}) called"));
+            Err(wasmtime::Error::msg(format!(
+                "the module called proc_exit({code})"
+            )))
+        },
+    )?;
     l.func_wrap(m, "args_sizes_get", |mut c: C<'_>, argc: i32, size: i32| {
         ok_or_fault(write_u32(&mut c, argc, 0).and_then(|_| write_u32(&mut c, size, 0)))
     })?;
     l.func_wrap(m, "args_get", |_: i32, _: i32| SUCCESS)?;
-    l.func_wrap(m, "environ_sizes_get", |mut c: C<'_>, count: i32, size: i32| {
-        let env = environ(c.data());
-        let total: usize = env.iter().map(Vec::len).sum();
-        ok_or_fault(
-            write_u32(&mut c, count, env.len() as u32)
-                .and_then(|_| write_u32(&mut c, size, total as u32)),
-        )
-    })?;
+    l.func_wrap(
+        m,
+        "environ_sizes_get",
+        |mut c: C<'_>, count: i32, size: i32| {
+            let env = environ(c.data());
+            let total: usize = env.iter().map(Vec::len).sum();
+            ok_or_fault(
+                write_u32(&mut c, count, env.len() as u32)
+                    .and_then(|_| write_u32(&mut c, size, total as u32)),
+            )
+        },
+    )?;
     l.func_wrap(m, "environ_get", |mut c: C<'_>, array: i32, buf: i32| {
         let env = environ(c.data());
         let mut at = buf as u32;
@@ -180,12 +244,14 @@ fn add_module(l: &mut Linker<HostState>, m: &str) -> wasmtime::Result<()> {
         }
         SUCCESS
     })?;
-    l.func_wrap(m, "clock_time_get", |mut c: C<'_>, id: i32, _precision: i64, out: i32| {
-        match clock(id, process_start()) {
+    l.func_wrap(
+        m,
+        "clock_time_get",
+        |mut c: C<'_>, id: i32, _precision: i64, out: i32| match clock(id, process_start()) {
             Some(t) => ok_or_fault(write_u64(&mut c, out, t)),
             None => NOTSUP,
-        }
-    })?;
+        },
+    )?;
     l.func_wrap(m, "clock_res_get", |mut c: C<'_>, id: i32, out: i32| {
         if !(0..=3).contains(&id) {
             return NOTSUP;
