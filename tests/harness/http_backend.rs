@@ -209,7 +209,15 @@ pub fn curl(args: &[&str]) -> CurlResponse {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let (mut head, mut body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    // Skip interim answers (`100 Continue` to curl's `Expect`).
+    while head
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|s| s.starts_with('1'))
+    {
+        (head, body) = body.split_once("\r\n\r\n").unwrap_or((body, ""));
+    }
     let mut lines = head.lines();
     let status_line = lines.next().unwrap_or_default();
     let mut parts = status_line.split_whitespace();

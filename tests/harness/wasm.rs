@@ -146,3 +146,16 @@ pub fn network_config(port: u16, filters: &str, terminal: &str, clusters: &str) 
 "#
     )
 }
+
+/// A `tcp_proxy` filter entry (the terminal of a network chain) to
+/// `cluster`.
+pub fn tcp_proxy(cluster: &str) -> String {
+    format!(
+        r#"      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: {cluster}
+"#
+    )
+}

@@ -627,17 +627,6 @@ fn abi_0_1_0_modules_run() {
     assert_eq!(r.json()["headers"]["x-abi"], "0.1.0");
 }
 
-fn tcp_proxy_entry(cluster: &str) -> String {
-    format!(
-        r#"      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: tcp
-          cluster: {cluster}
-"#
-    )
-}
-
 #[test]
 fn network_filter_sees_and_changes_both_directions() {
     use std::io::{Read, Write};
@@ -647,7 +636,7 @@ fn network_filter_sees_and_changes_both_directions() {
     let config = wasp_tests::wasm::network_config(
         port,
         &wasp_tests::wasm::network_filter("tcp_probe", code.to_str().unwrap(), ""),
-        &tcp_proxy_entry("echo"),
+        &wasp_tests::wasm::tcp_proxy("echo"),
         &cluster("echo", echo.addr),
     );
     let p = Proxy::start(&config, &[]);

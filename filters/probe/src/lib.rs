@@ -119,6 +119,7 @@ impl RootContext for Root {
             requests: self.requests,
             action: String::new(),
             notes: Vec::new(),
+            streamed: (0, 0),
         }))
     }
 
@@ -150,6 +151,8 @@ struct Probe {
     action: String,
     /// Response headers to add, gathered during the request.
     notes: Vec<(String, String)>,
+    /// Request and response body bytes seen by the `stream` action.
+    streamed: (usize, usize),
 }
 
 impl Context for Probe {
@@ -419,6 +422,19 @@ impl HttpContext for Probe {
     }
 
     fn on_http_request_body(&mut self, size: usize, end: bool) -> Action {
+        if self.action == "stream" {
+            // Streamed: each chunk is rewritten as it passes, nothing buffered.
+            let chunk = self.get_http_request_body(0, size).unwrap_or_default();
+            self.set_http_request_body(0, size, &chunk.to_ascii_uppercase());
+            self.streamed.0 += size;
+            if end {
+                log(
+                    LogLevel::Info,
+                    &format!("probe streamed request {} bytes", self.streamed.0),
+                );
+            }
+            return Action::Continue;
+        }
         if self.action != "upper" {
             return Action::Continue;
         }
@@ -443,6 +459,18 @@ impl HttpContext for Probe {
     }
 
     fn on_http_response_body(&mut self, size: usize, end: bool) -> Action {
+        if self.action == "stream" {
+            let chunk = self.get_http_response_body(0, size).unwrap_or_default();
+            self.set_http_response_body(0, size, &chunk.to_ascii_lowercase());
+            self.streamed.1 += size;
+            if end {
+                log(
+                    LogLevel::Info,
+                    &format!("probe streamed response {} bytes", self.streamed.1),
+                );
+            }
+            return Action::Continue;
+        }
         if self.action != "upper-response" {
             return Action::Continue;
         }

@@ -91,7 +91,11 @@ impl StreamContext for Probe {
             return Action::Pause;
         }
         if let Some(at) = data.windows(4).position(|w| w == b"ping") {
-            self.set_downstream_data(at, 4, b"PING");
+            // Envoy takes only a start of 0 (replace a prefix) or the end
+            // (append), so the whole chunk is replaced.
+            let mut changed = data.clone();
+            changed[at..at + 4].copy_from_slice(b"PING");
+            self.set_downstream_data(0, size, &changed);
         }
         Action::Continue
     }

@@ -69,7 +69,10 @@ pub fn dispatch(
                 .and_then(|p| p.parse::<http::Uri>().ok())
                 .ok_or(Status::BadArgument)?,
         )
-        .header(http::header::HOST, &authority[..]);
+        .header(http::header::HOST, &authority[..])
+        // What Envoy's async client adds to every callout.
+        .header("x-envoy-internal", "true")
+        .header("x-envoy-expected-rq-timeout-ms", timeout_ms.to_string());
     for (k, v) in headers.iter().filter(|(k, _)| !k.starts_with(':')) {
         req = req.header(k.as_str(), &v[..]);
     }

@@ -504,6 +504,19 @@ impl HttpConnectionManager {
                 for level in matched.levels.iter().rev() {
                     level.0.apply(req.headers_mut());
                 }
+                // Envoy tells the upstream how long it will wait: the
+                // per-try timeout when it is the shorter one.
+                let per_try = fwd.retry.as_ref().and_then(|r| r.per_try_timeout);
+                let expected = match (per_try, fwd.timeout) {
+                    (Some(p), Some(g)) => Some(p.min(g)),
+                    (p, g) => p.or(g),
+                };
+                if let Some(ms) = expected.map(|t| t.as_millis()).filter(|&ms| ms > 0) {
+                    req.headers_mut().insert(
+                        HeaderName::from_static("x-envoy-expected-rq-timeout-ms"),
+                        HeaderValue::from(ms as u64),
+                    );
+                }
                 let sent = Instant::now();
                 let mut resp = upstream
                     .forward(
