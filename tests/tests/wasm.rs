@@ -102,6 +102,38 @@ fn header_maps_get_add_replace_remove_and_set_pairs() {
     );
 }
 
+/// `on_log` comes once the whole response is out, as in Envoy: a client
+/// that has read only the head of a large response holds it back.
+#[test]
+fn on_log_runs_after_the_response_body() {
+    use std::io::{Read, Write};
+    let s = probe("", "", &[]);
+    let addr = s.url.trim_start_matches("http://");
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let size = 32 << 20;
+    write!(
+        c,
+        "GET /bytes?size={size} HTTP/1.1\r\nHost: x\r\nx-probe: none\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 1024];
+    let n = c.read(&mut head).unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+    wait_log(&s.proxy, "probe request none /bytes");
+    // Socket buffers hold a few MiB at most: the rest waits on this client.
+    std::thread::sleep(Duration::from_millis(300));
+    let done = format!("probe on_log 200 /bytes?size={size}");
+    assert!(
+        !s.proxy.log().contains(&done),
+        "on_log before the body was out"
+    );
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).unwrap();
+    assert!(n + rest.len() > size);
+    wait_log(&s.proxy, &done);
+}
+
 #[test]
 fn local_responses_and_on_log_after_them() {
     let s = probe("", "", &[]);

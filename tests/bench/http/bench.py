@@ -5,7 +5,6 @@ interleaved rounds."""
 
 import argparse
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -14,91 +13,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchlib import ROOT, cpu_ticks, free_port, prepare, wait_port  # noqa: E402
-
-
-def nginx_conf(tmp, name, port, upstream=None):
-    body = (f"location / {{ proxy_pass http://127.0.0.1:{upstream}; proxy_http_version 1.1; "
-            f"proxy_set_header Connection \"\"; }}" if upstream else
-            "location / { return 200 \"hello from the backend\\n\"; }")
-    keepalive = f"upstream be {{ server 127.0.0.1:{upstream}; keepalive 64; }}" if upstream else ""
-    if upstream:
-        body = body.replace(f"http://127.0.0.1:{upstream}", "http://be")
-    conf = f"""worker_processes 1;
-daemon off;
-pid {tmp}/{name}.pid;
-error_log {tmp}/{name}.err;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/{name}-body;
-  proxy_temp_path {tmp}/{name}-proxy;
-  {keepalive}
-  server {{ listen 127.0.0.1:{port}; {body} }}
-}}
-"""
-    path = os.path.join(tmp, f"{name}.conf")
-    with open(path, "w") as f:
-        f.write(conf)
-    return path
-
-
-def proxy_config(port, backend):
-    return f"""static_resources:
-  listeners:
-  - name: http
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: bench
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: backend }}
-  clusters:
-  - name: backend
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {backend} }} }} }}
-"""
-
-
-def children(pid):
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in out] or [pid]
-
-
-def wrk(port, connections, seconds):
-    out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--latency",
-                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=seconds + 60).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    total = int(re.search(r"(\d+) requests in", out).group(1))
-    m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-    p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-    return rps, p99, total
-
-
-def rss_kib(pids):
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total
+from benchlib import (ROOT, children, cpu_ticks, free_port, http_proxy_config, nginx_conf,  # noqa: E402
+                      prepare, rss_kib, wait_port, wrk)
 
 
 def main():
@@ -118,14 +34,14 @@ def main():
         port = free_port()
         path = os.path.join(tmp, "wasp.yaml")
         with open(path, "w") as f:
-            f.write(proxy_config(port, backend))
+            f.write(http_proxy_config(port, backend))
         procs.append(subprocess.Popen([os.path.join(ROOT, "target/release/wasp"), "-c", path, "--concurrency", "1",
                                        "-l", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         targets["wasp"], pids["wasp"] = port, [procs[-1].pid]
         port = free_port()
         path = os.path.join(tmp, "envoy.yaml")
         with open(path, "w") as f:
-            f.write(proxy_config(port, backend))
+            f.write(http_proxy_config(port, backend))
         procs.append(subprocess.Popen([envoy, "-c", path, "--concurrency", "1", "-l", "error",
                                        "--disable-hot-restart"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         targets["envoy"], pids["envoy"] = port, [procs[-1].pid]
@@ -157,7 +73,7 @@ def main():
             for name, port in order:
                 for c in (1, 50, 200):
                     before = cpu_ticks(pids[name])
-                    rps, p99, total = wrk(port, c, args.seconds)
+                    rps, _, p99, total = wrk(port, c, args.seconds)
                     cpu_us = (cpu_ticks(pids[name]) - before) / hz * 1e6 / max(total, 1)
                     results.setdefault((name, c), []).append((rps, p99, cpu_us))
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)

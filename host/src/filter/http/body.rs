@@ -1,7 +1,12 @@
 //! The one body type of the HTTP path: as received from a peer (streamed),
 //! written by wasp, or coming out of a wasm filter's body callbacks.
 
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -60,5 +65,111 @@ impl hyper::body::Body for Body {
             Body::Full(b) => b.size_hint(),
             Body::Channel(_) => SizeHint::default(),
         }
+    }
+}
+
+/// What a downstream connection sends. Unlike [`Body`] it need not be
+/// `Send`: it never leaves the worker, so it can carry the worker's wasm
+/// stream along and run the plugins' response body callbacks inline, as
+/// the client reads, with no task or channel per response.
+pub enum ResponseBody {
+    /// A body, and what must live until it has been sent (a wasm stream:
+    /// its `on_log` comes after the response, as in Envoy).
+    Body(Body, Option<Rc<dyn Any>>),
+    /// Frames made by a producer (a wasm body pump) when polled.
+    Local(LocalFrames),
+}
+
+impl From<Body> for ResponseBody {
+    fn from(b: Body) -> Self {
+        ResponseBody::Body(b, None)
+    }
+}
+
+impl hyper::body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Body(b, _) => Pin::new(b).poll_frame(cx),
+            ResponseBody::Local(l) => l.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Body(b, _) => b.is_end_stream(),
+            ResponseBody::Local(l) => l.producer.is_none() && l.queue.borrow().is_empty(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Body(b, _) => b.size_hint(),
+            ResponseBody::Local(_) => SizeHint::default(),
+        }
+    }
+}
+
+type Frames = Rc<RefCell<VecDeque<Result<Frame<Bytes>, BoxError>>>>;
+
+/// A body whose frames a future produces into an [`Outbox`] while the
+/// body is polled: the future runs on the reader's poll, so a frame that
+/// is ready goes out in the same write as the head before it.
+pub struct LocalFrames {
+    queue: Frames,
+    producer: Option<Pin<Box<dyn Future<Output = ()>>>>,
+}
+
+impl LocalFrames {
+    /// A body fed by the future `make` builds from the outbox it gets.
+    pub fn new<F: Future<Output = ()> + 'static>(make: impl FnOnce(Outbox) -> F) -> Self {
+        let queue = Frames::default();
+        let producer = make(Outbox(queue.clone()));
+        LocalFrames {
+            queue,
+            producer: Some(Box::pin(producer)),
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if let Some(f) = self.queue.borrow_mut().pop_front() {
+                return Poll::Ready(Some(f));
+            }
+            let Some(producer) = self.producer.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match producer.as_mut().poll(cx) {
+                Poll::Ready(()) => self.producer = None,
+                // Waiting for its input, or for us to take a frame.
+                Poll::Pending if self.queue.borrow().is_empty() => return Poll::Pending,
+                Poll::Pending => {}
+            }
+        }
+    }
+}
+
+/// Where a [`LocalFrames`] producer puts frames.
+pub struct Outbox(Frames);
+
+impl Outbox {
+    /// Queues `frame` and waits until the reader has taken it (the body
+    /// polls its producer only once the queue is empty, so no waker is
+    /// needed).
+    pub async fn send(&self, frame: Result<Frame<Bytes>, BoxError>) {
+        self.0.borrow_mut().push_back(frame);
+        std::future::poll_fn(|_| {
+            if self.0.borrow().is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     }
 }

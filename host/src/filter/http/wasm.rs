@@ -24,7 +24,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 
-use super::body::{Body, BoxError};
+use super::body::{Body, BoxError, LocalFrames, Outbox, ResponseBody};
 use crate::wasm::{
     Action, ConnectionFacts, FailurePolicy, LocalResponse, PluginHandle, StreamCall, StreamContext,
     StreamData,
@@ -285,29 +285,29 @@ impl WasmStream {
         out
     }
 
-    /// The response body as the client gets it.
-    pub fn response_body(self: &Rc<Self>, body: Body) -> Body {
+    /// The response body as the client gets it: the plugins' body
+    /// callbacks run inline as the client reads. The stream lives until
+    /// that body is out, so `on_log` comes after the response, as in Envoy.
+    pub fn response_body(self: &Rc<Self>, body: Body) -> ResponseBody {
         if !self.wants_response_body || hyper::body::Body::is_end_stream(&body) {
-            return body;
+            return ResponseBody::Body(body, Some(self.clone()));
         }
-        let (tx, out) = Body::channel();
         let stream = self.clone();
-        tokio::task::spawn_local(async move {
-            // A failure after the response head is out can only reset.
+        ResponseBody::Local(LocalFrames::new(move |out| async move {
             let mut body = body;
+            // A failure after the response head is out can only reset.
             if stream
-                .pump(&mut body, &tx, Direction::Response)
+                .pump(&mut body, &out, Direction::Response)
                 .await
                 .is_err()
             {
-                reset(&tx);
+                out.send(Err(RESET.into())).await;
             }
-        });
-        out
+        }))
     }
 
     /// Moves a body through the plugins' body and trailer callbacks.
-    async fn pump(&self, body: &mut Body, tx: &Sender, dir: Direction) -> Result<(), Stop> {
+    async fn pump(&self, body: &mut Body, tx: &impl Sink, dir: Direction) -> Result<(), Stop> {
         let order: Vec<&Filter> = match dir {
             Direction::Request => self.filters.iter().collect(),
             Direction::Response => self.filters.iter().rev().collect(),
@@ -320,7 +320,7 @@ impl WasmStream {
                     Frame::data(Bytes::new())
                 }
                 Some(Err(e)) => {
-                    let _ = tx.send(Err(e)).await;
+                    tx.put(Err(e)).await;
                     return Ok(());
                 }
                 Some(Ok(f)) => f,
@@ -357,7 +357,7 @@ impl WasmStream {
                     Frame::trailers(trailers)
                 }
             };
-            if tx.send(Ok(frame)).await.is_err() {
+            if !tx.put(Ok(frame)).await {
                 return Ok(());
             }
         }
@@ -512,9 +512,32 @@ impl WasmStream {
 
 type Sender = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
 
+const RESET: &str = "stream reset by a wasm filter";
+
 /// Ends a filtered body with an error: the peer's stream is reset.
 fn reset(tx: &Sender) {
-    let _ = tx.try_send(Err("stream reset by a wasm filter".into()));
+    let _ = tx.try_send(Err(RESET.into()));
+}
+
+/// Where a body pump puts what passed the plugins: the channel of an
+/// upstream request body (a task pumps it), or the outbox of a downstream
+/// response body (pumped as the client reads).
+trait Sink {
+    /// False once nobody reads any more.
+    async fn put(&self, frame: Result<Frame<Bytes>, BoxError>) -> bool;
+}
+
+impl Sink for Sender {
+    async fn put(&self, frame: Result<Frame<Bytes>, BoxError>) -> bool {
+        self.send(frame).await.is_ok()
+    }
+}
+
+impl Sink for Outbox {
+    async fn put(&self, frame: Result<Frame<Bytes>, BoxError>) -> bool {
+        self.send(frame).await;
+        true
+    }
 }
 
 fn body_buffer(d: &mut StreamData, dir: Direction) -> &mut BytesMut {

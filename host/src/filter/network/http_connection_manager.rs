@@ -22,7 +22,7 @@ use crate::access_log::{AccessLog, AccessLogSettings, HttpInfo, StreamInfo};
 use crate::cluster::WorkerClusters;
 use crate::config::path::{index, join};
 use crate::config::{CodecType, HttpConnectionManagerConfig, HttpFilterConfig, ValidationError};
-use crate::filter::http::body::BoxError;
+use crate::filter::http::body::{BoxError, ResponseBody};
 use crate::filter::http::route::{Action, RouteTable, redirect_location};
 use crate::filter::http::router::{self, Body, Upstream};
 use crate::filter::http::wasm::{Stop, WasmStream};
@@ -309,7 +309,7 @@ impl HttpConnectionManager {
         &self,
         mut req: Request<Incoming>,
         conn: &StreamInfo,
-    ) -> Result<Response<Body>, BoxError> {
+    ) -> Result<Response<ResponseBody>, BoxError> {
         let peer = conn.downstream_remote;
         self.mutate_request_headers(req.headers_mut(), peer);
         let stats = &self.stats;
@@ -335,7 +335,10 @@ impl HttpConnectionManager {
         });
         let routed = async {
             if self.filters.is_empty() {
-                Ok(self.route(req.map(Body::Incoming), peer).await)
+                Ok(self
+                    .route(req.map(Body::Incoming), peer)
+                    .await
+                    .map(ResponseBody::from))
             } else {
                 self.filtered(req, conn).await
             }
@@ -344,7 +347,8 @@ impl HttpConnectionManager {
             None => routed.await,
             Some(limit) => match tokio::time::timeout(limit, routed).await {
                 Ok(r) => r,
-                Err(_) => Ok(router::local(StatusCode::REQUEST_TIMEOUT, "stream timeout")),
+                Err(_) => Ok(router::local(StatusCode::REQUEST_TIMEOUT, "stream timeout")
+                    .map(ResponseBody::from)),
             },
         };
         let mut resp = match result {
@@ -376,7 +380,7 @@ impl HttpConnectionManager {
         &self,
         req: Request<Incoming>,
         conn: &StreamInfo,
-    ) -> Result<Response<Body>, BoxError> {
+    ) -> Result<Response<ResponseBody>, BoxError> {
         let facts = ConnectionFacts {
             id: conn.connection_id,
             source: conn.downstream_remote,
@@ -418,20 +422,19 @@ impl HttpConnectionManager {
         &self,
         stream: &Rc<WasmStream>,
         resp: Response<Body>,
-    ) -> Result<Response<Body>, BoxError> {
+    ) -> Result<Response<ResponseBody>, BoxError> {
         let (parts, body) = resp.into_parts();
         let end = hyper::body::Body::is_end_stream(&body);
         match stream.response_headers(parts, end).await {
             Ok(parts) => Ok(Response::from_parts(parts, stream.response_body(body))),
-            Err(Stop::Reply(r)) => Ok(*r),
-            Err(Stop::Reset) => stopped(Stop::Reset),
+            Err(stop) => stopped(stop),
         }
     }
 
     /// Writes the access log entry of a request once its response head is
     /// ready (durations and byte counts are to that point; bodies stream
     /// on afterwards).
-    fn log(&self, conn: &StreamInfo, http: &mut HttpInfo, resp: &Response<Body>) {
+    fn log(&self, conn: &StreamInfo, http: &mut HttpInfo, resp: &Response<ResponseBody>) {
         let mut info = StreamInfo::new(
             conn.connection_id,
             conn.downstream_remote,
@@ -589,9 +592,9 @@ impl HttpConnectionManager {
 }
 
 /// What a stream stopped by a wasm filter answers: its reply, or a reset.
-fn stopped(stop: Stop) -> Result<Response<Body>, BoxError> {
+fn stopped(stop: Stop) -> Result<Response<ResponseBody>, BoxError> {
     match stop {
-        Stop::Reply(r) => Ok(*r),
+        Stop::Reply(r) => Ok(r.map(ResponseBody::from)),
         Stop::Reset => Err("stream closed by a wasm filter".into()),
     }
 }
