@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -213,6 +214,36 @@ pub struct PendingCall {
     pub root_id: u32,
 }
 
+/// A map keyed by context or call id. Every hostcall looks contexts up, so
+/// the key hash is one multiplication rather than SipHash (the ids are
+/// ours, not an attacker's).
+pub type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
+
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: spreads sequential ids over the high bits
+        // hashbrown uses for its control bytes.
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// Everything a VM's hostcalls can reach (the wasmtime store's data).
 pub struct HostState {
     pub vm_id: String,
@@ -221,15 +252,15 @@ pub struct HostState {
     pub limits: StoreLimits,
     pub memory: Option<Memory>,
     pub alloc: Option<TypedFunc<u32, u32>>,
-    pub roots: HashMap<u32, RootContext>,
-    pub streams: HashMap<u32, (u32, SharedStream)>,
+    pub roots: IdMap<RootContext>,
+    pub streams: IdMap<(u32, SharedStream)>,
     /// The context the current callback was called for.
     pub current: u32,
     /// The context hostcalls act on (`proxy_set_effective_context`).
     pub effective: u32,
     pub scope: CallScope,
     pub effects: Vec<Effect>,
-    pub calls: HashMap<u32, PendingCall>,
+    pub calls: IdMap<PendingCall>,
     pub next_call_id: u32,
     /// Log lines buffered from `fd_write` until a newline.
     pub stdout: Vec<u8>,

@@ -247,15 +247,17 @@ impl WasmStream {
     }
 
     /// The request body as the upstream gets it.
+    ///
+    /// With body callbacks to run, a task pumps the body, and the receiver
+    /// returned gets the plugins' answer if they stop the stream on the way.
     pub fn request_body(
         self: &Rc<Self>,
         body: Body,
-        abort: Rc<RefCell<Option<Stop>>>,
-        wake: Rc<tokio::sync::Notify>,
-    ) -> Body {
+    ) -> (Body, Option<tokio::sync::oneshot::Receiver<Stop>>) {
         if !self.wants_request_body || hyper::body::Body::is_end_stream(&body) {
-            return body;
+            return (body, None);
         }
+        let (abort, aborted) = tokio::sync::oneshot::channel();
         let (tx, out) = Body::channel();
         let stream = self.clone();
         tokio::task::spawn_local(async move {
@@ -275,14 +277,13 @@ impl WasmStream {
                     }
                 };
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
-                *abort.borrow_mut() = Some(stop);
-                wake.notify_one();
+                let _ = abort.send(stop);
                 // Only now fail the upstream request's body, so the answer
                 // above wins over the upstream's error.
                 reset(&tx);
             }
         });
-        out
+        (out, Some(aborted))
     }
 
     /// The response body as the client gets it: the plugins' body
@@ -308,9 +309,10 @@ impl WasmStream {
 
     /// Moves a body through the plugins' body and trailer callbacks.
     async fn pump(&self, body: &mut Body, tx: &impl Sink, dir: Direction) -> Result<(), Stop> {
-        let order: Vec<&Filter> = match dir {
-            Direction::Request => self.filters.iter().collect(),
-            Direction::Response => self.filters.iter().rev().collect(),
+        // Plugins see requests in order, responses in reverse.
+        let order = |i: usize| match dir {
+            Direction::Request => &self.filters[i],
+            Direction::Response => &self.filters[self.filters.len() - 1 - i],
         };
         let mut ended = false;
         while !ended {
@@ -330,8 +332,8 @@ impl WasmStream {
                     let end = ended || hyper::body::Body::is_end_stream(&*body);
                     ended = end;
                     let mut chunk = data;
-                    for filter in &order {
-                        match self.body_through(filter, chunk, end, dir).await {
+                    for i in 0..self.filters.len() {
+                        match self.body_through(order(i), chunk, end, dir).await {
                             Ok(Some(out)) => chunk = out,
                             // Held by a paused plugin: nothing goes on yet.
                             Ok(None) => {
@@ -351,8 +353,8 @@ impl WasmStream {
                         continue;
                     };
                     ended = true;
-                    for filter in &order {
-                        self.trailers_through(filter, &mut trailers, dir).await?;
+                    for i in 0..self.filters.len() {
+                        self.trailers_through(order(i), &mut trailers, dir).await?;
                     }
                     Frame::trailers(trailers)
                 }

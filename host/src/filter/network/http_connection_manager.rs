@@ -5,7 +5,6 @@
 //! Everything runs on the connection's worker: the hyper service holds `Rc`s
 //! and HTTP/2 streams are spawned with `spawn_local`.
 
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -400,15 +399,18 @@ impl HttpConnectionManager {
             Err(Stop::Reply(r)) => return self.respond(&stream, *r).await,
             Err(Stop::Reset) => return stopped(Stop::Reset),
         };
-        let abort = Rc::new(RefCell::new(None));
-        let wake = Rc::new(tokio::sync::Notify::new());
-        let body = stream.request_body(Body::Incoming(body), abort.clone(), wake.clone());
+        let (body, aborted) = stream.request_body(Body::Incoming(body));
         let req = Request::from_parts(parts, body);
-        let resp = tokio::select! {
-            r = self.route(req, conn.downstream_remote) => r,
-            _ = wake.notified() => match abort.borrow_mut().take() {
-                Some(Stop::Reply(r)) => *r,
-                _ => return stopped(Stop::Reset),
+        let route = self.route(req, conn.downstream_remote);
+        let resp = match aborted {
+            None => route.await,
+            // A plugin may stop the stream while the body streams up.
+            Some(aborted) => tokio::select! {
+                r = route => r,
+                Ok(stop) = aborted => match stop {
+                    Stop::Reply(r) => *r,
+                    Stop::Reset => return stopped(Stop::Reset),
+                },
             },
         };
         if let Some(u) = resp.extensions().get::<router::UpstreamHost>() {
