@@ -392,11 +392,16 @@ fn time_environment_foreign_functions_and_grpc() {
         get(&s, "foreign", &[]).header("x-foreign"),
         Some("Some(NotFound)")
     );
+    // gRPC callouts end with UNIMPLEMENTED (12) in on_grpc_call_response,
+    // with a message from proxy_get_status.
     let r = get(&s, "grpc", &[]);
     assert_eq!(
         (r.status, r.body.as_str()),
-        (501, "grpc: Err(InternalFailure)\n"),
-        "a clear failure, not a trap"
+        (
+            502,
+            "grpc status 12 (12): gRPC callouts are not implemented by wasp\n"
+        ),
+        "a clear status, not a trap"
     );
     // Environment variables come only from vm_config.
     assert_eq!(get(&s, "env", &[]).header("x-env"), Some("<unset>"));

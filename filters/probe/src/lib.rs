@@ -156,6 +156,15 @@ struct Probe {
 }
 
 impl Context for Probe {
+    fn on_grpc_call_response(&mut self, _token: u32, status: u32, _size: usize) {
+        let (code, message) = self.get_grpc_status();
+        let msg = format!(
+            "grpc status {status} ({code}): {}\n",
+            message.unwrap_or_default()
+        );
+        self.send_http_response(502, vec![], Some(msg.as_bytes()));
+    }
+
     fn on_http_call_response(
         &mut self,
         _token: u32,
@@ -368,8 +377,11 @@ impl HttpContext for Probe {
                     None,
                     Duration::from_secs(1),
                 );
-                let msg = format!("grpc: {r:?}\n");
-                self.send_http_response(501, vec![], Some(msg.as_bytes()));
+                if let Err(e) = r {
+                    let msg = format!("grpc dispatch failed: {e:?}\n");
+                    self.send_http_response(500, vec![], Some(msg.as_bytes()));
+                }
+                // Answered from on_grpc_call_response.
                 return Action::Pause;
             }
             "panic" => panic!("probe was asked to panic"),

@@ -121,3 +121,31 @@ pub fn dispatch(
     });
     Ok(id)
 }
+
+/// gRPC status UNIMPLEMENTED.
+const GRPC_UNIMPLEMENTED: u32 = 12;
+
+/// Takes a gRPC call or stream from the effective context and ends it, on
+/// the next turn of the worker's loop, with UNIMPLEMENTED through
+/// `proxy_on_grpc_close`: wasp does not make gRPC callouts, and this is the
+/// answer every SDK handles (a failing hostcall status may make one panic).
+pub fn grpc_unimplemented(state: &mut HostState) -> Result<u32, Status> {
+    let root_id = state.root_of(state.effective).ok_or(Status::BadArgument)?;
+    let vm = state.vm.upgrade().ok_or(Status::InternalFailure)?;
+    state.next_call_id = state.next_call_id.wrapping_add(1).max(1);
+    let id = state.next_call_id;
+    state.calls.insert(id, PendingCall { root_id });
+    let generation = vm.generation();
+    let weak = Rc::downgrade(&vm);
+    tokio::task::spawn_local(async move {
+        if let Some(vm) = weak.upgrade() {
+            vm.grpc_close(
+                generation,
+                id,
+                GRPC_UNIMPLEMENTED,
+                "gRPC callouts are not implemented by wasp",
+            );
+        }
+    });
+    Ok(id)
+}

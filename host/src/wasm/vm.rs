@@ -90,6 +90,7 @@ struct Exports {
     on_response_body: Option<F3R>,
     on_response_trailers: Option<F2R>,
     on_http_call_response: Option<F5>,
+    on_grpc_close: Option<F3>,
     on_queue_ready: Option<F2>,
     on_foreign_function: Option<F3>,
 }
@@ -143,6 +144,7 @@ impl Exports {
             on_response_body: typed(instance, store, "proxy_on_response_body")?,
             on_response_trailers: typed(instance, store, "proxy_on_response_trailers")?,
             on_http_call_response: typed(instance, store, "proxy_on_http_call_response")?,
+            on_grpc_close: typed(instance, store, "proxy_on_grpc_close")?,
             on_queue_ready: typed(instance, store, "proxy_on_queue_ready")?,
             ..Exports::default()
         };
@@ -659,6 +661,33 @@ impl VmHandle {
                 ..CallScope::default()
             };
             let r = l.call(root, |s| f.call(s, (root, call_id, h, b, t)));
+            l.store.data_mut().scope = CallScope::default();
+            r
+        });
+    }
+
+    /// A gRPC call or stream ended with `status` (and `message`, for
+    /// `proxy_get_status` during the callback).
+    pub fn grpc_close(&self, generation: u64, call_id: u32, status: u32, message: &str) {
+        if generation != self.generation.get() {
+            return;
+        }
+        let Some((root, plugin)) = self.live.borrow_mut().as_mut().and_then(|l| {
+            let s = l.store.data_mut();
+            let root = s.calls.remove(&call_id)?.root_id;
+            Some((root, s.roots.get(&root)?.plugin.clone()))
+        }) else {
+            return;
+        };
+        self.with_live(&plugin, |l| {
+            let Some(f) = l.exports.on_grpc_close.clone() else {
+                return Ok(());
+            };
+            l.store.data_mut().scope = CallScope {
+                call_status: Some((status, message.to_string())),
+                ..CallScope::default()
+            };
+            let r = l.call(root, |s| f.call(s, (root, call_id, status)));
             l.store.data_mut().scope = CallScope::default();
             r
         });

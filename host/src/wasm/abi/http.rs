@@ -5,7 +5,7 @@ use bytes::{Bytes, BytesMut};
 use wasmtime::Linker;
 
 use super::headers::{self, MapMut};
-use super::memory::{copy_out, read, read_string, write_u32};
+use super::memory::{Ctx, copy_out, read, read_string, write_u32};
 use super::runtime::signal;
 use super::{AbiVersion, Status, pairs, proxy};
 use crate::wasm::context::{HostState, LocalResponse, StreamType};
@@ -330,8 +330,8 @@ pub fn add(linker: &mut Linker<HostState>, abi: AbiVersion) {
             Ok(Status::Ok)
         }
     );
-    // gRPC callouts are not implemented: a clear failure the SDKs handle
-    // (they panic on statuses they do not expect, which would trap).
+    // gRPC callouts are not implemented: the call is taken and ends with
+    // UNIMPLEMENTED in `proxy_on_grpc_close` (see callout.rs).
     proxy!(
         linker,
         "proxy_grpc_call",
@@ -347,36 +347,55 @@ pub fn add(linker: &mut Linker<HostState>, abi: AbiVersion) {
          _i: i32,
          _j: i32,
          _k: i32,
-         _l: i32| {
-            grpc_unsupported(c.data());
-            Ok(Status::InternalFailure)
-        }
+         token_out: i32| { grpc_unimplemented(&mut c, token_out) }
     );
     proxy!(
         linker,
         "proxy_grpc_stream",
-        |c, _a: i32, _b: i32, _c2: i32, _d: i32, _e: i32, _f: i32, _g: i32, _h: i32, _i: i32| {
-            grpc_unsupported(c.data());
-            Ok(Status::InternalFailure)
-        }
+        |c,
+         _a: i32,
+         _b: i32,
+         _c2: i32,
+         _d: i32,
+         _e: i32,
+         _f: i32,
+         _g: i32,
+         _h: i32,
+         token_out: i32| { grpc_unimplemented(&mut c, token_out) }
     );
     proxy!(
         linker,
         "proxy_grpc_send",
         |_c, _a: i32, _b: i32, _d: i32, _e: i32| { Ok(Status::NotFound) }
     );
-    proxy!(linker, "proxy_grpc_cancel", |_c, _a: i32| Ok(
-        Status::NotFound
+    // Cancelling or closing a call that has not ended yet drops it: no
+    // `proxy_on_grpc_close` follows, as in Envoy.
+    proxy!(linker, "proxy_grpc_cancel", |c, token: i32| Ok(
+        grpc_forget(c.data_mut(), token)
     ));
-    proxy!(linker, "proxy_grpc_close", |_c, _a: i32| Ok(
-        Status::NotFound
-    ));
+    proxy!(linker, "proxy_grpc_close", |c, token: i32| Ok(grpc_forget(
+        c.data_mut(),
+        token
+    )));
 }
 
-fn grpc_unsupported(state: &HostState) {
+fn grpc_unimplemented(c: &mut Ctx<'_>, token_out: i32) -> super::HostResult {
     super::runtime::log(
-        state,
+        c.data(),
         3,
-        "gRPC callouts are not supported by wasp (proxy_grpc_call/proxy_grpc_stream return INTERNAL_FAILURE)",
+        "gRPC callouts are not implemented by wasp: the call ends with UNIMPLEMENTED",
     );
+    // INTERNAL_FAILURE is the one failure every SDK expects here.
+    let Ok(id) = super::super::callout::grpc_unimplemented(c.data_mut()) else {
+        return Ok(Status::InternalFailure);
+    };
+    write_u32(c, token_out, id)?;
+    Ok(Status::Ok)
+}
+
+fn grpc_forget(state: &mut HostState, token: i32) -> Status {
+    match state.calls.remove(&(token as u32)) {
+        Some(_) => Status::Ok,
+        None => Status::NotFound,
+    }
 }
