@@ -147,3 +147,17 @@ def rss_kib(pids):
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
     return total
+
+
+def stop(proc):
+    """Ends a process started by a bench: SIGTERM first, so that nginx's
+    master takes its workers down with it (SIGKILL would orphan them),
+    then SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

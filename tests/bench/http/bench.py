@@ -14,7 +14,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchlib import (ROOT, children, cpu_ticks, free_port, http_proxy_config, nginx_conf,  # noqa: E402
-                      prepare, rss_kib, wait_port, wrk)
+                      prepare, rss_kib, stop, wait_port, wrk)
 
 
 def main():
@@ -86,7 +86,7 @@ def main():
             print(f"| {name} | {c} | {med[0]:,.0f} | {med[1]:.3f} | {med[2]:.1f} | {idle_rss[name]} |")
     finally:
         for p in procs:
-            p.kill()
+            stop(p)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

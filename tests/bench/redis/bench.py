@@ -12,7 +12,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchlib import ROOT, cpu_ticks, free_port, prepare, wait_port  # noqa: E402
+from benchlib import ROOT, cpu_ticks, free_port, prepare, stop, wait_port  # noqa: E402
 
 
 def proxy_config(port, redis_port):
@@ -130,7 +130,7 @@ def main():
             print(f"| {test} | {pipeline} | {rps / best_rps:.2f}x | {p99 / best_p99:.2f} |")
     finally:
         for p in procs:
-            p.kill()
+            stop(p)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchlib import (ROOT, children, cpu_ticks, free_port, http_proxy_config, nginx_conf,  # noqa: E402
-                      prepare, rss_kib, wait_port, wrk)
+                      prepare, rss_kib, stop, wait_port, wrk)
 
 
 def wasm_filter(code, name, value):
@@ -62,13 +62,11 @@ class Proxies:
         return p
 
     def stop(self, p):
-        p.kill()
-        p.wait()
+        stop(p)
 
     def close(self):
         for p in self.procs:
-            p.kill()
-            p.wait()
+            stop(p)
 
 
 def first_answer(port, deadline):
