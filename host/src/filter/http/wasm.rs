@@ -5,15 +5,18 @@
 //! Envoy. A callback that returns `PAUSE` parks the stream (not the worker)
 //! until the plugin calls `proxy_continue_stream` from some later callback
 //! (an http_call response, a tick, a queue); `proxy_send_local_response`
-//! answers in place of the upstream. Bodies go through a task per
-//! direction only when a plugin has a body callback: it buffers what a
-//! paused plugin holds (up to a limit: 413 for requests, reset for
-//! responses) and feeds the rest on as it is released.
+//! answers in place of the upstream. Bodies pass the body callbacks only
+//! when a plugin has them (every Rust SDK plugin does): a pump buffers what
+//! a paused plugin holds (up to a limit: 413 for requests, reset for
+//! responses) and feeds the rest on as it is released. The request body is
+//! pumped by a task (the upstream client needs a `Send` body); the response
+//! body is pumped in place as the client reads it ([`ResponseBody`]), so a
+//! ready frame leaves with the head and no task or channel is made.
 //!
 //! The stream's contexts end (done → log → delete) when the last holder of
-//! the [`WasmStream`] lets go: after the response body when a plugin
-//! watches it, else once the response head is on its way, and also when
-//! the client goes away mid-stream.
+//! the [`WasmStream`] lets go: the response body keeps it until the
+//! response is out, so `on_log` comes after it, as in Envoy; also when the
+//! client goes away mid-stream.
 
 use std::cell::RefCell;
 use std::rc::Rc;
