@@ -630,14 +630,7 @@ impl VmHandle {
 
     /// An http_call finished (`None`: it failed or timed out).
     pub fn call_response(&self, generation: u64, call_id: u32, response: Option<CallResponse>) {
-        if generation != self.generation.get() {
-            return;
-        }
-        let Some((root, plugin)) = self.live.borrow_mut().as_mut().and_then(|l| {
-            let s = l.store.data_mut();
-            let root = s.calls.remove(&call_id)?.root_id;
-            Some((root, s.roots.get(&root)?.plugin.clone()))
-        }) else {
+        let Some((root, plugin)) = self.take_call(generation, call_id) else {
             return;
         };
         self.with_live(&plugin, |l| {
@@ -669,14 +662,7 @@ impl VmHandle {
     /// A gRPC call or stream ended with `status` (and `message`, for
     /// `proxy_get_status` during the callback).
     pub fn grpc_close(&self, generation: u64, call_id: u32, status: u32, message: &str) {
-        if generation != self.generation.get() {
-            return;
-        }
-        let Some((root, plugin)) = self.live.borrow_mut().as_mut().and_then(|l| {
-            let s = l.store.data_mut();
-            let root = s.calls.remove(&call_id)?.root_id;
-            Some((root, s.roots.get(&root)?.plugin.clone()))
-        }) else {
+        let Some((root, plugin)) = self.take_call(generation, call_id) else {
             return;
         };
         self.with_live(&plugin, |l| {
@@ -691,6 +677,18 @@ impl VmHandle {
             l.store.data_mut().scope = CallScope::default();
             r
         });
+    }
+
+    /// The root context and plugin of a pending call, which ends here;
+    /// `None` if it was cancelled or its VM is not the live one any more.
+    fn take_call(&self, generation: u64, call_id: u32) -> Option<(u32, Arc<PluginSettings>)> {
+        if generation != self.generation.get() {
+            return None;
+        }
+        let mut live = self.live.borrow_mut();
+        let s = live.as_mut()?.store.data_mut();
+        let root = s.calls.remove(&call_id)?.root_id;
+        Some((root, s.roots.get(&root)?.plugin.clone()))
     }
 
     pub fn generation(&self) -> u64 {
