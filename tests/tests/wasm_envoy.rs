@@ -67,22 +67,16 @@ impl Pair {
         }
     }
 
-    /// The same curl request (`args`, then the URL for `path`) to both,
-    /// Envoy first: (envoy, wasp).
-    fn curl(&self, args: &[&str], path: &str) -> (CurlResponse, CurlResponse) {
+    /// Sends the request to both and asserts the answers match, with each
+    /// side's own listener port replaced by `<port>`.
+    fn same(&self, args: &[&str], path: &str) -> (CurlResponse, CurlResponse) {
         let ask = |side: &Side| {
             let url = format!("http://127.0.0.1:{}{path}", side.port);
             let mut all = args.to_vec();
             all.push(&url);
             curl(&all)
         };
-        (ask(&self.envoy), ask(&self.wasp))
-    }
-
-    /// Sends the request to both and asserts the answers match, with each
-    /// side's own listener port replaced by `<port>`.
-    fn same(&self, args: &[&str], path: &str) -> (CurlResponse, CurlResponse) {
-        let (e, w) = self.curl(args, path);
+        let (e, w) = (ask(&self.envoy), ask(&self.wasp));
         let (e, w) = (unport(e, self.envoy.port), unport(w, self.wasp.port));
         assert_same(&e, &w, &format!("{args:?} {path}"));
         (e, w)
@@ -107,10 +101,6 @@ impl Pair {
             !e.streams.is_empty(),
             "no {plugin} log lines in Envoy's log:\n{}",
             self.envoy.proxy.log()
-        );
-        eprintln!(
-            "{plugin} log lines, the same in both:\n{:#?}\n{:#?}",
-            e.streams, e.roots
         );
         assert_eq!(
             e.streams,
@@ -234,16 +224,22 @@ fn filter_log(log: &str, plugin: &str) -> FilterLog {
     out
 }
 
-/// Both proxies with the `probe` filter (plugin configuration `config`) in
-/// front of a JSON backend, which is also cluster `auth`.
-fn probe_pair(config: &str) -> Pair {
+/// Both proxies with filter `name` from `filters/` (plugin configuration
+/// `config`, `extra` lines in its plugin config) in front of a JSON
+/// backend, which is also cluster `auth`; `clusters` are added as they are.
+fn filter_pair(name: &str, config: &str, extra: &str, clusters: &str) -> Pair {
     let backend = HttpBackend::start("backend");
-    let code = filter("probe");
-    let filters = http_filter("probe", code.to_str().unwrap(), config, "");
-    let clusters = cluster("backend", backend.addr) + &cluster("auth", backend.addr);
+    let code = filter(name);
+    let filters = http_filter(name, code.to_str().unwrap(), config, extra);
+    let clusters = cluster("backend", backend.addr) + &cluster("auth", backend.addr) + clusters;
     Pair::start(Box::new(backend), |port| {
         http_config(port, &filters, &clusters)
     })
+}
+
+/// The `probe` filter with plugin configuration `config`.
+fn probe_pair(config: &str) -> Pair {
+    filter_pair("probe", config, "", "")
 }
 
 fn probe_args<'a>(action: &'a str, extra: &[&'a str]) -> Vec<String> {
@@ -344,15 +340,8 @@ fn streamed_bodies() {
 
 #[test]
 fn http_calls() {
-    let backend = HttpBackend::start("backend");
     let dead: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let code = filter("probe");
-    let filters = http_filter("probe", code.to_str().unwrap(), "", "");
-    let clusters =
-        cluster("backend", backend.addr) + &cluster("auth", backend.addr) + &cluster("dead", dead);
-    let pair = Pair::start(Box::new(backend), |port| {
-        http_config(port, &filters, &clusters)
-    });
+    let pair = filter_pair("probe", "", "", &cluster("dead", dead));
     // Allowed: the call's body (the backend's JSON about the call) is
     // added to the upstream request.
     let (e, _) = probe_same(&pair, "auth", &["x-probe-auth-path: /check?q=ok"]);
@@ -434,13 +423,7 @@ fn logging_time_and_foreign_functions() {
 
 #[test]
 fn a_second_filter_binary() {
-    let backend = HttpBackend::start("backend");
-    let code = filter("add_header");
-    let filters = http_filter("add_header", code.to_str().unwrap(), "diff", "");
-    let clusters = cluster("backend", backend.addr);
-    let pair = Pair::start(Box::new(backend), |port| {
-        http_config(port, &filters, &clusters)
-    });
+    let pair = filter_pair("add_header", "diff", "", "");
     let (e, _) = pair.same(&[], "/x");
     assert_eq!(e.header("x-wasm-filter"), Some("diff"));
     assert_eq!(e.json()["headers"]["x-wasm-filter"], "diff");
@@ -490,24 +473,18 @@ fn network_filter_in_front_of_tcp_proxy() {
     }
 }
 
-/// The same, with `extra` added to the plugin config.
-fn probe_pair_with(config: &str, extra: &str) -> Pair {
-    let backend = HttpBackend::start("backend");
-    let code = filter("probe");
-    let filters = http_filter("probe", code.to_str().unwrap(), config, extra);
-    let clusters = cluster("backend", backend.addr);
-    Pair::start(Box::new(backend), |port| {
-        http_config(port, &filters, &clusters)
-    })
-}
-
 /// A panicking filter: the stream gets the failure policy's answer, the
 /// same from both. With FAIL_RELOAD both then serve from a new VM. (After a
 /// failure under `fail_open` or FAIL_CLOSED Envoy keeps the plugin off or
 /// answers 503 for good, where wasp rebuilds the VM: not compared.)
 #[test]
 fn a_trapping_filter_and_failure_policies() {
-    let pair = probe_pair_with("", "                failure_policy: FAIL_RELOAD\n");
+    let pair = filter_pair(
+        "probe",
+        "",
+        "                failure_policy: FAIL_RELOAD\n",
+        "",
+    );
     let (e, _) = pair.same(&["-H", "x-probe: panic"], "/p");
     assert_eq!(e.status, 503);
     // Envoy reloads after a back-off (1 s by default), wasp at once.
@@ -519,7 +496,7 @@ fn a_trapping_filter_and_failure_policies() {
     }
     pair.same(&["-H", "x-probe: headers"], "/after");
 
-    let pair = probe_pair_with("", "                fail_open: true\n");
+    let pair = filter_pair("probe", "", "                fail_open: true\n", "");
     let (e, _) = pair.same(&["-H", "x-probe: panic"], "/p");
     assert_eq!(e.status, 200);
 }
