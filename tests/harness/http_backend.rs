@@ -2,7 +2,7 @@
 //! (prior knowledge) on one port, on its own thread and runtime.
 //!
 //! Every response is JSON describing what the backend saw: its name, the
-//! method, path, HTTP version and request headers. `?delay_ms=N` waits
+//! method, path, HTTP version, authority and request headers. `?delay_ms=N` waits
 //! before answering; `?status=N` answers with that status.
 
 use std::convert::Infallible;
@@ -140,6 +140,18 @@ async fn answer_json(
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
         .collect();
+    // Host on HTTP/1.1, `:authority` on HTTP/2.
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            headers
+                .get("host")
+                .and_then(|h| h.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
     let (method, path, version) = (
         req.method().to_string(),
         req.uri()
@@ -159,6 +171,7 @@ async fn answer_json(
         "method": method,
         "path": path,
         "version": version,
+        "authority": authority,
         "headers": headers,
         "body_len": body.len(),
     });

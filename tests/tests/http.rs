@@ -93,6 +93,10 @@ fn the_v2_front_proxy_example_routes_each_service() {
             assert_eq!(seen["name"], name);
             assert_eq!(seen["path"], path);
             assert_eq!(seen["version"], "HTTP/2.0", "upstream speaks HTTP/2");
+            // The client's authority goes upstream as `:authority`, as in
+            // Envoy, not the endpoint's address.
+            assert_eq!(seen["authority"], format!("127.0.0.1:{port}"));
+            assert!(seen["headers"].get("host").is_none());
             assert_eq!(r.header("x-backend"), Some(name));
             assert!(r.header("x-envoy-upstream-service-time").is_some());
             // The router adds what Envoy adds.

@@ -1,27 +1,23 @@
 //! The router: sends a request to an endpoint of its route's cluster and
 //! streams the response back, answering Envoy's way when it cannot.
 //!
-//! Each worker keeps one hyper client per cluster (HTTP/1.1 keep-alive, or
-//! HTTP/2 when the cluster sets `http2_protocol_options`). wasp's own load
-//! balancer picks the endpoint, and the request's URI is pointed at it, so
-//! the client's pool (keyed by authority) keeps per-endpoint connections.
+//! wasp's own load balancer picks the endpoint; the worker's pool for it
+//! ([`Pools`]) has the connection (HTTP/1.1 keep-alive, or HTTP/2 when the
+//! cluster sets `http2_protocol_options`).
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-
 use tokio::time::Instant;
 
+use super::pool::{Pools, SendError};
 use super::route::RetryPolicy;
-use crate::cluster::{LbContext, WorkerCluster};
+use crate::cluster::{ConnectError, LbContext, WorkerCluster};
 
 pub use super::body::Body;
 
@@ -44,24 +40,18 @@ pub fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamHost(pub std::net::SocketAddr);
 
-/// One worker's client for one cluster.
+/// One worker's sender for one cluster.
 pub struct Upstream {
     pub cluster: Rc<WorkerCluster>,
-    client: Client<HttpConnector, Body>,
+    pools: Pools,
 }
 
 impl Upstream {
     pub fn new(cluster: Rc<WorkerCluster>) -> Self {
-        let settings = &cluster.cluster.settings;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .http2_only(settings.http2)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .build(connector);
-        Upstream { cluster, client }
+        Upstream {
+            pools: Pools::new(cluster.clone()),
+            cluster,
+        }
     }
 
     /// Sends `req` (its URI holding only path and query) to an endpoint and
@@ -77,14 +67,24 @@ impl Upstream {
         hash: Option<u64>,
         auto_host: bool,
     ) -> Response<Body> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let Some(retry) = retry else {
-            let per_try = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            return self
-                .attempt(req, per_try, hash, auto_host)
+        match retry {
+            None => self
+                .attempt(req, timeout, hash, auto_host)
                 .await
-                .into_response();
-        };
+                .into_response(),
+            Some(retry) => Box::pin(self.retried(req, timeout, retry, hash, auto_host)).await,
+        }
+    }
+
+    async fn retried(
+        &self,
+        req: Request<Body>,
+        timeout: Option<Duration>,
+        retry: &RetryPolicy,
+        hash: Option<u64>,
+        auto_host: bool,
+    ) -> Response<Body> {
+        let deadline = timeout.map(|t| Instant::now() + t);
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, MAX_RETRY_BODY).collect().await {
             Ok(b) => b.to_bytes(),
@@ -123,9 +123,10 @@ impl Upstream {
     /// async client, an unreachable or empty cluster is a 503 answer.
     pub async fn call(&self, req: Request<Full<Bytes>>) -> Option<Response<Body>> {
         match self.attempt(req.map(Body::Full), None, None, false).await {
-            a @ (Attempt::Response(_) | Attempt::NoHealthyUpstream | Attempt::ConnectFailure) => {
-                Some(a.into_response())
-            }
+            a @ (Attempt::Response(_)
+            | Attempt::NoHealthyUpstream
+            | Attempt::ConnectFailure
+            | Attempt::ConnectTimeout) => Some(a.into_response()),
             Attempt::BadRequest | Attempt::Reset | Attempt::Timeout => None,
         }
     }
@@ -142,33 +143,42 @@ impl Upstream {
             stats.upstream_cx_none_healthy.inc();
             return Attempt::NoHealthyUpstream;
         };
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let uri: Uri = match format!("http://{}{path}", endpoint.address).parse() {
-            Ok(u) => u,
-            Err(_) => return Attempt::BadRequest,
-        };
-        *req.uri_mut() = uri;
         if auto_host && !endpoint.hostname.is_empty() {
             if let Ok(v) = HeaderValue::from_str(&endpoint.hostname) {
                 req.headers_mut().insert(http::header::HOST, v);
             }
         }
+        let path = std::mem::take(req.uri_mut())
+            .into_parts()
+            .path_and_query
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         if self.cluster.cluster.settings.http2 {
-            // hyper derives :authority from the URI, which names the chosen
-            // endpoint so that its pool keeps per-endpoint connections; a
-            // Host header beside it would contradict :authority.
-            // TODO(issue 4): carry the client's authority on HTTP/2 too,
-            // with a per-endpoint pool of our own.
-            req.headers_mut().remove(http::header::HOST);
+            // HTTP/2 carries the authority as `:authority`, taken from the
+            // URI; a Host header beside it would contradict it.
+            let host = req.headers_mut().remove(http::header::HOST);
+            let authority = host
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .unwrap_or_else(|| {
+                    Authority::try_from(endpoint.address.to_string()).expect("ip:port")
+                });
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(authority);
+            parts.path_and_query = Some(path);
+            match Uri::from_parts(parts) {
+                Ok(u) => *req.uri_mut() = u,
+                Err(_) => return Attempt::BadRequest,
+            }
             *req.version_mut() = http::Version::HTTP_2;
         } else {
+            *req.uri_mut() = Uri::from(path);
             *req.version_mut() = http::Version::HTTP_11;
         }
         stats.upstream_rq_total.inc();
         stats.upstream_rq_active.inc();
         endpoint.stats.rq_total.fetch_add(1, Ordering::Relaxed);
         endpoint.stats.rq_active.fetch_add(1, Ordering::Relaxed);
-        let sent = self.client.request(req);
+        let sent = std::pin::pin!(self.pools.send(&endpoint, req));
         let result = match timeout {
             Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
             None => Ok(sent.await),
@@ -181,15 +191,18 @@ impl Upstream {
                 resp.extensions_mut().insert(UpstreamHost(endpoint.address));
                 Attempt::Response(resp)
             }
-            Ok(Err(e)) => {
+            Ok(Err(SendError::Connect(e))) => {
+                endpoint.stats.rq_error.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(cluster = %self.cluster.cluster.name(), error = %e, "upstream connect failed");
+                match e {
+                    ConnectError::Timeout(_) => Attempt::ConnectTimeout,
+                    _ => Attempt::ConnectFailure,
+                }
+            }
+            Ok(Err(SendError::Upstream(e))) => {
                 endpoint.stats.rq_error.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(cluster = %self.cluster.cluster.name(), endpoint = %endpoint.address, error = %e, "upstream request failed");
-                if e.is_connect() {
-                    stats.upstream_cx_connect_fail.inc();
-                    Attempt::ConnectFailure
-                } else {
-                    Attempt::Reset
-                }
+                Attempt::Reset
             }
             Err(()) => {
                 endpoint.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
@@ -205,10 +218,11 @@ pub const MAX_RETRY_BODY: usize = 1024 * 1024;
 
 /// How one try ended.
 enum Attempt {
-    Response(Response<Incoming>),
+    Response(Response<Body>),
     NoHealthyUpstream,
     BadRequest,
     ConnectFailure,
+    ConnectTimeout,
     Reset,
     Timeout,
 }
@@ -222,7 +236,9 @@ impl Attempt {
                     || (p.on_gateway_error && matches!(s, 502..=504))
                     || p.retriable_status_codes.contains(&s)
             }
-            Attempt::ConnectFailure => p.on_5xx || p.on_gateway_error || p.on_connect_failure,
+            Attempt::ConnectFailure | Attempt::ConnectTimeout => {
+                p.on_5xx || p.on_gateway_error || p.on_connect_failure
+            }
             Attempt::Reset => p.on_5xx || p.on_reset,
             Attempt::Timeout => p.on_5xx || p.on_gateway_error,
             Attempt::NoHealthyUpstream | Attempt::BadRequest => false,
@@ -232,7 +248,7 @@ impl Attempt {
     /// The response the client gets: the upstream's, or Envoy's local one.
     fn into_response(self) -> Response<Body> {
         match self {
-            Attempt::Response(r) => r.map(Body::Incoming),
+            Attempt::Response(r) => r,
             Attempt::NoHealthyUpstream => {
                 local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")
             }
@@ -240,6 +256,10 @@ impl Attempt {
             Attempt::ConnectFailure => local(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+            ),
+            Attempt::ConnectTimeout => local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection timeout",
             ),
             Attempt::Reset => local(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -22,6 +22,7 @@ use crate::cluster::WorkerClusters;
 use crate::config::path::{index, join};
 use crate::config::{CodecType, HttpConnectionManagerConfig, HttpFilterConfig, ValidationError};
 use crate::filter::http::body::{BoxError, ResponseBody};
+use crate::filter::http::pool::LocalExec;
 use crate::filter::http::route::{Action, RouteTable, redirect_location};
 use crate::filter::http::router::{self, Body, Upstream};
 use crate::filter::http::wasm::{Stop, WasmStream};
@@ -181,16 +182,6 @@ pub struct HttpConnectionManager {
     stats: HttpStats,
 }
 
-/// Runs hyper's HTTP/2 stream tasks on the worker's `LocalSet`.
-#[derive(Clone, Copy)]
-struct LocalExec;
-
-impl<F: std::future::Future + 'static> hyper::rt::Executor<F> for LocalExec {
-    fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
-    }
-}
-
 const HOP_BY_HOP: [HeaderName; 5] = [
     header::CONNECTION,
     header::TRANSFER_ENCODING,
@@ -332,16 +323,19 @@ impl HttpConnectionManager {
                 ..HttpInfo::default()
             }
         });
-        let routed = async {
+        // Futures are moved by memcpy as they nest, so the common path
+        // keeps them small: the wasm one is boxed, and this one is pinned
+        // in place rather than moved into the timeout.
+        let routed = std::pin::pin!(async {
             if self.filters.is_empty() {
                 Ok(self
                     .route(req.map(Body::Incoming), peer)
                     .await
                     .map(ResponseBody::from))
             } else {
-                self.filtered(req, conn).await
+                Box::pin(self.filtered(req, conn)).await
             }
-        };
+        });
         let result = match self.settings.response_deadline {
             None => routed.await,
             Some(limit) => match tokio::time::timeout(limit, routed).await {
