@@ -387,7 +387,11 @@ impl RouteTable {
     /// longest `*.suffix`, then the longest `prefix.*`, then `*`; with the
     /// port, then without it), then the first route that matches.
     pub fn find(&self, host: &str, path: &str, headers: &HeaderMap) -> Option<Matched<'_>> {
-        let host = host.to_ascii_lowercase();
+        let host: std::borrow::Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            host.to_ascii_lowercase().into()
+        } else {
+            host.into()
+        };
         let vh = self.virtual_host(&host).or_else(|| {
             let (h, port) = host.rsplit_once(':')?;
             port.parse::<u16>().ok()?;

@@ -454,12 +454,14 @@ impl HttpConnectionManager {
     }
 
     async fn route(&self, mut req: Request<Body>, peer: SocketAddr) -> Response<Body> {
-        let host = authority(&req);
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
+        // Owned but cheap: both share the bytes hyper read the request into.
+        let host_header = req.headers().get(header::HOST).cloned();
+        let host = match &host_header {
+            Some(h) => std::borrow::Cow::Borrowed(h.to_str().unwrap_or("")),
+            None => authority(&req).into(),
+        };
+        let path_and_query = req.uri().path_and_query().cloned();
+        let path = path_and_query.as_ref().map_or("/", |p| p.as_str());
         let routes = &self.settings.routes;
         let Some(matched) = routes.find(&host, &path, req.headers()) else {
             self.stats.no_route.inc();
@@ -473,7 +475,7 @@ impl HttpConnectionManager {
             }
             Action::Redirect(r) => {
                 self.stats.rq_redirect.inc();
-                let (status, location) = redirect_location(r, route, &host, &path);
+                let (status, location) = redirect_location(r, route, &host, path);
                 let mut resp = router::local(status, "");
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     resp.headers_mut().insert(header::LOCATION, v);
@@ -485,21 +487,34 @@ impl HttpConnectionManager {
                     return router::local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
                 };
                 let hash = fwd.hash(req.headers(), req.uri().query(), peer.ip());
-                let upstream_path = match (&fwd.prefix_rewrite, &fwd.regex_rewrite) {
-                    (Some(pr), _) => route.rewrite_path(&path, pr),
+                let rewritten = match (&fwd.prefix_rewrite, &fwd.regex_rewrite) {
+                    (Some(pr), _) => Some(route.rewrite_path(path, pr)),
                     (None, Some((re, substitution))) => {
                         let (p, q) = path
                             .split_once('?')
-                            .map_or((path.as_str(), None), |(p, q)| (p, Some(q)));
+                            .map_or((path, None), |(p, q)| (p, Some(q)));
                         let p = re.replace_all(p, substitution.as_str());
-                        q.map_or_else(|| p.to_string(), |q| format!("{p}?{q}"))
+                        Some(q.map_or_else(|| p.to_string(), |q| format!("{p}?{q}")))
                     }
-                    (None, None) => path.clone(),
+                    (None, None) => None,
                 };
-                if let Ok(uri) = upstream_path.parse() {
+                if let Some(uri) = rewritten.and_then(|p| p.parse().ok()) {
                     *req.uri_mut() = uri;
                 }
-                self.prepare_upstream_request(&mut req, &host, fwd.host_rewrite.as_deref());
+                let headers = req.headers_mut();
+                for h in &HOP_BY_HOP {
+                    headers.remove(h);
+                }
+                // The client's Host goes upstream as it came, unless rewritten
+                // (or the client spoke HTTP/2, which has no Host header).
+                let new_host = match fwd.host_rewrite.as_deref() {
+                    Some(rewrite) => Some(rewrite),
+                    None if host_header.is_none() => Some(&*host),
+                    None => None,
+                };
+                if let Some(v) = new_host.and_then(|h| HeaderValue::from_str(h).ok()) {
+                    headers.insert(header::HOST, v);
+                }
                 for level in matched.levels.iter().rev() {
                     level.0.apply(req.headers_mut());
                 }
@@ -526,10 +541,10 @@ impl HttpConnectionManager {
                         fwd.auto_host_rewrite,
                     )
                     .await;
-                if let Ok(v) = HeaderValue::from_str(&sent.elapsed().as_millis().to_string()) {
-                    resp.headers_mut()
-                        .insert(HeaderName::from_static("x-envoy-upstream-service-time"), v);
-                }
+                resp.headers_mut().insert(
+                    HeaderName::from_static("x-envoy-upstream-service-time"),
+                    HeaderValue::from(sent.elapsed().as_millis() as u64),
+                );
                 for h in &HOP_BY_HOP {
                     resp.headers_mut().remove(h);
                 }
@@ -541,22 +556,6 @@ impl HttpConnectionManager {
             level.1.apply(resp.headers_mut());
         }
         resp
-    }
-
-    fn prepare_upstream_request(
-        &self,
-        req: &mut Request<Body>,
-        host: &str,
-        host_rewrite: Option<&str>,
-    ) {
-        let headers = req.headers_mut();
-        for h in &HOP_BY_HOP {
-            headers.remove(h);
-        }
-        let host = host_rewrite.unwrap_or(host);
-        if let Ok(v) = HeaderValue::from_str(host) {
-            headers.insert(header::HOST, v);
-        }
     }
 
     /// What Envoy's connection manager adds before any HTTP filter sees
@@ -580,7 +579,7 @@ impl HttpConnectionManager {
             );
         }
         if self.settings.generate_request_id && !headers.contains_key("x-request-id") {
-            if let Ok(v) = HeaderValue::from_str(&request_id()) {
+            if let Ok(v) = HeaderValue::from_bytes(&request_id()) {
                 headers.insert(HeaderName::from_static("x-request-id"), v);
             }
         }
@@ -613,15 +612,45 @@ fn authority<B>(req: &Request<B>) -> String {
         .unwrap_or_default()
 }
 
-/// A random (version 4) UUID, as Envoy's x-request-id.
-fn request_id() -> String {
-    let (a, b) = (fastrand::u64(..), fastrand::u64(..));
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0x0fff,
-        (b >> 48) & 0x3fff | 0x8000,
-        b & 0xffff_ffff_ffff
-    )
+/// A random (version 4) UUID, as Envoy's x-request-id, written out
+/// without the formatting machinery (this runs for every request).
+fn request_id() -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // 122 random bits, then the version (4) and variant (10) bits.
+    let bits = (u128::from(fastrand::u64(..)) << 64 | u128::from(fastrand::u64(..)))
+        & !(0xf000 << 64 | 0xc000 << 48)
+        | (0x4000 << 64 | 0x8000 << 48);
+    let mut out = [b'-'; 36];
+    let mut nibble = 32;
+    for (i, o) in out.iter_mut().enumerate() {
+        if !matches!(i, 8 | 13 | 18 | 23) {
+            nibble -= 1;
+            *o = HEX[(bits >> (nibble * 4)) as usize & 0xf];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_version_4_uuids() {
+        let a = super::request_id();
+        let s = std::str::from_utf8(&a).unwrap();
+        let groups: Vec<&str> = s.split('-').collect();
+        assert_eq!(
+            groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(
+            s.bytes()
+                .all(|b| b == b'-' || b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert!(groups[2].starts_with('4'), "{s}");
+        assert!(
+            matches!(groups[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'),
+            "{s}"
+        );
+        assert_ne!(a, super::request_id());
+    }
 }
