@@ -139,12 +139,15 @@ def wrk(port, connections, seconds):
     return rps, percentile("50"), percentile("99"), total
 
 
-def rss_kib(pids):
+def rss_kib(pids, field="VmRSS"):
+    """Resident memory of `pids` in KiB: all of it, or one part of it
+    (`RssAnon`: the process's own memory, without the mapped files that
+    other processes share)."""
     total = 0
     for pid in pids:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     total += int(line.split()[1])
     return total
 

@@ -669,3 +669,59 @@ fn draining_closes_idle_keep_alive_connections() {
     // The client sees the close.
     assert_eq!(c.read(&mut buf).unwrap_or(0), 0);
 }
+
+/// A loopback listener whose accept queue is full (backlog 0, one
+/// connection waiting in it): the kernel drops further SYNs, so connecting
+/// to it times out. Both halves must stay alive while it is used.
+fn black_hole() -> (socket2::Socket, std::net::TcpStream, SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    s.listen(0).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    let waiting = std::net::TcpStream::connect(addr).unwrap();
+    (s, waiting, addr)
+}
+
+#[test]
+fn upstream_connections_are_reused_and_connect_timeouts_answered() {
+    let a = HttpBackend::start("a");
+    let (_hole, _waiting, hole) = black_hole();
+    let port = free_port();
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/hole\" }\n                route: { cluster: hole }\n              - match: { prefix: \"/\" }\n                route: { cluster: a }\n";
+    let clusters = wasp_tests::config::cluster("a", "ROUND_ROBIN", &[(a.addr, 1)], "")
+        + &wasp_tests::config::cluster("hole", "ROUND_ROBIN", &[(hole, 1)], "")
+            .replace("connect_timeout: 1s", "connect_timeout: 0.3s");
+    // One worker: pools are per worker.
+    let wasp = Proxy::start(&hcm(port, vhosts, "", &clusters), &["--concurrency", "1"]);
+    // One client connection after another: the upstream connection is kept
+    // alive between them and taken again from the worker's pool.
+    for i in 0..5 {
+        let r = curl(&[&format!("http://127.0.0.1:{port}/n{i}")]);
+        assert_eq!(
+            (r.status, r.json()["path"].as_str()),
+            (200, Some(&*format!("/n{i}")))
+        );
+    }
+    assert_eq!(wasp.stat("cluster.a.upstream_rq_total"), 5);
+    assert_eq!(
+        wasp.stat("cluster.a.upstream_cx_total"),
+        1,
+        "one connection, reused"
+    );
+    assert_eq!(wasp.stat("cluster.a.upstream_cx_active"), 1);
+
+    let started = std::time::Instant::now();
+    let r = curl(&[&format!("http://127.0.0.1:{port}/hole")]);
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (
+            503,
+            "upstream connect error or disconnect/reset before headers. reset reason: connection timeout"
+        )
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    assert_eq!(wasp.stat("cluster.hole.upstream_cx_connect_timeout"), 1);
+    assert_eq!(wasp.stat("cluster.hole.upstream_cx_connect_fail"), 1);
+}

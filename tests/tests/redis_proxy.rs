@@ -101,6 +101,9 @@ fn every_command_family_works_across_shards() {
     let pairs: Vec<(String, String)> = (0..30)
         .map(|i| (format!("k{i}"), format!("v{i}")))
         .collect();
+    for server in &s.servers {
+        server.command(&["CONFIG", "RESETSTAT"]);
+    }
     let _: () = c.mset(&pairs).unwrap();
     let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
     let mut with_missing = keys.clone();
@@ -111,9 +114,21 @@ fn every_command_family_works_across_shards() {
         assert_eq!(v.as_deref(), Some(format!("v{i}").as_str()));
     }
     assert_eq!(values[30], None);
+    // Each shard got its keys in one MSET and one MGET, not a command per key.
+    for server in &s.servers {
+        let stats = server.command(&["INFO", "commandstats"]);
+        for (cmd, calls) in [("mset", 1), ("mget", 1), ("set", 0), ("get", 0)] {
+            let seen = stats
+                .split(&format!("cmdstat_{cmd}:calls="))
+                .nth(1)
+                .and_then(|rest| rest.split(',').next()?.parse::<u32>().ok())
+                .unwrap_or(0);
+            assert_eq!(seen, calls, "{cmd} on a shard: {stats}");
+        }
+    }
+
     let owners: std::collections::HashSet<_> = keys.iter().map(|k| s.owner(k).unwrap()).collect();
     assert_eq!(owners.len(), 3, "30 keys spread over all three shards");
-
     // DEL, EXISTS, TOUCH, UNLINK sum over shards.
     assert_eq!(
         redis::cmd("EXISTS")

@@ -65,6 +65,7 @@ def main():
         pids["nginx"] = children(procs[3].pid)
         pids["backend (direct)"] = children(procs[0].pid)
         idle_rss = {name: rss_kib(p) for name, p in pids.items()}
+        idle_anon = {name: rss_kib(p, "RssAnon") for name, p in pids.items()}
         hz = os.sysconf("SC_CLK_TCK")
         results = {}
         for r in range(args.rounds):
@@ -79,11 +80,23 @@ def main():
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
         print(f"\nwrk -t1 -d{args.seconds}s, medians of {args.rounds} interleaved rounds, proxies with 1 worker, "
               f"nginx backend returning a 23-byte body\n")
-        print("| target | -c | requests/s | p99 ms | CPU µs/request | idle RSS KiB |")
+        print("| target | -c | requests/s | p99 ms | CPU µs/request | idle RSS KiB (anonymous) |")
         print("|---|---|---|---|---|---|")
+        med = {}
         for (name, c), vs in sorted(results.items()):
-            med = [statistics.median(v[i] for v in vs) for i in range(3)]
-            print(f"| {name} | {c} | {med[0]:,.0f} | {med[1]:.3f} | {med[2]:.1f} | {idle_rss[name]} |")
+            med[(name, c)] = [statistics.median(v[i] for v in vs) for i in range(3)]
+            rps, p99, cpu = med[(name, c)]
+            print(f"| {name} | {c} | {rps:,.0f} | {p99:.3f} | {cpu:.1f} | "
+                  f"{idle_rss[name]} ({idle_anon[name]}) |")
+        print("\nwasp against the better of nginx and HAProxy for each figure (idle RSS: against nginx):\n")
+        print("| -c | requests/s ratio | CPU/request ratio | p99 ratio | idle RSS ratio |")
+        print("|---|---|---|---|---|")
+        rss = idle_rss["wasp"] / idle_rss["nginx"]
+        for c in (1, 50, 200):
+            rps, p99, cpu = med[("wasp", c)]
+            others = [med[(o, c)] for o in ("nginx", "haproxy")]
+            print(f"| {c} | {rps / max(o[0] for o in others):.2f}x | {cpu / min(o[2] for o in others):.2f} | "
+                  f"{p99 / min(o[1] for o in others):.2f} | {rss:.2f} |")
     finally:
         for p in procs:
             stop(p)

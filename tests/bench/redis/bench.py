@@ -5,11 +5,13 @@ import argparse
 import csv
 import io
 import os
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchlib import ROOT, cpu_ticks, free_port, prepare, stop, wait_port  # noqa: E402
@@ -41,13 +43,27 @@ def proxy_config(port, redis_port):
 """
 
 
+# redis-benchmark has no MGET test (`-t mget` runs nothing), so MGET runs as
+# a custom command: 10 keys out of the 10,000 the SET test writes (`-r`).
+MGET = ["MGET", *["key:__rand_int__"] * 10]
+
+
+def client_cpu():
+    """CPU seconds used by the bench's finished children (redis-benchmark)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def bench(port, pipeline):
-    out = subprocess.run(
-        ["redis-benchmark", "-p", str(port), "-t", "set,get", "-c", "50", "-n", "200000",
-         "-P", str(pipeline), "--csv"],
-        capture_output=True, text=True, timeout=600, check=True).stdout
-    rows = list(csv.DictReader(io.StringIO(out)))
-    return {r["test"]: (float(r["rps"]), float(r["p99_latency_ms"])) for r in rows}
+    """{test: (rps, p99 ms)} for SET, GET and MGET (10 keys)."""
+    base = ["redis-benchmark", "-p", str(port), "-c", "50", "-n", "200000", "-r", "10000",
+            "-P", str(pipeline), "--csv"]
+    results = {}
+    for args, label in ((["-t", "set,get"], None), (MGET, "MGET (10 keys)")):
+        out = subprocess.run(base + args, capture_output=True, text=True, timeout=600, check=True).stdout
+        for r in csv.DictReader(io.StringIO(out)):
+            results[label or r["test"]] = (float(r["rps"]), float(r["p99_latency_ms"]))
+    return results
 
 
 def main():
@@ -87,6 +103,7 @@ def main():
         pids["twemproxy"] = [procs[-1].pid]
         hz = os.sysconf("SC_CLK_TCK")
         cpu = {}  # (target, pipeline) -> [µs of CPU per request]
+        client = {}  # (target, pipeline) -> [% of a core redis-benchmark used]
 
         results = {}  # (target, pipeline, test) -> [(rps, p99)]
         for r in range(args.rounds):
@@ -95,9 +112,12 @@ def main():
             for name, port in order:
                 for pipeline in (1, 16):
                     before = cpu_ticks(pids[name])
+                    client_before, wall_before = client_cpu(), time.monotonic()
                     measured = bench(port, pipeline)
                     used = (cpu_ticks(pids[name]) - before) / hz
                     cpu.setdefault((name, pipeline), []).append(used * 1e6 / (200000 * len(measured)))
+                    busy = (client_cpu() - client_before) / (time.monotonic() - wall_before)
+                    client.setdefault((name, pipeline), []).append(busy * 100)
                     for test, v in measured.items():
                         results.setdefault((name, pipeline, test), []).append(v)
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
@@ -113,11 +133,12 @@ def main():
             med[(name, pipeline, test)] = (rps, p99)
             print(f"| {name} | {test} | {pipeline} | {rps:,.0f} | {p99:.3f} |")
         print("\nCPU time of the process under test per request (utime+stime from /proc, "
-              "SET and GET together; for 'redis (direct)' the server itself):\n")
-        print("| target | -P | CPU µs / request |")
-        print("|---|---|---|")
+              "SET, GET and MGET together; for 'redis (direct)' the server itself):\n")
+        print("| target | -P | CPU µs / request | redis-benchmark's CPU, % of a core |")
+        print("|---|---|---|---|")
         for (name, pipeline), vs in sorted(cpu.items()):
-            print(f"| {name} | {pipeline} | {statistics.median(vs):.2f} |")
+            print(f"| {name} | {pipeline} | {statistics.median(vs):.2f} | "
+                  f"{statistics.median(client[(name, pipeline)]):.0f} |")
         print("\nwasp against the better of Envoy and twemproxy:\n")
         print("| test | -P | rps ratio | p99 wasp / best p99 |")
         print("|---|---|---|---|")

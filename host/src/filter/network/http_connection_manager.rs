@@ -463,7 +463,7 @@ impl HttpConnectionManager {
         let path_and_query = req.uri().path_and_query().cloned();
         let path = path_and_query.as_ref().map_or("/", |p| p.as_str());
         let routes = &self.settings.routes;
-        let Some(matched) = routes.find(&host, &path, req.headers()) else {
+        let Some(matched) = routes.find(&host, path, req.headers()) else {
             self.stats.no_route.inc();
             return router::local(StatusCode::NOT_FOUND, "");
         };

@@ -472,12 +472,9 @@ impl RedisProxy {
             Kind::Transaction => unreachable!("handled above"),
             Kind::Simple => self.forward(request, 1, name),
             Kind::Eval => self.forward(request, 3, name),
-            Kind::Mget => self.fan_out(&request, b"GET", 1, Merge::Array),
-            Kind::Mset => self.fan_out(&request, b"SET", 2, Merge::AllOk),
-            Kind::SumPerKey => {
-                let single = request.args[0].clone();
-                self.fan_out(&request, &single, 1, Merge::Sum)
-            }
+            Kind::Mget => self.fan_out(&request, 1, Merge::Array),
+            Kind::Mset => self.fan_out(&request, 2, Merge::AllOk),
+            Kind::SumPerKey => self.fan_out(&request, 1, Merge::Sum),
         };
         match command {
             None => reply,
@@ -670,45 +667,88 @@ impl RedisProxy {
         }))
     }
 
-    /// Splits a multi-key command into one `single` command per key (with
-    /// `stride - 1` values after each key) and merges the replies.
-    fn fan_out(
-        &self,
-        request: &Request,
-        single: &[u8],
-        stride: usize,
-        merge: Merge,
-    ) -> ReplyFuture<'_> {
-        let parts: Vec<_> = request.args[1..]
-            .chunks(stride)
-            .map(|chunk| {
-                let key = &chunk[0];
-                let Some(route) = self.route(key) else {
-                    return Err(UpstreamError::NoHost);
-                };
-                let key = if route.remove_prefix {
-                    key.slice(route.prefix.len()..)
-                } else {
-                    key.clone()
-                };
-                let mut args: Vec<&[u8]> = vec![single, &key];
-                args.extend(chunk[1..].iter().map(|a| &a[..]));
-                let encoded = resp::encode(args.into_iter());
-                let pending = route
-                    .target
-                    .send(self.hash(&route.target, &key), encoded.clone());
-                Ok((pending, &route.target, encoded))
+    /// Splits a multi-key command by shard: each shard gets the same
+    /// command with only its keys (each followed by `stride - 1` values),
+    /// all in one round trip, and the replies are merged back in key order.
+    /// (Envoy sends one single-key command per key; grouping, as twemproxy
+    /// does, saves the shards and wasp all but one command each.) A Redis
+    /// Cluster refuses keys of different slots in one command, so there the
+    /// groups are per slot.
+    fn fan_out(&self, request: &Request, stride: usize, merge: Merge) -> ReplyFuture<'_> {
+        let mut shares: Vec<Share<'_>> = Vec::new();
+        let mut unrouted = Vec::new();
+        for (pos, chunk) in request.args[1..].chunks(stride).enumerate() {
+            let Some(route) = self.route(&chunk[0]) else {
+                unrouted.push((pos, UpstreamError::NoHost));
+                continue;
+            };
+            let key = if route.remove_prefix {
+                chunk[0].slice(route.prefix.len()..)
+            } else {
+                chunk[0].clone()
+            };
+            let target = &route.target;
+            let hash = self.hash(target, &key);
+            let endpoint = match target.endpoint(hash) {
+                Ok(e) => e,
+                Err(e) => {
+                    unrouted.push((pos, e));
+                    continue;
+                }
+            };
+            let slot = target.redis_cluster.then_some(hash);
+            let share = match shares.iter().position(|s| {
+                std::ptr::eq(s.target, &**target)
+                    && s.endpoint.address == endpoint.address
+                    && s.slot == slot
+            }) {
+                Some(i) => &mut shares[i],
+                None => {
+                    shares.push(Share {
+                        target,
+                        endpoint,
+                        slot,
+                        args: vec![request.args[0].clone()],
+                        positions: Vec::new(),
+                    });
+                    shares.last_mut().expect("just pushed")
+                }
+            };
+            share.args.push(key);
+            share.args.extend(chunk[1..].iter().cloned());
+            share.positions.push(pos);
+        }
+        let keys = (request.args.len() - 1) / stride;
+        let sent: Vec<_> = shares
+            .into_iter()
+            .map(|s| {
+                let encoded = resp::encode(s.args.iter().map(|a| &a[..]));
+                let pending = s.target.send_to(&s.endpoint, encoded.clone());
+                (s.target, s.positions, pending, encoded)
             })
             .collect();
         Either::Right(Box::pin(async move {
-            let replies = join_all(parts.into_iter().map(|p| async move {
-                let (pending, target, encoded) = p?;
-                Ok(self.finish(target, pending, encoded).await)
-            }))
+            let replies = join_all(sent.into_iter().map(
+                |(target, positions, pending, encoded)| async move {
+                    (positions, self.finish(target, Ok(pending), encoded).await)
+                },
+            ))
             .await;
-            Reply::new(merge.apply(replies))
+            Reply::new(merge.apply(keys, replies, unrouted))
         }))
     }
+}
+
+/// One shard's part of a multi-key command.
+struct Share<'a> {
+    target: &'a Upstreams,
+    endpoint: std::sync::Arc<crate::cluster::Endpoint>,
+    /// Redis Cluster: the keys' slot.
+    slot: Option<u64>,
+    /// The command name, then this shard's keys (and values).
+    args: Vec<Bytes>,
+    /// Where each of its keys is in the client's command.
+    positions: Vec<usize>,
 }
 
 impl RedisProxy {
@@ -769,39 +809,73 @@ enum Merge {
 }
 
 impl Merge {
-    fn apply(self, replies: Vec<ReplyResult>) -> Bytes {
+    /// The client's reply to a command over `keys` keys, from each shard's
+    /// reply with the positions of its keys, and the keys no shard took.
+    fn apply(
+        self,
+        keys: usize,
+        replies: Vec<(Vec<usize>, Bytes)>,
+        unrouted: Vec<(usize, UpstreamError)>,
+    ) -> Bytes {
+        let is_error = |r: &Bytes| r.first() == Some(&b'-');
         match self {
             Merge::Array => {
-                let mut out = BytesMut::from(format!("*{}\r\n", replies.len()).as_bytes());
-                for r in replies {
-                    out.extend_from_slice(&r.unwrap_or_else(UpstreamError::reply));
+                let mut items = vec![Bytes::new(); keys];
+                for (pos, e) in unrouted {
+                    items[pos] = e.reply();
+                }
+                for (positions, reply) in replies {
+                    match resp::array_items(&reply, positions.len()) {
+                        Some(values) => {
+                            for (pos, v) in positions.into_iter().zip(values) {
+                                items[pos] = v;
+                            }
+                        }
+                        None => {
+                            // The shard's error stands for each of its keys.
+                            let e = if is_error(&reply) {
+                                reply
+                            } else {
+                                UpstreamError::Failure.reply()
+                            };
+                            for pos in positions {
+                                items[pos] = e.clone();
+                            }
+                        }
+                    }
+                }
+                let mut out = BytesMut::from(format!("*{keys}\r\n").as_bytes());
+                for item in items {
+                    out.extend_from_slice(&item);
                 }
                 out.freeze()
             }
             Merge::AllOk => {
-                let errors = replies
+                let failed = replies
                     .iter()
-                    .filter(|r| !matches!(r, Ok(b) if &b[..] == b"+OK\r\n"))
-                    .count();
-                if errors == 0 {
+                    .filter(|(_, r)| &r[..] != b"+OK\r\n")
+                    .map(|(p, _)| p.len())
+                    .sum::<usize>()
+                    + unrouted.len();
+                if failed == 0 {
                     Bytes::from_static(b"+OK\r\n")
                 } else {
-                    resp::error(&format!("finished with {errors} error(s)"))
+                    resp::error(&format!("finished with {failed} error(s)"))
                 }
             }
             Merge::Sum => {
                 let mut sum = 0i64;
-                let mut errors = 0;
-                for r in &replies {
-                    match r.as_ref().ok().and_then(|b| resp::as_integer(b)) {
+                let mut failed = unrouted.len();
+                for (positions, r) in &replies {
+                    match resp::as_integer(r) {
                         Some(n) => sum += n,
-                        None => errors += 1,
+                        None => failed += positions.len(),
                     }
                 }
-                if errors == 0 {
+                if failed == 0 {
                     resp::integer(sum)
                 } else {
-                    resp::error(&format!("finished with {errors} error(s)"))
+                    resp::error(&format!("finished with {failed} error(s)"))
                 }
             }
         }

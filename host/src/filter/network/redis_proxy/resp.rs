@@ -291,6 +291,25 @@ fn reply_end(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, Proto
     }
 }
 
+/// The elements of `reply` if it is an array of exactly `count` of them
+/// and nothing else, each as its own slice of `reply` (no copy).
+pub fn array_items(reply: &Bytes, count: usize) -> Option<Vec<Bytes>> {
+    if reply.first() != Some(&b'*') {
+        return None;
+    }
+    let (n, mut at) = line_int(reply, 1).ok()??;
+    if usize::try_from(n).ok()? != count {
+        return None;
+    }
+    let mut items = Vec::with_capacity(count);
+    for _ in 0..count {
+        let end = reply_end(reply, at, 1).ok()??;
+        items.push(reply.slice(at..end));
+        at = end;
+    }
+    (at == reply.len()).then_some(items)
+}
+
 /// `-<message>\r\n`
 pub fn error(message: &str) -> Bytes {
     let mut b = BytesMut::with_capacity(message.len() + 3);
@@ -461,5 +480,27 @@ mod tests {
             let cut = cut.index(reply.len());
             prop_assert_eq!(reply_len(&reply[..cut]).unwrap(), None);
         }
+    }
+}
+
+#[cfg(test)]
+mod array_tests {
+    use super::*;
+
+    #[test]
+    fn array_items_split_an_array_reply_without_copying() {
+        let reply = Bytes::from_static(b"*3\r\n$1\r\na\r\n$-1\r\n*1\r\n:5\r\n");
+        let items = array_items(&reply, 3).unwrap();
+        assert_eq!(items, [&b"$1\r\na\r\n"[..], b"$-1\r\n", b"*1\r\n:5\r\n"]);
+        assert!(array_items(&reply, 2).is_none(), "count must match");
+        assert!(array_items(&Bytes::from_static(b"-ERR x\r\n"), 1).is_none());
+        assert!(
+            array_items(&Bytes::from_static(b"*2\r\n$1\r\na\r\n"), 2).is_none(),
+            "short"
+        );
+        assert!(
+            array_items(&Bytes::from_static(b"*1\r\n:1\r\n:2\r\n"), 1).is_none(),
+            "trailing bytes"
+        );
     }
 }

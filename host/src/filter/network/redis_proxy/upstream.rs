@@ -292,10 +292,22 @@ impl Upstreams {
         hash: u64,
         request: Bytes,
     ) -> Result<oneshot::Receiver<ReplyResult>, UpstreamError> {
-        let endpoint = self
-            .cluster
+        Ok(self.send_to(&self.endpoint(hash)?, request))
+    }
+
+    /// The endpoint the cluster's balancer picks for `hash`.
+    pub fn endpoint(&self, hash: u64) -> Result<Arc<Endpoint>, UpstreamError> {
+        self.cluster
             .choose(LbContext { hash: Some(hash) })
-            .ok_or(UpstreamError::NoHost)?;
+            .ok_or(UpstreamError::NoHost)
+    }
+
+    /// Sends `request` to `endpoint` over the worker's shared connection.
+    pub fn send_to(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        request: Bytes,
+    ) -> oneshot::Receiver<ReplyResult> {
         let client = self
             .clients
             .borrow_mut()
@@ -304,6 +316,6 @@ impl Upstreams {
                 UpstreamClient::new(endpoint.clone(), self.cluster.clone(), self.auth.clone())
             })
             .clone();
-        Ok(client.send(request))
+        client.send(request)
     }
 }
