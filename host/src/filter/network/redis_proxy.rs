@@ -728,6 +728,18 @@ impl RedisProxy {
             })
             .collect();
         Either::Right(Box::pin(async move {
+            // All keys on one shard, in the client's order: its reply is the
+            // answer as it is, unless it is an error (which the merge turns
+            // into one per key, as Envoy answers).
+            if sent.len() == 1 && sent[0].1.iter().copied().eq(0..keys) {
+                let (target, positions, pending, encoded) =
+                    sent.into_iter().next().expect("one share");
+                let reply = self.finish(target, Ok(pending), encoded).await;
+                if merge.passes_through(&reply) {
+                    return Reply::new(reply);
+                }
+                return Reply::new(merge.apply(keys, vec![(positions, reply)], unrouted));
+            }
             let replies = join_all(sent.into_iter().map(
                 |(target, positions, pending, encoded)| async move {
                     (positions, self.finish(target, Ok(pending), encoded).await)
@@ -809,6 +821,16 @@ enum Merge {
 }
 
 impl Merge {
+    /// Whether one shard's reply to the whole command is already the
+    /// client's reply.
+    fn passes_through(self, reply: &[u8]) -> bool {
+        match self {
+            Merge::Array => reply.first() == Some(&b'*'),
+            Merge::AllOk => reply == b"+OK\r\n",
+            Merge::Sum => resp::as_integer(reply).is_some(),
+        }
+    }
+
     /// The client's reply to a command over `keys` keys, from each shard's
     /// reply with the positions of its keys, and the keys no shard took.
     fn apply(
