@@ -100,13 +100,12 @@ impl Pools {
     pub async fn send(
         &self,
         endpoint: &Arc<Endpoint>,
-        req: Request<Body>,
+        mut req: Request<Body>,
     ) -> Result<Response<Body>, SendError> {
         let pool = self.pool(endpoint);
         if self.cluster.cluster.settings.http2 {
             return Box::pin(self.send_h2(endpoint, &pool, req)).await;
         }
-        let mut req = req;
         loop {
             let reused = pool.idle.borrow_mut().pop();
             let (mut sender, fresh) = match reused {
