@@ -104,7 +104,7 @@ impl Pools {
     ) -> Result<Response<Body>, SendError> {
         let pool = self.pool(endpoint);
         if self.cluster.cluster.settings.http2 {
-            return Box::pin(self.send_h2(endpoint, &pool, req)).await;
+            return self.send_h2(endpoint, &pool, req).await;
         }
         loop {
             let reused = pool.idle.borrow_mut().pop();
@@ -146,7 +146,9 @@ impl Pools {
         let mut sender = match current {
             Some(s) => s,
             None => {
-                let s = self.connect_h2(endpoint).await?;
+                // Boxed, like the HTTP/1.1 connect: a handshake's future is
+                // large and would otherwise be part of every request's.
+                let s = Box::pin(self.connect_h2(endpoint)).await?;
                 *pool.h2.borrow_mut() = Some(s.clone());
                 s
             }

@@ -9,9 +9,8 @@
 //! when a plugin has them (every Rust SDK plugin does): a pump buffers what
 //! a paused plugin holds (up to a limit: 413 for requests, reset for
 //! responses) and feeds the rest on as it is released. The request body is
-//! pumped by a task, which can stop the stream while the router waits (it
-//! was written when the upstream client needed a `Send` body; the pools of
-//! `pool.rs` no longer do, so it could move in place too); the response
+//! pumped by a task, which can stop the stream while the router waits
+//! (bodies no longer need to be `Send`, so it could run in place too); the response
 //! body is pumped in place as the client reads it ([`ResponseBody`]), so a
 //! ready frame leaves with the head and no task or channel is made.
 //!

@@ -839,7 +839,6 @@ impl Merge {
         replies: Vec<(Vec<usize>, Bytes)>,
         unrouted: Vec<(usize, UpstreamError)>,
     ) -> Bytes {
-        let is_error = |r: &Bytes| r.first() == Some(&b'-');
         match self {
             Merge::Array => {
                 let mut items = vec![Bytes::new(); keys];
@@ -855,7 +854,7 @@ impl Merge {
                         }
                         None => {
                             // The shard's error stands for each of its keys.
-                            let e = if is_error(&reply) {
+                            let e = if reply.first() == Some(&b'-') {
                                 reply
                             } else {
                                 UpstreamError::Failure.reply()
