@@ -725,3 +725,86 @@ fn upstream_connections_are_reused_and_connect_timeouts_answered() {
     assert_eq!(wasp.stat("cluster.hole.upstream_cx_connect_timeout"), 1);
     assert_eq!(wasp.stat("cluster.hole.upstream_cx_connect_fail"), 1);
 }
+
+/// An HTTP/1.1 upstream answering raw bytes: for each request, in order,
+/// the next reply of `script`, closing the connection after it when its
+/// flag says so (without a `connection: close`, as a server whose
+/// keep-alive timeout ran out does).
+fn scripted_upstream(script: Vec<(&'static str, bool)>) -> SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut replies = script.into_iter();
+        'connections: for mut conn in listener.incoming().flatten() {
+            let mut buf = Vec::new();
+            loop {
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut chunk = [0; 4096];
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => continue 'connections,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                buf.clear();
+                let Some((reply, close)) = replies.next() else {
+                    return;
+                };
+                conn.write_all(reply.as_bytes()).unwrap();
+                if close {
+                    continue 'connections;
+                }
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn http1_upstream_framing_interim_answers_and_closed_keep_alives() {
+    let raw = scripted_upstream(vec![
+        (
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst",
+            true,
+        ),
+        (
+            "HTTP/1.0 200 OK\r\n\r\nread until the upstream closes",
+            true,
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nchun\r\n3;x=y\r\nked\r\n0\r\n\r\n",
+            false,
+        ),
+        ("HTTP/1.1 204 No Content\r\n\r\n", false),
+        ("HTTP/1.1 200 OK\r\ncontent-length: twelve\r\n\r\n", false),
+    ]);
+    let port = free_port();
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/\" }\n                route: { cluster: raw }\n";
+    let clusters = wasp_tests::config::cluster("raw", "ROUND_ROBIN", &[(raw, 1)], "");
+    let wasp = Proxy::start(&hcm(port, vhosts, "", &clusters), &["--concurrency", "1"]);
+    let url = format!("http://127.0.0.1:{port}/");
+    let r = curl(&[&url]);
+    assert_eq!((r.status, r.body.as_str()), (200, "first"), "1xx skipped");
+    // The upstream closed the kept-alive connection: the next request goes
+    // over a new one.
+    let r = curl(&[&url]);
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "read until the upstream closes")
+    );
+    let r = curl(&[&url]);
+    assert_eq!((r.status, r.body.as_str()), (200, "chunked"));
+    // The chunked response left its connection reusable.
+    let r = curl(&[&url]);
+    assert_eq!((r.status, r.body.as_str()), (204, ""));
+    assert_eq!(wasp.stat("cluster.raw.upstream_cx_total"), 3);
+    let r = curl(&[&url]);
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (
+            503,
+            "upstream connect error or disconnect/reset before headers. reset reason: remote reset"
+        ),
+        "a malformed response head"
+    );
+}

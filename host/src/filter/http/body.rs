@@ -14,16 +14,16 @@ use http_body_util::Full;
 use hyper::body::{Frame, Incoming, SizeHint};
 use tokio::sync::mpsc;
 
-use super::pool::Checkin;
+use super::h1::UpstreamBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request or response body.
 pub enum Body {
     Incoming(Incoming),
-    /// A response from an HTTP/1.1 upstream, whose connection goes back to
-    /// its pool when this is dropped.
-    Upstream(Incoming, Checkin),
+    /// A response from an HTTP/1.1 upstream, read off its connection as
+    /// it is polled.
+    Upstream(UpstreamBody),
     Full(Full<Bytes>),
     /// Frames produced by a task (filters that see bodies).
     Channel(mpsc::Receiver<Result<Frame<Bytes>, BoxError>>),
@@ -50,9 +50,8 @@ impl hyper::body::Body for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            Body::Incoming(b) | Body::Upstream(b, _) => {
-                Pin::new(b).poll_frame(cx).map_err(Into::into)
-            }
+            Body::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Body::Upstream(b) => b.poll_frame(cx),
             Body::Full(b) => Pin::new(b).poll_frame(cx).map_err(|e| match e {}),
             Body::Channel(rx) => rx.poll_recv(cx),
         }
@@ -60,7 +59,8 @@ impl hyper::body::Body for Body {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Body::Incoming(b) | Body::Upstream(b, _) => b.is_end_stream(),
+            Body::Incoming(b) => b.is_end_stream(),
+            Body::Upstream(b) => b.is_end_stream(),
             Body::Full(b) => b.is_end_stream(),
             Body::Channel(_) => false,
         }
@@ -68,7 +68,8 @@ impl hyper::body::Body for Body {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Body::Incoming(b) | Body::Upstream(b, _) => b.size_hint(),
+            Body::Incoming(b) => b.size_hint(),
+            Body::Upstream(b) => b.size_hint(),
             Body::Full(b) => b.size_hint(),
             Body::Channel(_) => SizeHint::default(),
         }

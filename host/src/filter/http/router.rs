@@ -217,6 +217,9 @@ impl Upstream {
 pub const MAX_RETRY_BODY: usize = 1024 * 1024;
 
 /// How one try ended.
+// Short-lived and returned by value: boxing the response would cost an
+// allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Attempt {
     Response(Response<Body>),
     NoHealthyUpstream,
