@@ -32,8 +32,8 @@ use tokio::time::Instant;
 use super::body::{Body, BoxError};
 use super::pool::Opened;
 
-/// Most bytes of a response head or trailer block (Envoy's limit is 60 KiB).
-const MAX_HEAD: usize = 64 * 1024;
+/// Most bytes of a response head or trailer block (Envoy's limit).
+const MAX_HEAD: usize = 60 * 1024;
 /// Most fields in a response head (Envoy's default limit).
 const MAX_HEADERS: usize = 100;
 /// Request body bytes taken from the client before they are written.
@@ -70,12 +70,14 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(io: TcpStream, opened: Opened) -> Self {
-        Conn {
+    /// Boxed: it moves between the idle stack, requests and response
+    /// bodies, and a box moves as one pointer.
+    pub fn new(io: TcpStream, opened: Opened) -> Box<Self> {
+        Box::new(Conn {
             io,
             read: BytesMut::new(),
             _opened: opened,
-        }
+        })
     }
 
     /// Whether an idle connection can take a request: the upstream has not
@@ -101,11 +103,11 @@ impl Conn {
 
 /// One endpoint's idle connections, most recently used last.
 #[derive(Default)]
-pub struct Idle(RefCell<Vec<(Conn, Instant)>>);
+pub struct Idle(RefCell<Vec<(Box<Conn>, Instant)>>);
 
 impl Idle {
     /// The most recently used connection that is still good.
-    pub fn checkout(&self) -> Option<Conn> {
+    pub fn checkout(&self) -> Option<Box<Conn>> {
         loop {
             let (conn, since) = self.0.borrow_mut().pop()?;
             if since.elapsed() <= IDLE_TIMEOUT && conn.is_usable() {
@@ -114,7 +116,7 @@ impl Idle {
         }
     }
 
-    fn checkin(&self, conn: Conn) {
+    fn checkin(&self, conn: Box<Conn>) {
         let now = Instant::now();
         let mut idle = self.0.borrow_mut();
         // The oldest are first: close those that have idled too long.
@@ -278,7 +280,7 @@ pub struct Failed {
 /// response's body reads the rest from the connection and gives it back
 /// to `home` when it is complete.
 pub async fn exchange(
-    conn: Conn,
+    conn: Box<Conn>,
     upload: Upload,
     home: &Rc<Idle>,
 ) -> Result<Response<Body>, Failed> {
@@ -377,9 +379,13 @@ fn poll_head(
 /// Parses a complete response head off the front of `read`, if there is
 /// one. Header values share the head's bytes.
 fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Error> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut fields);
-    let len = match parsed.parse(read) {
+    let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let len = match config.parse_response_with_uninit_headers(&mut parsed, read, &mut fields) {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+            return Err(Error::Malformed("response head too large"));
+        }
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(Error::Malformed("too many headers")),
@@ -393,18 +399,26 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Head>, E
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    // Offsets into the head, so that the values can share its bytes.
+    // Offsets into the head (at most MAX_HEAD long), so that the values
+    // can share its bytes.
     let base = read.as_ptr() as usize;
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
     let count = parsed.headers.len();
     for (span, f) in spans.iter_mut().zip(parsed.headers.iter()) {
         let name = f.name.as_ptr() as usize - base;
         let value = f.value.as_ptr() as usize - base;
-        *span = (name, name + f.name.len(), value, value + f.value.len());
+        let end = |start: usize, len: usize| (start + len) as u16;
+        *span = (
+            name as u16,
+            end(name, f.name.len()),
+            value as u16,
+            end(value, f.value.len()),
+        );
     }
     let head = read.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     for &(n0, n1, v0, v1) in &spans[..count] {
+        let [n0, n1, v0, v1] = [n0, n1, v0, v1].map(usize::from);
         let name = HeaderName::from_bytes(&head[n0..n1])
             .map_err(|_| Error::Malformed("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
@@ -608,7 +622,7 @@ fn chunk_size(line: &[u8]) -> Result<u64, Error> {
 /// request if that was not all sent when the response head came (an
 /// upstream streaming its answer while the request streams in).
 pub struct UpstreamBody {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     /// Boxed: a request body holds a [`Body`], which may be one of these.
     upload: Option<Box<Upload>>,
     decoder: Decoder,

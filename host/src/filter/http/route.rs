@@ -122,6 +122,10 @@ pub struct Forward {
     pub timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
     pub hash_policy: Vec<HashPolicy>,
+    /// `x-envoy-expected-rq-timeout-ms`: how long the upstream is given
+    /// (the per-try timeout when it is the shorter one), made once here
+    /// rather than per request.
+    pub expected_timeout: Option<http::HeaderValue>,
 }
 
 impl Forward {
@@ -594,19 +598,29 @@ fn forward(
             "set either prefix_rewrite or regex_rewrite, not both",
         ));
     }
+    let timeout = match a.timeout {
+        None => Some(Duration::from_secs(15)),
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d.0),
+    };
+    let per_try = retry.as_ref().and_then(|r| r.per_try_timeout);
+    let expected = match (per_try, timeout) {
+        (Some(p), Some(g)) => Some(p.min(g)),
+        (p, g) => p.or(g),
+    };
     Ok(Forward {
         clusters,
         prefix_rewrite: a.prefix_rewrite.clone(),
         regex_rewrite,
         host_rewrite: a.host_rewrite_literal.clone(),
         auto_host_rewrite: a.auto_host_rewrite,
-        timeout: match a.timeout {
-            None => Some(Duration::from_secs(15)),
-            Some(d) if d.is_zero() => None,
-            Some(d) => Some(d.0),
-        },
+        timeout,
         retry,
         hash_policy,
+        expected_timeout: expected
+            .map(|t| t.as_millis() as u64)
+            .filter(|&ms| ms > 0)
+            .map(http::HeaderValue::from),
     })
 }
 

@@ -399,12 +399,15 @@ impl HttpConnectionManager {
         let resp = match aborted {
             None => route.await,
             // A plugin may stop the stream while the body streams up.
+            // The stop comes before the upstream request's body fails, and
+            // is looked at first, so that its answer wins.
             Some(aborted) => tokio::select! {
-                r = route => r,
+                biased;
                 Ok(stop) = aborted => match stop {
                     Stop::Reply(r) => *r,
                     Stop::Reset => return stopped(Stop::Reset),
                 },
+                r = route => r,
             },
         };
         if let Some(u) = resp.extensions().get::<router::UpstreamHost>() {
@@ -502,9 +505,7 @@ impl HttpConnectionManager {
                     *req.uri_mut() = uri;
                 }
                 let headers = req.headers_mut();
-                for h in &HOP_BY_HOP {
-                    headers.remove(h);
-                }
+                remove_hop_by_hop(headers);
                 // The client's Host goes upstream as it came, unless rewritten
                 // (or the client spoke HTTP/2, which has no Host header).
                 let new_host = match fwd.host_rewrite.as_deref() {
@@ -518,17 +519,11 @@ impl HttpConnectionManager {
                 for level in matched.levels.iter().rev() {
                     level.0.apply(req.headers_mut());
                 }
-                // Envoy tells the upstream how long it will wait: the
-                // per-try timeout when it is the shorter one.
-                let per_try = fwd.retry.as_ref().and_then(|r| r.per_try_timeout);
-                let expected = match (per_try, fwd.timeout) {
-                    (Some(p), Some(g)) => Some(p.min(g)),
-                    (p, g) => p.or(g),
-                };
-                if let Some(ms) = expected.map(|t| t.as_millis()).filter(|&ms| ms > 0) {
+                // Envoy tells the upstream how long it will wait.
+                if let Some(v) = &fwd.expected_timeout {
                     req.headers_mut().insert(
                         HeaderName::from_static("x-envoy-expected-rq-timeout-ms"),
-                        HeaderValue::from(ms as u64),
+                        v.clone(),
                     );
                 }
                 let sent = Instant::now();
@@ -543,11 +538,9 @@ impl HttpConnectionManager {
                     .await;
                 resp.headers_mut().insert(
                     HeaderName::from_static("x-envoy-upstream-service-time"),
-                    HeaderValue::from(sent.elapsed().as_millis() as u64),
+                    milliseconds(sent.elapsed()),
                 );
-                for h in &HOP_BY_HOP {
-                    resp.headers_mut().remove(h);
-                }
+                remove_hop_by_hop(resp.headers_mut());
                 resp
             }
         };
@@ -583,6 +576,28 @@ impl HttpConnectionManager {
                 headers.insert(HeaderName::from_static("x-request-id"), v);
             }
         }
+    }
+}
+
+/// Drops the headers that concern one connection only. One pass over
+/// the (few) headers first: most messages have none of them, and each
+/// `remove` would hash its name.
+fn remove_hop_by_hop(headers: &mut http::HeaderMap) {
+    if headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        for h in &HOP_BY_HOP {
+            headers.remove(h);
+        }
+    }
+}
+
+/// A duration in whole milliseconds as a header value; the common small
+/// ones without allocating.
+fn milliseconds(d: std::time::Duration) -> HeaderValue {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    let ms = d.as_millis() as u64;
+    match SMALL.get(ms as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(ms),
     }
 }
 
