@@ -13,7 +13,9 @@
 //!   ↑ cluster::health checks                   tcp_proxy → WorkerCluster::connect, io::pump
 //! admin (stats, clusters, config_dump)         redis_proxy → resp, upstream (pipelined)
 //!                                              http_connection_manager → http::route,
-//!                                                http::router (hyper client per cluster)
+//!                                                http::router → http::pool per cluster
+//!                                                  (http::h1 on the stream's task, or
+//!                                                  hyper's HTTP/2 client)
 //! ```
 //!
 //! The main thread owns configuration, DNS, admin and shutdown; it publishes
