@@ -776,6 +776,8 @@ fn http1_upstream_framing_interim_answers_and_closed_keep_alives() {
             false,
         ),
         ("HTTP/1.1 204 No Content\r\n\r\n", false),
+        // The answer to a HEAD: a length, and no body.
+        ("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", false),
         ("HTTP/1.1 200 OK\r\ncontent-length: twelve\r\n\r\n", false),
     ]);
     let port = free_port();
@@ -797,6 +799,8 @@ fn http1_upstream_framing_interim_answers_and_closed_keep_alives() {
     // The chunked response left its connection reusable.
     let r = curl(&[&url]);
     assert_eq!((r.status, r.body.as_str()), (204, ""));
+    let r = curl(&["-I", &url]);
+    assert_eq!((r.status, r.header("content-length")), (200, Some("5")));
     assert_eq!(wasp.stat("cluster.raw.upstream_cx_total"), 3);
     let r = curl(&[&url]);
     assert_eq!(
