@@ -15,7 +15,7 @@
 //! ever sent, so there is no 101).
 
 use std::cell::RefCell;
-use std::io;
+use std::io::{self, Write as _};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker, ready};
@@ -134,8 +134,7 @@ pub struct Upload {
     written: usize,
     body: Option<Body>,
     chunked: bool,
-    /// A frame of the body has been taken: the request cannot be sent again.
-    started: bool,
+    /// Idempotent and without a body: see [`Failed`].
     replayable: bool,
     head_request: bool,
 }
@@ -160,9 +159,7 @@ impl Upload {
             match body.size_hint().exact() {
                 Some(0) if !matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {}
                 Some(n) => {
-                    out.extend_from_slice(b"content-length: ");
-                    out.extend_from_slice(n.to_string().as_bytes());
-                    out.extend_from_slice(b"\r\n");
+                    let _ = write!(out, "content-length: {n}\r\n");
                 }
                 None => {
                     out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -177,9 +174,6 @@ impl Upload {
             written: 0,
             body: (!empty).then_some(body),
             chunked,
-            started: false,
-            // Sent again on another connection only if the upstream cannot
-            // have acted on it: see `Failed::retry`.
             replayable: empty && parts.method.is_idempotent(),
             head_request: parts.method == Method::HEAD,
         }
@@ -231,10 +225,10 @@ impl Upload {
         }
     }
 
-    /// The head stays in the buffer until the first body frame, in case
-    /// it must be sent again; after that, written bytes are dropped.
+    /// The head stays in the buffer until the first body frame (a
+    /// bodyless request may be sent again); from then on written bytes
+    /// are dropped.
     fn start_body(&mut self) {
-        self.started = true;
         self.out.drain(..self.written);
         self.written = 0;
     }
@@ -243,8 +237,7 @@ impl Upload {
         match frame.into_data() {
             Ok(data) if data.is_empty() => {}
             Ok(data) if self.chunked => {
-                self.out
-                    .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                let _ = write!(self.out, "{:x}\r\n", data.len());
                 self.out.extend_from_slice(&data);
                 self.out.extend_from_slice(b"\r\n");
             }
@@ -268,9 +261,10 @@ impl Upload {
 }
 
 /// Why an exchange gave no response, and the request back if it may be
-/// sent again on another connection: nothing of a response came, none of
-/// its body was taken, and it is idempotent with no body (on a kept-alive
-/// connection the upstream closed as the request went out).
+/// sent again on another connection: the connection failed or closed
+/// before any of a response came (a kept-alive connection the upstream
+/// closed as the request went out), and the request is idempotent and
+/// has no body, so the upstream cannot have acted on it halfway.
 pub struct Failed {
     pub error: Error,
     pub retry: Option<Upload>,
@@ -280,20 +274,14 @@ pub struct Failed {
 /// response's body reads the rest from the connection and gives it back
 /// to `home` when it is complete.
 pub async fn exchange(
-    conn: Box<Conn>,
-    upload: Upload,
+    mut conn: Box<Conn>,
+    mut upload: Upload,
     home: &Rc<Idle>,
 ) -> Result<Response<Body>, Failed> {
-    let mut conn = Some(conn);
-    let mut upload = Some(upload);
     let mut send_error = None;
     let head = std::future::poll_fn(|cx| {
-        let (c, up) = (
-            conn.as_mut().expect("polled after completion"),
-            upload.as_mut(),
-        );
-        if let Some(up) = up.filter(|_| send_error.is_none()) {
-            match up.poll_send(&mut c.io, cx) {
+        if send_error.is_none() {
+            match upload.poll_send(&mut conn.io, cx) {
                 Poll::Ready(Ok(())) => {}
                 // The client's body failed: nothing more can be sent.
                 Poll::Ready(Err(e @ Error::RequestBody(_))) => return Poll::Ready(Err(e)),
@@ -302,12 +290,9 @@ pub async fn exchange(
                 Poll::Pending => {}
             }
         }
-        let head_request = upload.as_ref().is_some_and(|u| u.head_request);
-        poll_head(c, cx, head_request)
+        poll_head(&mut conn, cx, upload.head_request)
     })
     .await;
-    let upload = upload.expect("still here");
-    let mut conn = conn.expect("still here");
     match head {
         Ok(head) => {
             let done = upload.body.is_none() && upload.written == upload.out.len();
@@ -334,9 +319,7 @@ pub async fn exchange(
             };
             let replay = matches!(error, Error::Closed | Error::Io(_))
                 && upload.replayable
-                && !upload.started
                 && conn.read.is_empty();
-            conn.read.clear();
             let retry = replay.then(|| Upload {
                 written: 0,
                 ..upload
