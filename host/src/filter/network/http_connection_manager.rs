@@ -324,25 +324,23 @@ impl HttpConnectionManager {
             }
         });
         // Futures are moved by memcpy as they nest, so the common path
-        // keeps them small: the wasm one is boxed, and this one is pinned
-        // in place rather than moved into the timeout.
-        let routed = std::pin::pin!(async {
-            if self.filters.is_empty() {
-                Ok(self
-                    .route(req.map(Body::Incoming), peer)
-                    .await
-                    .map(ResponseBody::from))
-            } else {
-                Box::pin(self.filtered(req, conn)).await
+        // keeps them small: the wasm one is boxed. Without filters the
+        // stream's deadline is the router's to keep (see `route`).
+        let deadline = self.settings.response_deadline;
+        let result = if self.filters.is_empty() {
+            Ok(self
+                .route(req.map(Body::Incoming), peer, deadline)
+                .await
+                .map(ResponseBody::from))
+        } else {
+            let filtered = Box::pin(self.filtered(req, conn));
+            match deadline {
+                None => filtered.await,
+                Some(limit) => match tokio::time::timeout(limit, filtered).await {
+                    Ok(r) => r,
+                    Err(_) => Ok(stream_timeout().map(ResponseBody::from)),
+                },
             }
-        });
-        let result = match self.settings.response_deadline {
-            None => routed.await,
-            Some(limit) => match tokio::time::timeout(limit, routed).await {
-                Ok(r) => r,
-                Err(_) => Ok(router::local(StatusCode::REQUEST_TIMEOUT, "stream timeout")
-                    .map(ResponseBody::from)),
-            },
         };
         let mut resp = match result {
             Ok(r) => r,
@@ -395,7 +393,7 @@ impl HttpConnectionManager {
         };
         let (body, aborted) = stream.request_body(Body::Incoming(body));
         let req = Request::from_parts(parts, body);
-        let route = self.route(req, conn.downstream_remote);
+        let route = self.route(req, conn.downstream_remote, None);
         let resp = match aborted {
             None => route.await,
             // A plugin may stop the stream while the body streams up.
@@ -456,7 +454,15 @@ impl HttpConnectionManager {
         }
     }
 
-    async fn route(&self, mut req: Request<Body>, peer: SocketAddr) -> Response<Body> {
+    /// Routes a request and forwards it, answering 408 if `deadline`
+    /// passes before the response head (with one timer: the route's own
+    /// timeout when it is the shorter, which then always fires first).
+    async fn route(
+        &self,
+        mut req: Request<Body>,
+        peer: SocketAddr,
+        deadline: Option<std::time::Duration>,
+    ) -> Response<Body> {
         // Owned but cheap: both share the bytes hyper read the request into.
         let host_header = req.headers().get(header::HOST).cloned();
         let host = match &host_header {
@@ -527,15 +533,22 @@ impl HttpConnectionManager {
                     );
                 }
                 let sent = Instant::now();
-                let mut resp = upstream
-                    .forward(
-                        req,
-                        fwd.timeout,
-                        fwd.retry.as_ref(),
-                        hash,
-                        fwd.auto_host_rewrite,
-                    )
-                    .await;
+                let forwarded = std::pin::pin!(upstream.forward(
+                    req,
+                    fwd.timeout,
+                    fwd.retry.as_ref(),
+                    hash,
+                    fwd.auto_host_rewrite,
+                ));
+                let mut resp = match deadline {
+                    Some(d) if fwd.timeout.is_none_or(|t| t > d) => {
+                        match tokio::time::timeout(d, forwarded).await {
+                            Ok(r) => r,
+                            Err(_) => return stream_timeout(),
+                        }
+                    }
+                    _ => forwarded.await,
+                };
                 resp.headers_mut().insert(
                     HeaderName::from_static("x-envoy-upstream-service-time"),
                     milliseconds(sent.elapsed()),
@@ -577,6 +590,12 @@ impl HttpConnectionManager {
             }
         }
     }
+}
+
+/// Envoy's answer when a stream's deadline (request_timeout or
+/// stream_idle_timeout) passes before the response head.
+fn stream_timeout() -> Response<Body> {
+    router::local(StatusCode::REQUEST_TIMEOUT, "stream timeout")
 }
 
 /// Drops the headers that concern one connection only. One pass over
