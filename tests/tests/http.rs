@@ -812,3 +812,39 @@ fn http1_upstream_framing_interim_answers_and_closed_keep_alives() {
         "a malformed response head"
     );
 }
+
+#[test]
+fn idle_downstream_connections_are_closed_after_idle_timeout() {
+    use std::io::{Read, Write};
+    let backend = HttpBackend::start("idle");
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/\" }\n                route: { cluster: idle }\n";
+    let clusters = wasp_tests::config::cluster("idle", "ROUND_ROBIN", &[(backend.addr, 1)], "");
+    let port = free_port();
+    let wasp = Proxy::start(
+        &hcm(
+            port,
+            vhosts,
+            "          common_http_protocol_options: { idle_timeout: 0.5s }\n",
+            &clusters,
+        ),
+        &[],
+    );
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut head = [0; 12];
+    conn.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let opened = std::time::Instant::now();
+    // Kept alive at first, then closed once idle for the timeout.
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).expect("closed, not timed out");
+    let idle = opened.elapsed();
+    assert!(
+        idle >= std::time::Duration::from_millis(400) && idle < std::time::Duration::from_secs(3),
+        "closed after {idle:?}"
+    );
+    assert_eq!(wasp.stat("http.edge.downstream_cx_idle_timeout"), 1);
+}

@@ -24,6 +24,15 @@ pub struct HttpConnectionManagerConfig {
     pub request_timeout: Option<Duration>,
     pub request_headers_timeout: Option<Duration>,
     pub max_request_headers_kb: Option<u32>,
+    pub common_http_protocol_options: Option<HttpProtocolOptionsConfig>,
+}
+
+/// Envoy's `HttpProtocolOptions`, of which wasp has the downstream
+/// connection's `idle_timeout`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProtocolOptionsConfig {
+    pub idle_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]

@@ -5,6 +5,7 @@
 //! Everything runs on the connection's worker: the hyper service holds `Rc`s
 //! and HTTP/2 streams are spawned with `spawn_local`.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -41,6 +42,10 @@ pub struct HcmSettings {
     pub generate_request_id: bool,
     pub server_name: HeaderValue,
     pub request_headers_timeout: Option<Duration>,
+    /// How long a connection may go without a new request before it is
+    /// closed (common_http_protocol_options.idle_timeout; Envoy's default
+    /// is an hour).
+    pub idle_timeout: Option<Duration>,
     /// The longest a request may wait for its response to start: the
     /// shorter of request_timeout and stream_idle_timeout (Envoy's default
     /// stream idle timeout is 5 minutes).
@@ -139,6 +144,13 @@ impl HcmSettings {
                 .request_headers_timeout
                 .map(|d| d.0)
                 .filter(|d| !d.is_zero()),
+            idle_timeout: c
+                .common_http_protocol_options
+                .as_ref()
+                .and_then(|o| o.idle_timeout)
+                .map_or(Some(Duration::from_secs(3600)), |d| {
+                    Some(d.0).filter(|d| !d.is_zero())
+                }),
             response_deadline: [
                 c.request_timeout.map(|d| d.0),
                 Some(
@@ -162,6 +174,7 @@ impl HcmSettings {
 struct HttpStats {
     downstream_cx_total: Counter,
     downstream_cx_active: Gauge,
+    downstream_cx_idle_timeout: Counter,
     downstream_rq_total: Counter,
     downstream_rq_active: Gauge,
     downstream_rq_completed: Counter,
@@ -211,6 +224,7 @@ impl HttpConnectionManager {
             stats: HttpStats {
                 downstream_cx_total: scope.counter("downstream_cx_total"),
                 downstream_cx_active: scope.gauge("downstream_cx_active"),
+                downstream_cx_idle_timeout: scope.counter("downstream_cx_idle_timeout"),
                 downstream_rq_total: scope.counter("downstream_rq_total"),
                 downstream_rq_active: scope.gauge("downstream_rq_active"),
                 downstream_rq_completed: scope.counter("downstream_rq_completed"),
@@ -238,15 +252,20 @@ impl HttpConnectionManager {
         self.stats.downstream_cx_active.inc();
         let hcm = self.clone();
         let info = Rc::new(info);
+        // When the last request came: the idle timeout counts from it.
+        let last_request = Rc::new(Cell::new(Instant::now()));
+        let last = last_request.clone();
         let service = hyper::service::service_fn(move |req| {
-            let (hcm, info) = (hcm.clone(), info.clone());
-            async move { hcm.handle(req, &info).await }
+            let (hcm, info, last) = (hcm.clone(), info.clone(), last.clone());
+            async move { hcm.handle(req, &info, &last).await }
         });
         let io = TokioIo::new(d.stream);
         let mut draining = d.draining;
         let s = &self.settings;
-        // On drain, let in-flight requests finish, then close (GOAWAY on
-        // HTTP/2, `connection: close` on HTTP/1.1).
+        // On drain or idle timeout, let in-flight requests finish, then
+        // close (GOAWAY on HTTP/2, `connection: close` on HTTP/1.1).
+        let idle = idle(s.idle_timeout, &last_request);
+        tokio::pin!(idle);
         macro_rules! serve_until_drained {
             ($conn:expr) => {{
                 let conn = $conn;
@@ -254,6 +273,11 @@ impl HttpConnectionManager {
                 tokio::select! {
                     r = conn.as_mut() => r.map_err(|e| e.to_string()),
                     _ = draining.wait_for(|d| *d) => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await.map_err(|e| e.to_string())
+                    }
+                    () = idle.as_mut() => {
+                        self.stats.downstream_cx_idle_timeout.inc();
                         conn.as_mut().graceful_shutdown();
                         conn.await.map_err(|e| e.to_string())
                     }
@@ -268,21 +292,19 @@ impl HttpConnectionManager {
             ),
             CodecType::Http1 => {
                 let mut b = hyper::server::conn::http1::Builder::new();
+                // No header timeout unless configured, as in Envoy (hyper's
+                // default of 30 s would also arm a timer per request).
                 b.timer(TokioTimer::new())
-                    .max_buf_size(s.max_request_headers_bytes.max(8192));
-                if let Some(t) = s.request_headers_timeout {
-                    b.header_read_timeout(t);
-                }
+                    .max_buf_size(s.max_request_headers_bytes.max(8192))
+                    .header_read_timeout(s.request_headers_timeout);
                 serve_until_drained!(b.serve_connection(io, service))
             }
             CodecType::Auto => {
                 let mut b = hyper_util::server::conn::auto::Builder::new(LocalExec);
                 b.http1()
                     .timer(TokioTimer::new())
-                    .max_buf_size(s.max_request_headers_bytes.max(8192));
-                if let Some(t) = s.request_headers_timeout {
-                    b.http1().header_read_timeout(t);
-                }
+                    .max_buf_size(s.max_request_headers_bytes.max(8192))
+                    .header_read_timeout(s.request_headers_timeout);
                 b.http2().timer(TokioTimer::new());
                 serve_until_drained!(b.serve_connection(io, service))
             }
@@ -299,6 +321,7 @@ impl HttpConnectionManager {
         &self,
         mut req: Request<Incoming>,
         conn: &StreamInfo,
+        last_request: &Cell<Instant>,
     ) -> Result<Response<ResponseBody>, BoxError> {
         let peer = conn.downstream_remote;
         self.mutate_request_headers(req.headers_mut(), peer);
@@ -306,6 +329,7 @@ impl HttpConnectionManager {
         stats.downstream_rq_total.inc();
         stats.downstream_rq_active.inc();
         let started = Instant::now();
+        last_request.set(started);
         let version = req.version();
         // What the access log needs of the request, taken before it moves on.
         let log_request = (!self.logs.is_empty()).then(|| {
@@ -589,6 +613,21 @@ impl HttpConnectionManager {
                 headers.insert(HeaderName::from_static("x-request-id"), v);
             }
         }
+    }
+}
+
+/// Ready once `timeout` has passed since the last request (never without
+/// a timeout). One timer per connection, re-armed only when it fires.
+async fn idle(timeout: Option<Duration>, last_request: &Cell<Instant>) {
+    let Some(timeout) = timeout else {
+        return std::future::pending().await;
+    };
+    loop {
+        let deadline = last_request.get() + timeout;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
     }
 }
 
