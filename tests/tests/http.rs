@@ -272,7 +272,7 @@ fn matches_and_actions() {
 #[test]
 fn a_cluster_without_healthy_endpoints_answers_503() {
     let port = free_port();
-    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/\" }\n                route: { cluster: empty }\n";
+    let vhosts = &catch_all("cluster: empty");
     let clusters = "  - name: empty\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment: { cluster_name: empty }\n";
     let _wasp = Proxy::start(&hcm(port, vhosts, "", clusters), &[]);
     let r = curl(&[&format!("http://127.0.0.1:{port}/")]);
@@ -459,7 +459,7 @@ fn retries_weighted_clusters_and_hash_policies() {
 #[test]
 fn request_timeout_answers_408() {
     let slow = HttpBackend::start("slow");
-    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/\" }\n                route: { cluster: slow, timeout: 0s }\n";
+    let vhosts = &catch_all("cluster: slow, timeout: 0s");
     let clusters = wasp_tests::config::cluster("slow", "ROUND_ROBIN", &[(slow.addr, 1)], "");
     let port = free_port();
     let _wasp = Proxy::start(
@@ -477,7 +477,7 @@ fn access_log_in_envoys_default_format() {
     let backend = HttpBackend::start("logged");
     let dir = wasp_tests::temp_dir("http-log");
     let log = dir.join("access.log");
-    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/\" }\n                route: { cluster: logged }\n";
+    let vhosts = &catch_all("cluster: logged");
     let extra = format!(
         "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}\n",
         log.display()
@@ -519,7 +519,7 @@ fn hundred_mib_bodies_stream_byte_exact() {
     use std::io::{Read, Write};
     const SIZE: u64 = 100 * 1024 * 1024;
     let backend = HttpBackend::start("big");
-    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/\" }\n                route: { cluster: big, timeout: 120s }\n";
+    let vhosts = &catch_all("cluster: big, timeout: 120s");
     let clusters = wasp_tests::config::cluster("big", "ROUND_ROBIN", &[(backend.addr, 1)], "");
     let port = free_port();
     let wasp = Proxy::start(&hcm(port, vhosts, "", &clusters), &[]);
@@ -726,6 +726,13 @@ fn upstream_connections_are_reused_and_connect_timeouts_answered() {
     assert_eq!(wasp.stat("cluster.hole.upstream_cx_connect_fail"), 1);
 }
 
+/// A virtual host sending every request to `route: { <route> }`.
+fn catch_all(route: &str) -> String {
+    format!(
+        "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {{ prefix: \"/\" }}\n                route: {{ {route} }}\n"
+    )
+}
+
 /// An HTTP/1.1 upstream answering raw bytes: for each request, in order,
 /// the next reply of `script`, closing the connection after it when its
 /// flag says so (without a `connection: close`, as a server whose
@@ -781,7 +788,7 @@ fn http1_upstream_framing_interim_answers_and_closed_keep_alives() {
         ("HTTP/1.1 200 OK\r\ncontent-length: twelve\r\n\r\n", false),
     ]);
     let port = free_port();
-    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/\" }\n                route: { cluster: raw }\n";
+    let vhosts = &catch_all("cluster: raw");
     let clusters = wasp_tests::config::cluster("raw", "ROUND_ROBIN", &[(raw, 1)], "");
     let wasp = Proxy::start(&hcm(port, vhosts, "", &clusters), &["--concurrency", "1"]);
     let url = format!("http://127.0.0.1:{port}/");
@@ -817,7 +824,7 @@ fn http1_upstream_framing_interim_answers_and_closed_keep_alives() {
 fn idle_downstream_connections_are_closed_after_idle_timeout() {
     use std::io::{Read, Write};
     let backend = HttpBackend::start("idle");
-    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/\" }\n                route: { cluster: idle }\n";
+    let vhosts = &catch_all("cluster: idle");
     let clusters = wasp_tests::config::cluster("idle", "ROUND_ROBIN", &[(backend.addr, 1)], "");
     let port = free_port();
     let wasp = Proxy::start(

@@ -264,7 +264,7 @@ impl HttpConnectionManager {
         let s = &self.settings;
         // On drain or idle timeout, let in-flight requests finish, then
         // close (GOAWAY on HTTP/2, `connection: close` on HTTP/1.1).
-        let idle = idle(s.idle_timeout, &last_request);
+        let idle = super::io::idle(s.idle_timeout, &last_request);
         tokio::pin!(idle);
         macro_rules! serve_until_drained {
             ($conn:expr) => {{
@@ -613,21 +613,6 @@ impl HttpConnectionManager {
                 headers.insert(HeaderName::from_static("x-request-id"), v);
             }
         }
-    }
-}
-
-/// Ready once `timeout` has passed since the last request (never without
-/// a timeout). One timer per connection, re-armed only when it fires.
-async fn idle(timeout: Option<Duration>, last_request: &Cell<Instant>) {
-    let Some(timeout) = timeout else {
-        return std::future::pending().await;
-    };
-    loop {
-        let deadline = last_request.get() + timeout;
-        if Instant::now() >= deadline {
-            return;
-        }
-        tokio::time::sleep_until(deadline).await;
     }
 }
 

@@ -11,6 +11,7 @@
 use std::cell::Cell;
 use std::io;
 use std::net::Shutdown;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::Interest;
@@ -141,5 +142,21 @@ pub async fn pump(
         for c in counters {
             c.add(n as u64);
         }
+    }
+}
+
+/// Resolves once `activity` (when the connection last did something) is
+/// `timeout` old; never without a timeout. One timer, re-armed only when
+/// it fires, so activity itself only stores an instant.
+pub async fn idle(timeout: Option<Duration>, activity: &Cell<Instant>) {
+    let Some(timeout) = timeout else {
+        return std::future::pending().await;
+    };
+    loop {
+        let due = activity.get() + timeout;
+        if Instant::now() >= due {
+            return;
+        }
+        tokio::time::sleep_until(due).await;
     }
 }

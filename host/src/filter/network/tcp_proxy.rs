@@ -261,7 +261,7 @@ impl TcpProxy {
                 Ok(_) => Outcome::Closed,
                 Err(_) => Outcome::Reset,
             },
-            _ = idle(self.settings.idle_timeout, &activity) => Outcome::Idle,
+            _ = io::idle(self.settings.idle_timeout, &activity) => Outcome::Idle,
             _ = deadline(self.settings.max_downstream_connection_duration) => Outcome::MaxDuration,
         };
         match outcome {
@@ -305,20 +305,6 @@ enum Outcome {
     Reset,
     Idle,
     MaxDuration,
-}
-
-/// Resolves once nothing was read for `timeout`.
-async fn idle(timeout: Option<Duration>, activity: &Cell<Instant>) {
-    let Some(timeout) = timeout else {
-        return std::future::pending().await;
-    };
-    loop {
-        let due = activity.get() + timeout;
-        if Instant::now() >= due {
-            return;
-        }
-        tokio::time::sleep_until(due).await;
-    }
 }
 
 async fn deadline(limit: Option<Duration>) {
