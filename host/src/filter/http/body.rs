@@ -14,7 +14,7 @@ use http_body_util::Full;
 use hyper::body::{Frame, Incoming, SizeHint};
 use tokio::sync::mpsc;
 
-use super::h1::UpstreamBody;
+use super::h1::client::UpstreamBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

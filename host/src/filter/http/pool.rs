@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::body::{Body, BoxError};
-use super::h1;
+use super::h1::client as h1;
 use crate::cluster::{ConnectError, Endpoint, WorkerCluster};
 
 /// Why a request got no response.

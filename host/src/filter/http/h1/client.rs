@@ -21,21 +21,23 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::body::{Body, BoxError};
-use super::pool::Opened;
+use super::super::body::{Body, BoxError};
+use super::super::pool::Opened;
+use super::{
+    Chunk, Decoded, Decoder, Error, MAX_HEADERS, content_length, encode_chunk, encode_field,
+    encode_last_chunk, ends_chunked, has_token, header_map, spans,
+};
 
 /// Most bytes of a response head or trailer block (Envoy's limit).
 const MAX_HEAD: usize = 60 * 1024;
-/// Most fields in a response head (Envoy's default limit).
-const MAX_HEADERS: usize = 100;
 /// Request body bytes taken from the client before they are written.
 const MAX_PENDING_WRITE: usize = 64 * 1024;
 /// How long an idle connection is kept for reuse: less than the usual
@@ -48,18 +50,6 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// wrk -c 200 reconnected for ~3% of requests, and p99 went from ~11 ms to
 /// ~14 ms).
 const MAX_IDLE: usize = 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("upstream connection: {0}")]
-    Io(#[from] io::Error),
-    #[error("upstream closed the connection before the response was complete")]
-    Closed,
-    #[error("malformed response from upstream: {0}")]
-    Malformed(&'static str),
-    #[error("request body: {0}")]
-    RequestBody(BoxError),
-}
 
 /// An open connection to an endpoint, between requests.
 pub struct Conn {
@@ -149,10 +139,7 @@ impl Upload {
         out.extend_from_slice(path.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
         for (name, value) in &parts.headers {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            encode_field(&mut out, name, value);
         }
         let mut chunked = false;
         if !parts.headers.contains_key(CONTENT_LENGTH) {
@@ -201,7 +188,7 @@ impl Upload {
                     Poll::Ready(None) => {
                         self.start_body();
                         if self.chunked {
-                            self.out.extend_from_slice(b"0\r\n\r\n");
+                            encode_last_chunk(&mut self.out, None);
                         }
                         self.body = None;
                     }
@@ -236,23 +223,12 @@ impl Upload {
     fn encode_frame(&mut self, frame: Frame<Bytes>) {
         match frame.into_data() {
             Ok(data) if data.is_empty() => {}
-            Ok(data) if self.chunked => {
-                let _ = write!(self.out, "{:x}\r\n", data.len());
-                self.out.extend_from_slice(&data);
-                self.out.extend_from_slice(b"\r\n");
-            }
+            Ok(data) if self.chunked => encode_chunk(&mut self.out, &data),
             Ok(data) => self.out.extend_from_slice(&data),
             Err(frame) => {
                 // Trailers end the body; HTTP/1.1 has them only in chunks.
                 if let (Ok(trailers), true) = (frame.into_trailers(), self.chunked) {
-                    self.out.extend_from_slice(b"0\r\n");
-                    for (name, value) in &trailers {
-                        self.out.extend_from_slice(name.as_str().as_bytes());
-                        self.out.extend_from_slice(b": ");
-                        self.out.extend_from_slice(value.as_bytes());
-                        self.out.extend_from_slice(b"\r\n");
-                    }
-                    self.out.extend_from_slice(b"\r\n");
+                    encode_last_chunk(&mut self.out, Some(&trailers));
                     self.body = None;
                 }
             }
@@ -382,41 +358,15 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Head>, E
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    // Offsets into the head (at most MAX_HEAD long), so that the values
-    // can share its bytes.
-    let base = read.as_ptr() as usize;
-    let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
-    let count = parsed.headers.len();
-    for (span, f) in spans.iter_mut().zip(parsed.headers.iter()) {
-        let name = f.name.as_ptr() as usize - base;
-        let value = f.value.as_ptr() as usize - base;
-        let end = |start: usize, len: usize| (start + len) as u16;
-        *span = (
-            name as u16,
-            end(name, f.name.len()),
-            value as u16,
-            end(value, f.value.len()),
-        );
-    }
+    let mut fields_at = [[0; 4]; MAX_HEADERS];
+    let count = spans(read, parsed.headers, &mut fields_at);
     let head = read.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(n0, n1, v0, v1) in &spans[..count] {
-        let [n0, n1, v0, v1] = [n0, n1, v0, v1].map(usize::from);
-        let name = HeaderName::from_bytes(&head[n0..n1])
-            .map_err(|_| Error::Malformed("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
-            .map_err(|_| Error::Malformed("invalid header value"))?;
-        headers.append(name, value);
-    }
+    let mut headers = header_map(&head, &fields_at[..count])?;
     let decoder = if head_request || matches!(status.as_u16(), 100..=199 | 204 | 304) {
         Decoder::Length(0)
     } else if let Some(te) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
         // A transfer coding overrides any length (RFC 9112 §6.3).
-        let chunked = te
-            .as_bytes()
-            .rsplit(|&b| b == b',')
-            .next()
-            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        let chunked = ends_chunked(te);
         headers.remove(CONTENT_LENGTH);
         if chunked {
             Decoder::Chunked(Chunk::Size)
@@ -429,16 +379,9 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Head>, E
             None => Decoder::Eof,
         }
     };
-    let has_token = |token: &[u8]| {
-        headers.get_all(CONNECTION).iter().any(|v| {
-            v.as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-        })
-    };
     let persistent = match version {
-        Version::HTTP_10 => has_token(b"keep-alive"),
-        _ => !has_token(b"close"),
+        Version::HTTP_10 => has_token(&headers, b"keep-alive"),
+        _ => !has_token(&headers, b"close"),
     };
     let keep_alive = persistent && !matches!(decoder, Decoder::Eof);
     Ok(Some(Head {
@@ -448,157 +391,6 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Head>, E
         decoder,
         keep_alive,
     }))
-}
-
-/// The response's length from its content-length fields: all must agree.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let n = std::str::from_utf8(part.trim_ascii())
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(Error::Malformed("invalid content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Error::Malformed("conflicting content-length"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(length)
-}
-
-/// How a response body ends.
-#[derive(Debug, PartialEq)]
-enum Decoder {
-    /// After this many more bytes.
-    Length(u64),
-    Chunked(Chunk),
-    /// When the upstream closes the connection.
-    Eof,
-    Done,
-}
-
-#[derive(Debug, PartialEq)]
-enum Chunk {
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailers,
-}
-
-#[derive(Debug, PartialEq)]
-enum Decoded {
-    Data(Bytes),
-    Trailers(HeaderMap),
-    End,
-    NeedMore,
-}
-
-impl Decoder {
-    /// Takes what it can of the body from `buf`.
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, Error> {
-        loop {
-            let chunk = match self {
-                Decoder::Done | Decoder::Length(0) => {
-                    *self = Decoder::Done;
-                    return Ok(Decoded::End);
-                }
-                _ if buf.is_empty() => return Ok(Decoded::NeedMore),
-                Decoder::Length(left) => {
-                    let n = (*left).min(buf.len() as u64);
-                    *left -= n;
-                    return Ok(Decoded::Data(buf.split_to(n as usize).freeze()));
-                }
-                Decoder::Eof => return Ok(Decoded::Data(buf.split().freeze())),
-                Decoder::Chunked(chunk) => chunk,
-            };
-            match chunk {
-                Chunk::Size => {
-                    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
-                        return if buf.len() > 1024 {
-                            Err(Error::Malformed("chunk size line too long"))
-                        } else {
-                            Ok(Decoded::NeedMore)
-                        };
-                    };
-                    let size = chunk_size(&buf[..end])?;
-                    buf.advance(end + 1);
-                    *chunk = if size == 0 {
-                        Chunk::Trailers
-                    } else {
-                        Chunk::Data(size)
-                    };
-                }
-                Chunk::Data(left) => {
-                    let n = (*left).min(buf.len() as u64);
-                    *left -= n;
-                    let data = buf.split_to(n as usize).freeze();
-                    if *left == 0 {
-                        *chunk = Chunk::DataEnd;
-                    }
-                    return Ok(Decoded::Data(data));
-                }
-                Chunk::DataEnd => {
-                    if buf.len() < 2 {
-                        return Ok(Decoded::NeedMore);
-                    }
-                    if &buf[..2] != b"\r\n" {
-                        return Err(Error::Malformed("chunk not followed by CRLF"));
-                    }
-                    buf.advance(2);
-                    *chunk = Chunk::Size;
-                }
-                Chunk::Trailers => {
-                    if buf.starts_with(b"\r\n") {
-                        buf.advance(2);
-                        *self = Decoder::Done;
-                        return Ok(Decoded::End);
-                    }
-                    if buf[..] == b"\r"[..] {
-                        return Ok(Decoded::NeedMore);
-                    }
-                    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    let (len, trailers) = match httparse::parse_headers(buf, &mut fields) {
-                        Ok(httparse::Status::Complete((len, fields))) => {
-                            let mut trailers = HeaderMap::with_capacity(fields.len());
-                            for f in fields {
-                                let name = HeaderName::from_bytes(f.name.as_bytes());
-                                let value = HeaderValue::from_bytes(f.value);
-                                if let (Ok(n), Ok(v)) = (name, value) {
-                                    trailers.append(n, v);
-                                }
-                            }
-                            (len, trailers)
-                        }
-                        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {
-                            return Ok(Decoded::NeedMore);
-                        }
-                        _ => return Err(Error::Malformed("invalid trailers")),
-                    };
-                    buf.advance(len);
-                    *self = Decoder::Done;
-                    return Ok(Decoded::Trailers(trailers));
-                }
-            }
-        }
-    }
-}
-
-/// A chunk size line (without its `\n`): hex digits, then extensions.
-fn chunk_size(line: &[u8]) -> Result<u64, Error> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let digits = line
-        .iter()
-        .position(|b| !b.is_ascii_hexdigit())
-        .unwrap_or(line.len());
-    let rest = line[digits..].trim_ascii_start();
-    if digits == 0 || digits > 16 || !(rest.is_empty() || rest[0] == b';') {
-        return Err(Error::Malformed("invalid chunk size"));
-    }
-    let hex = std::str::from_utf8(&line[..digits]).expect("hex digits");
-    u64::from_str_radix(hex, 16).map_err(|_| Error::Malformed("invalid chunk size"))
 }
 
 /// A response body read from an HTTP/1.1 upstream. It still holds the
@@ -709,62 +501,7 @@ impl UpstreamBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Decodes `wire` fed in pieces of `step` bytes.
-    fn decode_in_steps(
-        mut decoder: Decoder,
-        wire: &[u8],
-        step: usize,
-    ) -> (Vec<u8>, Option<HeaderMap>) {
-        let mut buf = BytesMut::new();
-        let (mut body, mut trailers) = (Vec::new(), None);
-        let mut pieces = wire.chunks(step);
-        loop {
-            match decoder.decode(&mut buf).expect("valid") {
-                Decoded::Data(d) => body.extend_from_slice(&d),
-                Decoded::Trailers(t) => trailers = Some(t),
-                Decoded::End => return (body, trailers),
-                Decoded::NeedMore => match pieces.next() {
-                    Some(p) => buf.extend_from_slice(p),
-                    None => panic!("incomplete at {:?}", decoder),
-                },
-            }
-        }
-    }
-
-    #[test]
-    fn chunked_bodies_decode_whatever_the_read_sizes() {
-        let wire =
-            b"5\r\nhello\r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-sum: 42\r\n\r\n";
-        for step in [1, 2, 3, 7, wire.len()] {
-            let (body, trailers) = decode_in_steps(Decoder::Chunked(Chunk::Size), wire, step);
-            assert_eq!(body, b"helloabcdefghijklmnopqrstuvwxyz", "step {step}");
-            assert_eq!(trailers.expect("trailers")["x-sum"], "42", "step {step}");
-        }
-        let (body, trailers) =
-            decode_in_steps(Decoder::Chunked(Chunk::Size), b"3\r\nabc\r\n0\r\n\r\n", 1);
-        assert_eq!((body.as_slice(), trailers), (&b"abc"[..], None));
-    }
-
-    #[test]
-    fn bad_chunk_framing_is_an_error() {
-        for wire in [
-            &b"zz\r\n"[..],
-            b"5\r\nhelloXX",
-            b"ffffffffffffffffff\r\n",
-            b"5 x\r\n",
-        ] {
-            let mut buf = BytesMut::from(wire);
-            let mut d = Decoder::Chunked(Chunk::Size);
-            let r = std::iter::repeat_with(|| d.decode(&mut buf))
-                .take(4)
-                .find(|r| !matches!(r, Ok(Decoded::Data(_))));
-            assert!(
-                matches!(r, Some(Err(Error::Malformed(_)))),
-                "{wire:?}: {r:?}"
-            );
-        }
-    }
+    use http::HeaderName;
 
     #[test]
     fn response_heads_give_framing_and_persistence() {

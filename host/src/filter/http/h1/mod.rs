@@ -1,0 +1,322 @@
+//! HTTP/1.1 on wasp's own terms: the [`client`] side towards upstreams and
+//! the [`server`] side towards downstream clients, both driven by the task
+//! of the stream they carry, and the framing they share (RFC 9112).
+//!
+//! Heads are parsed by httparse; header values share the bytes the head
+//! was read into, so a head costs its header map and nothing per field.
+
+use std::io;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::body::BoxError;
+
+pub mod client;
+pub mod server;
+
+/// Most fields in a head (Envoy's default max_headers_count).
+const MAX_HEADERS: usize = 100;
+/// Most bytes of a trailer block.
+const MAX_TRAILERS: usize = 60 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("the peer closed the connection before the message was complete")]
+    Closed,
+    #[error("malformed message: {0}")]
+    Malformed(&'static str),
+    #[error("request body: {0}")]
+    RequestBody(BoxError),
+}
+
+/// A message's length from its content-length fields: all must agree.
+pub(super) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let n = std::str::from_utf8(part.trim_ascii())
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or(Error::Malformed("invalid content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Error::Malformed("conflicting content-length"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
+}
+
+/// Where a field's name and value lie in its head: offsets, so that the
+/// head can be frozen into shared bytes after httparse has borrowed it.
+type Span = [u32; 4];
+
+/// The spans of `fields`, parsed out of `head`.
+fn spans(head: &[u8], fields: &[httparse::Header<'_>], out: &mut [Span; MAX_HEADERS]) -> usize {
+    let base = head.as_ptr() as usize;
+    for (span, f) in out.iter_mut().zip(fields) {
+        let name = (f.name.as_ptr() as usize - base) as u32;
+        let value = (f.value.as_ptr() as usize - base) as u32;
+        *span = [
+            name,
+            name + f.name.len() as u32,
+            value,
+            value + f.value.len() as u32,
+        ];
+    }
+    fields.len()
+}
+
+/// The header map of a frozen head, its values sharing the head's bytes.
+fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, Error> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for span in spans {
+        let [n0, n1, v0, v1] = span.map(|o| o as usize);
+        let name = HeaderName::from_bytes(&head[n0..n1])
+            .map_err(|_| Error::Malformed("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
+            .map_err(|_| Error::Malformed("invalid header value"))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// Whether a `connection` field lists `token`.
+fn has_token(headers: &HeaderMap, token: &[u8]) -> bool {
+    headers.get_all(CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    })
+}
+
+/// Whether the last transfer coding of a `transfer-encoding` field is
+/// chunked.
+fn ends_chunked(te: &HeaderValue) -> bool {
+    te.as_bytes()
+        .rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// Appends `data` as one chunk.
+fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    use std::io::Write as _;
+    let _ = write!(out, "{:x}\r\n", data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the last chunk, with `trailers` if there are any.
+fn encode_last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        encode_field(out, name, value);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn encode_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How a message body ends.
+#[derive(Debug, PartialEq)]
+pub(super) enum Decoder {
+    /// After this many more bytes.
+    Length(u64),
+    Chunked(Chunk),
+    /// When the peer closes the connection (responses only).
+    Eof,
+    Done,
+}
+
+#[derive(Debug, PartialEq)]
+pub(super) enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+#[derive(Debug, PartialEq)]
+pub(super) enum Decoded {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    End,
+    NeedMore,
+}
+
+impl Decoder {
+    /// Takes what it can of the body from `buf`.
+    pub(super) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, Error> {
+        loop {
+            let chunk = match self {
+                Decoder::Done | Decoder::Length(0) => {
+                    *self = Decoder::Done;
+                    return Ok(Decoded::End);
+                }
+                _ if buf.is_empty() => return Ok(Decoded::NeedMore),
+                Decoder::Length(left) => {
+                    let n = (*left).min(buf.len() as u64);
+                    *left -= n;
+                    return Ok(Decoded::Data(buf.split_to(n as usize).freeze()));
+                }
+                Decoder::Eof => return Ok(Decoded::Data(buf.split().freeze())),
+                Decoder::Chunked(chunk) => chunk,
+            };
+            match chunk {
+                Chunk::Size => {
+                    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+                        return if buf.len() > 1024 {
+                            Err(Error::Malformed("chunk size line too long"))
+                        } else {
+                            Ok(Decoded::NeedMore)
+                        };
+                    };
+                    let size = chunk_size(&buf[..end])?;
+                    buf.advance(end + 1);
+                    *chunk = if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    };
+                }
+                Chunk::Data(left) => {
+                    let n = (*left).min(buf.len() as u64);
+                    *left -= n;
+                    let data = buf.split_to(n as usize).freeze();
+                    if *left == 0 {
+                        *chunk = Chunk::DataEnd;
+                    }
+                    return Ok(Decoded::Data(data));
+                }
+                Chunk::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(Error::Malformed("chunk not followed by CRLF"));
+                    }
+                    buf.advance(2);
+                    *chunk = Chunk::Size;
+                }
+                Chunk::Trailers => {
+                    if buf.starts_with(b"\r\n") {
+                        buf.advance(2);
+                        *self = Decoder::Done;
+                        return Ok(Decoded::End);
+                    }
+                    if buf[..] == b"\r"[..] {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    let (len, trailers) = match httparse::parse_headers(buf, &mut fields) {
+                        Ok(httparse::Status::Complete((len, fields))) => {
+                            let mut trailers = HeaderMap::with_capacity(fields.len());
+                            for f in fields {
+                                let name = HeaderName::from_bytes(f.name.as_bytes());
+                                let value = HeaderValue::from_bytes(f.value);
+                                if let (Ok(n), Ok(v)) = (name, value) {
+                                    trailers.append(n, v);
+                                }
+                            }
+                            (len, trailers)
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() < MAX_TRAILERS => {
+                            return Ok(Decoded::NeedMore);
+                        }
+                        _ => return Err(Error::Malformed("invalid trailers")),
+                    };
+                    buf.advance(len);
+                    *self = Decoder::Done;
+                    return Ok(Decoded::Trailers(trailers));
+                }
+            }
+        }
+    }
+}
+
+/// A chunk size line (without its `\n`): hex digits, then extensions.
+fn chunk_size(line: &[u8]) -> Result<u64, Error> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let digits = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    let rest = line[digits..].trim_ascii_start();
+    if digits == 0 || digits > 16 || !(rest.is_empty() || rest[0] == b';') {
+        return Err(Error::Malformed("invalid chunk size"));
+    }
+    let hex = std::str::from_utf8(&line[..digits]).expect("hex digits");
+    u64::from_str_radix(hex, 16).map_err(|_| Error::Malformed("invalid chunk size"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes `wire` fed in pieces of `step` bytes.
+    fn decode_in_steps(
+        mut decoder: Decoder,
+        wire: &[u8],
+        step: usize,
+    ) -> (Vec<u8>, Option<HeaderMap>) {
+        let mut buf = BytesMut::new();
+        let (mut body, mut trailers) = (Vec::new(), None);
+        let mut pieces = wire.chunks(step);
+        loop {
+            match decoder.decode(&mut buf).expect("valid") {
+                Decoded::Data(d) => body.extend_from_slice(&d),
+                Decoded::Trailers(t) => trailers = Some(t),
+                Decoded::End => return (body, trailers),
+                Decoded::NeedMore => match pieces.next() {
+                    Some(p) => buf.extend_from_slice(p),
+                    None => panic!("incomplete at {:?}", decoder),
+                },
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_read_sizes() {
+        let wire =
+            b"5\r\nhello\r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-sum: 42\r\n\r\n";
+        for step in [1, 2, 3, 7, wire.len()] {
+            let (body, trailers) = decode_in_steps(Decoder::Chunked(Chunk::Size), wire, step);
+            assert_eq!(body, b"helloabcdefghijklmnopqrstuvwxyz", "step {step}");
+            assert_eq!(trailers.expect("trailers")["x-sum"], "42", "step {step}");
+        }
+        let (body, trailers) =
+            decode_in_steps(Decoder::Chunked(Chunk::Size), b"3\r\nabc\r\n0\r\n\r\n", 1);
+        assert_eq!((body.as_slice(), trailers), (&b"abc"[..], None));
+    }
+
+    #[test]
+    fn bad_chunk_framing_is_an_error() {
+        for wire in [
+            &b"zz\r\n"[..],
+            b"5\r\nhelloXX",
+            b"ffffffffffffffffff\r\n",
+            b"5 x\r\n",
+        ] {
+            let mut buf = BytesMut::from(wire);
+            let mut d = Decoder::Chunked(Chunk::Size);
+            let r = std::iter::repeat_with(|| d.decode(&mut buf))
+                .take(4)
+                .find(|r| !matches!(r, Ok(Decoded::Data(_))));
+            assert!(
+                matches!(r, Some(Err(Error::Malformed(_)))),
+                "{wire:?}: {r:?}"
+            );
+        }
+    }
+}
