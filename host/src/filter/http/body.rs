@@ -15,12 +15,17 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use tokio::sync::mpsc;
 
 use super::h1::client::UpstreamBody;
+use super::h1::server::RequestBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request or response body.
 pub enum Body {
+    /// From hyper: an HTTP/2 request or response.
     Incoming(Incoming),
+    /// A request from an HTTP/1.1 client, read off its connection as it
+    /// is polled.
+    Downstream(RequestBody),
     /// A response from an HTTP/1.1 upstream, read off its connection as
     /// it is polled.
     Upstream(UpstreamBody),
@@ -51,6 +56,7 @@ impl hyper::body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Body::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Body::Downstream(b) => b.poll_frame(cx),
             Body::Upstream(b) => b.poll_frame(cx),
             Body::Full(b) => Pin::new(b).poll_frame(cx).map_err(|e| match e {}),
             Body::Channel(rx) => rx.poll_recv(cx),
@@ -60,6 +66,7 @@ impl hyper::body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Incoming(b) => b.is_end_stream(),
+            Body::Downstream(b) => b.is_end_stream(),
             Body::Upstream(b) => b.is_end_stream(),
             Body::Full(b) => b.is_end_stream(),
             Body::Channel(_) => false,
@@ -69,6 +76,7 @@ impl hyper::body::Body for Body {
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Incoming(b) => b.size_hint(),
+            Body::Downstream(b) => b.size_hint(),
             Body::Upstream(b) => b.size_hint(),
             Body::Full(b) => b.size_hint(),
             Body::Channel(_) => SizeHint::default(),

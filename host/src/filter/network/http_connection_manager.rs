@@ -12,6 +12,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -23,6 +24,7 @@ use crate::cluster::WorkerClusters;
 use crate::config::path::{index, join};
 use crate::config::{CodecType, HttpConnectionManagerConfig, HttpFilterConfig, ValidationError};
 use crate::filter::http::body::{BoxError, ResponseBody};
+use crate::filter::http::h1;
 use crate::filter::http::pool::LocalExec;
 use crate::filter::http::route::{Action, RouteTable, redirect_location};
 use crate::filter::http::router::{self, Body, Upstream};
@@ -193,6 +195,7 @@ pub struct HttpConnectionManager {
     /// This worker's instances of the wasm HTTP filters.
     filters: Vec<PluginHandle>,
     stats: HttpStats,
+    h1: h1::server::Settings,
 }
 
 const HOP_BY_HOP: [HeaderName; 5] = [
@@ -240,6 +243,11 @@ impl HttpConnectionManager {
                 .iter()
                 .map(|p| crate::wasm::plugin_on_worker(p, clusters, stats))
                 .collect(),
+            h1: h1::server::Settings {
+                max_head: settings.max_request_headers_bytes,
+                headers_timeout: settings.request_headers_timeout,
+                server_name: settings.server_name.clone(),
+            },
             settings,
             logs,
             upstreams,
@@ -250,67 +258,60 @@ impl HttpConnectionManager {
     pub async fn serve(self: Rc<Self>, d: Downstream, info: StreamInfo) {
         self.stats.downstream_cx_total.inc();
         self.stats.downstream_cx_active.inc();
-        let hcm = self.clone();
-        let info = Rc::new(info);
+        let s = &self.settings;
         // When the last request came: the idle timeout counts from it.
         let last_request = Rc::new(Cell::new(Instant::now()));
-        let last = last_request.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let (hcm, info, last) = (hcm.clone(), info.clone(), last.clone());
-            async move { hcm.handle(req, &info, &last).await }
-        });
-        let io = TokioIo::new(d.stream);
         let mut draining = d.draining;
-        let s = &self.settings;
-        // On drain or idle timeout, let in-flight requests finish, then
-        // close (GOAWAY on HTTP/2, `connection: close` on HTTP/1.1).
-        let idle = super::io::idle(s.idle_timeout, &last_request);
-        tokio::pin!(idle);
-        macro_rules! serve_until_drained {
-            ($conn:expr) => {{
-                let conn = $conn;
-                tokio::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => r.map_err(|e| e.to_string()),
-                    _ = draining.wait_for(|d| *d) => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await.map_err(|e| e.to_string())
-                    }
-                    () = idle.as_mut() => {
-                        self.stats.downstream_cx_idle_timeout.inc();
-                        conn.as_mut().graceful_shutdown();
-                        conn.await.map_err(|e| e.to_string())
-                    }
+        // On drain or idle timeout, requests in flight finish, then the
+        // connection closes (GOAWAY on HTTP/2, `connection: close` on
+        // HTTP/1.1).
+        let shutdown = std::pin::pin!(async {
+            tokio::select! {
+                _ = draining.wait_for(|d| *d) => {}
+                () = super::io::idle(s.idle_timeout, &last_request) => {
+                    self.stats.downstream_cx_idle_timeout.inc();
                 }
-            }};
-        }
-        let result = match s.codec {
-            CodecType::Http2 => serve_until_drained!(
-                hyper::server::conn::http2::Builder::new(LocalExec)
-                    .timer(TokioTimer::new())
-                    .serve_connection(io, service)
-            ),
-            CodecType::Http1 => {
-                let mut b = hyper::server::conn::http1::Builder::new();
-                // No header timeout unless configured, as in Envoy (hyper's
-                // default of 30 s would also arm a timer per request).
-                b.timer(TokioTimer::new())
-                    .max_buf_size(s.max_request_headers_bytes.max(8192))
-                    .header_read_timeout(s.request_headers_timeout);
-                serve_until_drained!(b.serve_connection(io, service))
             }
-            CodecType::Auto => {
-                let mut b = hyper_util::server::conn::auto::Builder::new(LocalExec);
-                b.http1()
-                    .timer(TokioTimer::new())
-                    .max_buf_size(s.max_request_headers_bytes.max(8192))
-                    .header_read_timeout(s.request_headers_timeout);
-                b.http2().timer(TokioTimer::new());
-                serve_until_drained!(b.serve_connection(io, service))
-            }
+        });
+        let mut shutdown = shutdown;
+        let io = d.stream;
+        let first = match s.codec {
+            CodecType::Http1 => Ok(BytesMut::new()),
+            CodecType::Http2 => Err(BytesMut::new()),
+            CodecType::Auto => tokio::select! {
+                sniffed = sniff_h2(&io) => match sniffed {
+                    Some(r) => r,
+                    None => return self.stats.downstream_cx_active.dec(),
+                },
+                () = shutdown.as_mut() => return self.stats.downstream_cx_active.dec(),
+            },
         };
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "http connection ended with an error");
+        match first {
+            Ok(read) => {
+                let handler = |req| self.handle(req, &info, &last_request);
+                h1::server::serve(io, read, &self.h1, handler, shutdown).await;
+            }
+            Err(read) => {
+                let (hcm, info, last_request) = (self.clone(), Rc::new(info), last_request.clone());
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (hcm, info, last) = (hcm.clone(), info.clone(), last_request.clone());
+                    async move { hcm.handle(req.map(Body::Incoming), &info, &last).await }
+                });
+                let conn = hyper::server::conn::http2::Builder::new(LocalExec)
+                    .timer(TokioTimer::new())
+                    .serve_connection(TokioIo::new(Prefixed::new(read.freeze(), io)), service);
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = shutdown => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "http/2 connection ended with an error");
+                }
+            }
         }
         self.stats.downstream_cx_active.dec();
     }
@@ -319,7 +320,7 @@ impl HttpConnectionManager {
     /// wasm filter's `proxy_close_stream`).
     async fn handle(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
         conn: &StreamInfo,
         last_request: &Cell<Instant>,
     ) -> Result<Response<ResponseBody>, BoxError> {
@@ -353,7 +354,7 @@ impl HttpConnectionManager {
         let deadline = self.settings.response_deadline;
         let result = if self.filters.is_empty() {
             Ok(self
-                .route(req.map(Body::Incoming), peer, deadline)
+                .route(req, peer, deadline)
                 .await
                 .map(ResponseBody::from))
         } else {
@@ -393,7 +394,7 @@ impl HttpConnectionManager {
     /// A request through the wasm filters, the router, and back.
     async fn filtered(
         &self,
-        req: Request<Incoming>,
+        req: Request<Body>,
         conn: &StreamInfo,
     ) -> Result<Response<ResponseBody>, BoxError> {
         let facts = ConnectionFacts {
@@ -415,7 +416,7 @@ impl HttpConnectionManager {
             Err(Stop::Reply(r)) => return self.respond(&stream, *r).await,
             Err(Stop::Reset) => return stopped(Stop::Reset),
         };
-        let (body, aborted) = stream.request_body(Body::Incoming(body));
+        let (body, aborted) = stream.request_body(body);
         let req = Request::from_parts(parts, body);
         let route = self.route(req, conn.downstream_remote, None);
         let resp = match aborted {
@@ -613,6 +614,98 @@ impl HttpConnectionManager {
                 headers.insert(HeaderName::from_static("x-request-id"), v);
             }
         }
+    }
+}
+
+/// What an HTTP/2 client sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads the first bytes of a connection (codec AUTO) until they tell
+/// HTTP/2's preface from an HTTP/1.1 request: `Err` holds HTTP/2's bytes,
+/// `Ok` HTTP/1.1's; `None` if the client went away first.
+async fn sniff_h2(io: &tokio::net::TcpStream) -> Option<Result<BytesMut, BytesMut>> {
+    let mut read = BytesMut::with_capacity(8 * 1024);
+    loop {
+        io.readable().await.ok()?;
+        match io.try_read_buf(&mut read) {
+            Ok(0) => return None,
+            Ok(_) => {
+                let n = read.len().min(H2_PREFACE.len());
+                if read[..n] != H2_PREFACE[..n] {
+                    return Some(Ok(read));
+                }
+                if n == H2_PREFACE.len() {
+                    return Some(Err(read));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A connection whose first bytes were already read: they are read again
+/// first (hyper's HTTP/2 server gets the preface the sniffing took).
+struct Prefixed {
+    first: Bytes,
+    io: tokio::net::TcpStream,
+}
+
+impl Prefixed {
+    fn new(first: Bytes, io: tokio::net::TcpStream) -> Self {
+        Prefixed { first, io }
+    }
+}
+
+impl tokio::io::AsyncRead for Prefixed {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.first.is_empty() {
+            return std::pin::Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let n = this.first.len().min(buf.remaining());
+        buf.put_slice(&this.first.split_to(n));
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for Prefixed {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
