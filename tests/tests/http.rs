@@ -855,3 +855,109 @@ fn idle_downstream_connections_are_closed_after_idle_timeout() {
     );
     assert_eq!(wasp.stat("http.edge.downstream_cx_idle_timeout"), 1);
 }
+
+/// Sends `wire` on a new connection, then reads until the proxy closes
+/// it (or 5 s pass): what came back, and whether it was closed.
+fn raw_exchange(port: u16, wire: &[u8]) -> (String, bool) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    c.write_all(wire).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match c.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
+
+/// The status lines of the responses in `raw`, in order.
+fn status_lines(raw: &str) -> Vec<&str> {
+    raw.split("\r\n")
+        .filter(|l| l.starts_with("HTTP/1.1 "))
+        .collect()
+}
+
+/// Raw HTTP/1.1 through wasp and through Envoy: malformed heads get the
+/// same answers and the connection closed; pipelined requests are
+/// answered in order on one connection; `Expect: 100-continue` is
+/// answered by the proxy before the body goes upstream.
+#[test]
+fn raw_http1_requests_are_answered_as_envoy_answers_them() {
+    use std::io::{Read, Write};
+    let backend = HttpBackend::start("raw");
+    let clusters = wasp_tests::config::cluster("raw", "ROUND_ROBIN", &[(backend.addr, 1)], "");
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/echo\" }\n                route: { cluster: raw }\n              - match: { prefix: \"/a\" }\n                direct_response: { status: 200, body: { inline_string: first } }\n              - match: { prefix: \"/b\" }\n                direct_response: { status: 202, body: { inline_string: second } }\n";
+    let (wp, ep) = (free_port(), free_port());
+    let _wasp = Proxy::start(&hcm(wp, vhosts, "", &clusters), &[]);
+    let _envoy = Proxy::envoy(&hcm(ep, vhosts, "", &clusters), &[]);
+    let cases: [(&str, &[u8]); 6] = [
+        ("garbage", b"GARBAGE\r\n\r\n"),
+        ("no host", b"GET /a HTTP/1.1\r\n\r\n"),
+        (
+            "length and chunked",
+            b"POST /a HTTP/1.1\r\nHost: x\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "bad length",
+            b"POST /a HTTP/1.1\r\nHost: x\r\ncontent-length: 1x\r\n\r\n",
+        ),
+        (
+            "unknown coding",
+            b"POST /a HTTP/1.1\r\nHost: x\r\ntransfer-encoding: gzip\r\n\r\n",
+        ),
+        (
+            "pipelined, the last closing",
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ),
+    ];
+    for (what, wire) in cases {
+        let (w, w_closed) = raw_exchange(wp, wire);
+        let (e, e_closed) = raw_exchange(ep, wire);
+        assert_eq!(status_lines(&w), status_lines(&e), "{what}:\n{w}\n---\n{e}");
+        assert!(!status_lines(&w).is_empty(), "{what}: {w}");
+        assert!(w_closed && e_closed, "{what}: closed {w_closed} {e_closed}");
+        if what.starts_with("pipelined") {
+            // Each answer's body after the one before it.
+            let mut at = 0;
+            for body in ["first", "second", "first"] {
+                at += w[at..].find(body).unwrap_or_else(|| panic!("{body} in {w}")) + 1;
+            }
+        }
+    }
+    // Expect: 100-continue, the body sent only once the proxy says so.
+    for port in [wp, ep] {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        c.write_all(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = c.read(&mut buf).unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 100 Continue\r\n\r\n"),
+            "{port}: {}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        let mut got = buf[25..n].to_vec();
+        c.write_all(b"hello").unwrap();
+        while !got.ends_with(b"hello") {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 200 OK\r\n"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+}
