@@ -12,10 +12,13 @@
 //!   ↑ cluster::dns, redis_cluster refresh      then one terminal filter:
 //!   ↑ cluster::health checks                   tcp_proxy → WorkerCluster::connect, io::pump
 //! admin (stats, clusters, config_dump)         redis_proxy → resp, upstream (pipelined)
-//!                                              http_connection_manager → http::route,
-//!                                                http::router → http::pool per cluster
-//!                                                  (http::h1 on the stream's task, or
-//!                                                  hyper's HTTP/2 client)
+//!                                              http_connection_manager: HTTP/1.1 by
+//!                                                http::h1::server on the connection's
+//!                                                task (HTTP/2 by hyper's server) →
+//!                                                http::route, http::router →
+//!                                                http::pool per cluster (http::h1::client
+//!                                                on the stream's task, or hyper's
+//!                                                HTTP/2 client)
 //! ```
 //!
 //! The main thread owns configuration, DNS, admin and shutdown; it publishes

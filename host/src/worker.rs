@@ -49,7 +49,26 @@ fn run(setup: WorkerSetup) {
         }
     };
     let local = tokio::task::LocalSet::new();
+    local.spawn_local(keep_a_timer_due());
     local.block_on(&runtime, serve(setup));
+}
+
+/// Keeps a timer due within the next second, forever.
+///
+/// When a timer is registered that is due before every other, tokio wakes
+/// its I/O driver (an eventfd write, and an extra `epoll_wait` return) so
+/// that a parked thread re-arms its timeout: the registering thread is the
+/// only one that could be parked here, so that is a wasted syscall. Every
+/// forwarded request registers one (the route timeout, 15 s by default),
+/// and with no other timer in the wheel each did: one syscall per request,
+/// measured with strace under wrk. With this timer always sooner, only
+/// timeouts shorter than a second still do.
+async fn keep_a_timer_due() {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
 }
 
 async fn serve(setup: WorkerSetup) {

@@ -927,7 +927,10 @@ fn raw_http1_requests_are_answered_as_envoy_answers_them() {
             // Each answer's body after the one before it.
             let mut at = 0;
             for body in ["first", "second", "first"] {
-                at += w[at..].find(body).unwrap_or_else(|| panic!("{body} in {w}")) + 1;
+                at += w[at..]
+                    .find(body)
+                    .unwrap_or_else(|| panic!("{body} in {w}"))
+                    + 1;
             }
         }
     }

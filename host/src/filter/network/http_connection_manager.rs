@@ -1,9 +1,11 @@
-//! `envoy.filters.network.http_connection_manager`: HTTP/1.1 and HTTP/2
-//! (h2c, prior knowledge) on hyper, requests matched against the route
-//! table and answered directly, redirected, or forwarded by the router.
+//! `envoy.filters.network.http_connection_manager`: HTTP/1.1 (wasp's own
+//! codec, [`h1::server`]) and HTTP/2 (h2c, prior knowledge, on hyper),
+//! requests matched against the route table and answered directly,
+//! redirected, or forwarded by the router.
 //!
-//! Everything runs on the connection's worker: the hyper service holds `Rc`s
-//! and HTTP/2 streams are spawned with `spawn_local`.
+//! Everything runs on the connection's worker: an HTTP/1.1 connection's
+//! requests run on its task, one after another; HTTP/2 streams are
+//! spawned with `spawn_local` and the hyper service holds `Rc`s.
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
@@ -265,7 +267,7 @@ impl HttpConnectionManager {
         // On drain or idle timeout, requests in flight finish, then the
         // connection closes (GOAWAY on HTTP/2, `connection: close` on
         // HTTP/1.1).
-        let shutdown = std::pin::pin!(async {
+        let mut shutdown = std::pin::pin!(async {
             tokio::select! {
                 _ = draining.wait_for(|d| *d) => {}
                 () = super::io::idle(s.idle_timeout, &last_request) => {
@@ -273,13 +275,12 @@ impl HttpConnectionManager {
                 }
             }
         });
-        let mut shutdown = shutdown;
-        let io = d.stream;
+        let mut io = d.stream;
         let first = match s.codec {
             CodecType::Http1 => Ok(BytesMut::new()),
             CodecType::Http2 => Err(BytesMut::new()),
             CodecType::Auto => tokio::select! {
-                sniffed = sniff_h2(&io) => match sniffed {
+                sniffed = sniff_h2(&mut io) => match sniffed {
                     Some(r) => r,
                     None => return self.stats.downstream_cx_active.dec(),
                 },
@@ -623,23 +624,19 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Reads the first bytes of a connection (codec AUTO) until they tell
 /// HTTP/2's preface from an HTTP/1.1 request: `Err` holds HTTP/2's bytes,
 /// `Ok` HTTP/1.1's; `None` if the client went away first.
-async fn sniff_h2(io: &tokio::net::TcpStream) -> Option<Result<BytesMut, BytesMut>> {
+async fn sniff_h2(io: &mut tokio::net::TcpStream) -> Option<Result<BytesMut, BytesMut>> {
+    use tokio::io::AsyncReadExt;
     let mut read = BytesMut::with_capacity(8 * 1024);
     loop {
-        io.readable().await.ok()?;
-        match io.try_read_buf(&mut read) {
-            Ok(0) => return None,
-            Ok(_) => {
-                let n = read.len().min(H2_PREFACE.len());
-                if read[..n] != H2_PREFACE[..n] {
-                    return Some(Ok(read));
-                }
-                if n == H2_PREFACE.len() {
-                    return Some(Err(read));
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return None,
+        if io.read_buf(&mut read).await.ok()? == 0 {
+            return None;
+        }
+        let n = read.len().min(H2_PREFACE.len());
+        if read[..n] != H2_PREFACE[..n] {
+            return Some(Ok(read));
+        }
+        if n == H2_PREFACE.len() {
+            return Some(Err(read));
         }
     }
 }

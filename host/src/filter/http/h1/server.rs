@@ -28,6 +28,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HOST, SERVER, TRANSFER_ENCODING};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Frame, SizeHint};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::super::body::{Body, BoxError, ResponseBody};
@@ -54,7 +55,10 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// The connection, shared by the serving loop and the body of the
 /// request in flight.
 struct Shared {
-    io: TcpStream,
+    /// Read and written through tokio's `AsyncRead`/`AsyncWrite`, which
+    /// take a short read as the socket drained (`try_read` would leave it
+    /// marked readable, and the next read would be a wasted syscall).
+    io: RefCell<TcpStream>,
     read: RefCell<BytesMut>,
     /// How the current request's body ends; `Done` when it has.
     body: RefCell<Decoder>,
@@ -69,27 +73,19 @@ impl Shared {
     fn poll_fill(&self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
         let mut read = self.read.borrow_mut();
         read.reserve(want.clamp(8 * 1024, 64 * 1024));
-        loop {
-            ready!(self.io.poll_read_ready(cx))?;
-            match self.io.try_read_buf(&mut *read) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return Poll::Ready(r),
-            }
-        }
+        let mut io = self.io.borrow_mut();
+        tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut *read)
     }
 
     fn poll_write(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.io.poll_write_ready(cx))?;
-            let r = match bufs {
-                [one] => self.io.try_write(one),
-                _ => self.io.try_write_vectored(bufs),
-            };
-            match r {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                r => return Poll::Ready(r),
-            }
+        let mut io = self.io.borrow_mut();
+        let io = Pin::new(&mut *io);
+        match ready!(match bufs {
+            [one] => io.poll_write(cx, one),
+            _ => io.poll_write_vectored(cx, bufs),
+        }) {
+            Ok(0) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            r => Poll::Ready(r),
         }
     }
 
@@ -219,7 +215,7 @@ pub async fn serve<H, F>(
     F: Future<Output = Result<Response<ResponseBody>, BoxError>>,
 {
     let conn = Rc::new(Shared {
-        io,
+        io: RefCell::new(io),
         read: RefCell::new(read),
         body: RefCell::new(Decoder::Done),
         request: Cell::new(0),
