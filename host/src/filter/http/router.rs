@@ -36,7 +36,8 @@ pub fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 }
 
 /// The endpoint a response came from (a response extension, for access
-/// logs).
+/// logs and wasm filters; set only when [`Upstream::tag_upstream_host`]
+/// says so, since an extension costs two allocations per response).
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamHost(pub std::net::SocketAddr);
 
@@ -44,6 +45,8 @@ pub struct UpstreamHost(pub std::net::SocketAddr);
 pub struct Upstream {
     pub cluster: Rc<WorkerCluster>,
     pools: Pools,
+    /// Whether responses carry an [`UpstreamHost`].
+    pub tag_upstream_host: bool,
 }
 
 impl Upstream {
@@ -51,6 +54,7 @@ impl Upstream {
         Upstream {
             pools: Pools::new(cluster.clone()),
             cluster,
+            tag_upstream_host: false,
         }
     }
 
@@ -188,7 +192,9 @@ impl Upstream {
         match result {
             Ok(Ok(mut resp)) => {
                 endpoint.stats.rq_success.fetch_add(1, Ordering::Relaxed);
-                resp.extensions_mut().insert(UpstreamHost(endpoint.address));
+                if self.tag_upstream_host {
+                    resp.extensions_mut().insert(UpstreamHost(endpoint.address));
+                }
                 Attempt::Response(resp)
             }
             Ok(Err(SendError::Connect(e))) => {

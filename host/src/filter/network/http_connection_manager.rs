@@ -223,7 +223,11 @@ impl HttpConnectionManager {
         let upstreams = settings
             .clusters
             .iter()
-            .filter_map(|name| Some((name.clone(), Upstream::new(clusters.get(name)?))))
+            .filter_map(|name| {
+                let mut upstream = Upstream::new(clusters.get(name)?);
+                upstream.tag_upstream_host = !logs.is_empty() || !settings.wasm_filters.is_empty();
+                Some((name.clone(), upstream))
+            })
             .collect();
         HttpConnectionManager {
             stats: HttpStats {

@@ -86,6 +86,8 @@ impl Conn {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        // As the server's: no room made before there is something to read.
+        ready!(self.io.poll_read_ready(cx))?;
         self.read.reserve(want.clamp(8 * 1024, 64 * 1024));
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
     }

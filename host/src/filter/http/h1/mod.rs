@@ -72,9 +72,14 @@ fn spans(head: &[u8], fields: &[httparse::Header<'_>], out: &mut [Span; MAX_HEAD
     fields.len()
 }
 
+/// Room left in a parsed head's map for the fields the proxy adds
+/// (x-request-id, x-forwarded-proto, x-envoy-*, server, ...): growing a
+/// map reallocates and rehashes it.
+const ADDED_FIELDS: usize = 8;
+
 /// The header map of a frozen head, its values sharing the head's bytes.
 fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, Error> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut headers = HeaderMap::with_capacity(spans.len() + ADDED_FIELDS);
     for span in spans {
         let [n0, n1, v0, v1] = span.map(|o| o as usize);
         let name = HeaderName::from_bytes(&head[n0..n1])
