@@ -134,7 +134,8 @@ pub struct Upload {
 impl Upload {
     pub fn new(req: Request<Body>) -> Self {
         let (parts, body) = req.into_parts();
-        let mut out = Vec::with_capacity(512);
+        let mut out = SPARE_HEAD.take();
+        out.reserve(512);
         out.extend_from_slice(parts.method.as_str().as_bytes());
         out.push(b' ');
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -238,6 +239,22 @@ impl Upload {
     }
 }
 
+thread_local! {
+    /// A request head buffer to reuse: one is in use per request, and the
+    /// next request can take it back instead of allocating.
+    static SPARE_HEAD: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        let mut out = std::mem::take(&mut self.out);
+        if out.capacity() <= 64 * 1024 {
+            out.clear();
+            SPARE_HEAD.set(out);
+        }
+    }
+}
+
 /// Why an exchange gave no response, and the request back if it may be
 /// sent again on another connection: the connection failed or closed
 /// before any of a response came (a kept-alive connection the upstream
@@ -298,9 +315,9 @@ pub async fn exchange(
             let replay = matches!(error, Error::Closed | Error::Io(_))
                 && upload.replayable
                 && conn.read.is_empty();
-            let retry = replay.then(|| Upload {
-                written: 0,
-                ..upload
+            let retry = replay.then(|| {
+                upload.written = 0;
+                upload
             });
             Err(Failed { error, retry })
         }
@@ -566,7 +583,7 @@ mod tests {
             }
             let up = Upload::new(req);
             (
-                String::from_utf8(up.out).unwrap(),
+                String::from_utf8(up.out.clone()).unwrap(),
                 up.chunked,
                 up.replayable,
             )

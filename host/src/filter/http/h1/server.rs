@@ -446,11 +446,32 @@ async fn respond(
 ) -> io::Result<bool> {
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
-    keep_alive &= !has_token(&parts.headers, b"close");
-    let declared = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    // One pass over the fields, noting those that decide the framing
+    // (cheaper than a hashed lookup for each).
+    let (mut declared, mut has_date) = (None, false);
+    for (name, value) in &parts.headers {
+        if name == CONNECTION {
+            keep_alive &= !has_token(&parts.headers, b"close");
+            continue;
+        }
+        if name == TRANSFER_ENCODING {
+            continue;
+        }
+        if name == CONTENT_LENGTH {
+            declared = value.to_str().ok().and_then(|v| v.parse::<u64>().ok());
+        }
+        has_date |= name == DATE;
+        encode_field(out, name, value);
+    }
+    if !has_date {
+        write_date(out);
+    }
     let bodyless = matches!(status.as_u16(), 100..=199 | 204 | 304);
     let framing = match declared {
         _ if bodyless => Framing::None,
@@ -464,20 +485,6 @@ async fn respond(
     };
     if matches!(framing, Framing::Close) {
         keep_alive = false;
-    }
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        if name != CONNECTION && name != TRANSFER_ENCODING {
-            encode_field(out, name, value);
-        }
-    }
-    if !parts.headers.contains_key(DATE) {
-        write_date(out);
     }
     match framing {
         Framing::Length(n) if declared.is_none() => {
