@@ -22,7 +22,7 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
@@ -32,8 +32,8 @@ use tokio::time::Instant;
 use super::super::body::{Body, BoxError};
 use super::super::pool::Opened;
 use super::{
-    Chunk, Decoded, Decoder, Error, MAX_HEADERS, content_length, encode_chunk, encode_field,
-    encode_last_chunk, ends_chunked, has_token, header_map, spans,
+    Chunk, Decoded, Decoder, Error, Fields, MAX_HEADERS, content_length, encode_chunk,
+    encode_field, encode_last_chunk, header_map, spans,
 };
 
 /// Most bytes of a response head or trailer block (Envoy's limit).
@@ -381,27 +381,26 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Head>, E
     let count = spans(read, parsed.headers, &mut fields_at);
     let head = read.split_to(len).freeze();
     let mut headers = header_map(&head, &fields_at[..count])?;
+    let fields = Fields::of(&headers);
     let decoder = if head_request || matches!(status.as_u16(), 100..=199 | 204 | 304) {
         Decoder::Length(0)
-    } else if let Some(te) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+    } else if let Some(chunked) = fields.chunked {
         // A transfer coding overrides any length (RFC 9112 §6.3).
-        let chunked = ends_chunked(te);
         headers.remove(CONTENT_LENGTH);
         if chunked {
             Decoder::Chunked(Chunk::Size)
         } else {
             Decoder::Eof
         }
-    } else {
+    } else if fields.content_length {
         match content_length(&headers)? {
             Some(n) => Decoder::Length(n),
             None => Decoder::Eof,
         }
+    } else {
+        Decoder::Eof
     };
-    let persistent = match version {
-        Version::HTTP_10 => has_token(&headers, b"keep-alive"),
-        _ => !has_token(&headers, b"close"),
-    };
+    let persistent = fields.persistent(&headers, version);
     let keep_alive = persistent && !matches!(decoder, Decoder::Eof);
     Ok(Some(Head {
         status,

@@ -8,8 +8,8 @@
 use std::io;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH};
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Version};
 
 use super::body::BoxError;
 
@@ -89,6 +89,46 @@ fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, Error> {
         headers.append(name, value);
     }
     Ok(headers)
+}
+
+/// What a head's fields say about framing and persistence, found in one
+/// pass over them (a hashed lookup for each would cost more).
+#[derive(Default)]
+struct Fields {
+    /// Whether the last transfer coding is chunked, if there is one.
+    chunked: Option<bool>,
+    content_length: bool,
+    connection: bool,
+    host: bool,
+    expect_continue: bool,
+}
+
+impl Fields {
+    fn of(headers: &HeaderMap) -> Self {
+        let mut f = Fields::default();
+        for (name, value) in headers {
+            if name == TRANSFER_ENCODING {
+                f.chunked = Some(ends_chunked(value));
+            } else if name == CONTENT_LENGTH {
+                f.content_length = true;
+            } else if name == CONNECTION {
+                f.connection = true;
+            } else if name == HOST {
+                f.host = true;
+            } else if name == EXPECT {
+                f.expect_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+            }
+        }
+        f
+    }
+
+    /// Whether the connection stays open after this message.
+    fn persistent(&self, headers: &HeaderMap, version: Version) -> bool {
+        match version {
+            Version::HTTP_10 => self.connection && has_token(headers, b"keep-alive"),
+            _ => !(self.connection && has_token(headers, b"close")),
+        }
+    }
 }
 
 /// Whether a `connection` field lists `token`.

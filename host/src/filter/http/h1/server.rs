@@ -25,7 +25,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HOST, SERVER, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, SERVER, TRANSFER_ENCODING};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
@@ -33,8 +33,8 @@ use tokio::net::TcpStream;
 
 use super::super::body::{Body, BoxError, ResponseBody};
 use super::{
-    Chunk, Decoded, Decoder, Error, MAX_HEADERS, content_length, encode_chunk, encode_field,
-    encode_last_chunk, ends_chunked, has_token, header_map, spans,
+    Chunk, Decoded, Decoder, Error, Fields, MAX_HEADERS, content_length, encode_chunk,
+    encode_field, encode_last_chunk, has_token, header_map, spans,
 };
 
 /// What a connection is served with.
@@ -347,35 +347,32 @@ fn parse_head(read: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refu
     let head = read.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_span)).map_err(|_| BAD_REQUEST)?;
     let mut headers = header_map(&head, &fields_at[..count]).map_err(|_| BAD_REQUEST)?;
-    let body = match headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+    let fields = Fields::of(&headers);
+    let body = match fields.chunked {
         // A length and a coding together could be read two ways: refused,
         // as Envoy does.
-        Some(_) if headers.contains_key(CONTENT_LENGTH) => return Err(BAD_REQUEST),
-        Some(te) if ends_chunked(te) => Decoder::Chunked(Chunk::Size),
-        Some(_) => {
+        Some(_) if fields.content_length => return Err(BAD_REQUEST),
+        Some(true) => Decoder::Chunked(Chunk::Size),
+        Some(false) => {
             return Err(Refusal::Answer(
                 StatusCode::NOT_IMPLEMENTED,
                 "Not Implemented",
             ));
         }
-        None => Decoder::Length(
+        None if fields.content_length => Decoder::Length(
             content_length(&headers)
                 .map_err(|_| BAD_REQUEST)?
                 .unwrap_or(0),
         ),
+        None => Decoder::Length(0),
     };
-    if version == Version::HTTP_11 && !headers.contains_key(HOST) {
+    if version == Version::HTTP_11 && !fields.host {
         return Err(BAD_REQUEST);
     }
-    let keep_alive = match version {
-        Version::HTTP_10 => has_token(&headers, b"keep-alive"),
-        _ => !has_token(&headers, b"close"),
-    };
+    let keep_alive = fields.persistent(&headers, version);
     // wasp answers `Expect: 100-continue` itself (Envoy's default), so
     // the upstream does not see it.
-    let expect_continue = headers
-        .get(EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let expect_continue = fields.expect_continue;
     if expect_continue {
         headers.remove(EXPECT);
     }
