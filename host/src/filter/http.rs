@@ -2,6 +2,7 @@
 //! against, and the router that sends them upstream.
 
 pub mod body;
+pub mod codec;
 pub mod h1;
 pub mod pool;
 pub mod route;

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -26,6 +26,7 @@ use crate::cluster::WorkerClusters;
 use crate::config::path::{index, join};
 use crate::config::{CodecType, HttpConnectionManagerConfig, HttpFilterConfig, ValidationError};
 use crate::filter::http::body::{BoxError, ResponseBody};
+use crate::filter::http::codec::{Codec, Prefixed, detect};
 use crate::filter::http::h1;
 use crate::filter::http::pool::LocalExec;
 use crate::filter::http::route::{Action, RouteTable, redirect_location};
@@ -280,23 +281,23 @@ impl HttpConnectionManager {
             }
         });
         let mut io = d.stream;
-        let first = match s.codec {
-            CodecType::Http1 => Ok(BytesMut::new()),
-            CodecType::Http2 => Err(BytesMut::new()),
+        let codec = match s.codec {
+            CodecType::Http1 => Codec::Http1(BytesMut::new()),
+            CodecType::Http2 => Codec::Http2(BytesMut::new()),
             CodecType::Auto => tokio::select! {
-                sniffed = sniff_h2(&mut io) => match sniffed {
-                    Some(r) => r,
+                detected = detect(&mut io) => match detected {
+                    Some(codec) => codec,
                     None => return self.stats.downstream_cx_active.dec(),
                 },
                 () = shutdown.as_mut() => return self.stats.downstream_cx_active.dec(),
             },
         };
-        match first {
-            Ok(read) => {
+        match codec {
+            Codec::Http1(read) => {
                 let handler = |req| self.handle(req, &info, &last_request);
                 h1::server::serve(io, read, &self.h1, handler, shutdown).await;
             }
-            Err(read) => {
+            Codec::Http2(read) => {
                 let (hcm, info, last_request) = (self.clone(), Rc::new(info), last_request.clone());
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let (hcm, info, last) = (hcm.clone(), info.clone(), last_request.clone());
@@ -620,94 +621,6 @@ impl HttpConnectionManager {
                 slot.insert(request_id());
             }
         }
-    }
-}
-
-/// What an HTTP/2 client sends first (RFC 9113 §3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Reads the first bytes of a connection (codec AUTO) until they tell
-/// HTTP/2's preface from an HTTP/1.1 request: `Err` holds HTTP/2's bytes,
-/// `Ok` HTTP/1.1's; `None` if the client went away first.
-async fn sniff_h2(io: &mut tokio::net::TcpStream) -> Option<Result<BytesMut, BytesMut>> {
-    use tokio::io::AsyncReadExt;
-    let mut read = BytesMut::with_capacity(8 * 1024);
-    loop {
-        if io.read_buf(&mut read).await.ok()? == 0 {
-            return None;
-        }
-        let n = read.len().min(H2_PREFACE.len());
-        if read[..n] != H2_PREFACE[..n] {
-            return Some(Ok(read));
-        }
-        if n == H2_PREFACE.len() {
-            return Some(Err(read));
-        }
-    }
-}
-
-/// A connection whose first bytes were already read: they are read again
-/// first (hyper's HTTP/2 server gets the preface the sniffing took).
-struct Prefixed {
-    first: Bytes,
-    io: tokio::net::TcpStream,
-}
-
-impl Prefixed {
-    fn new(first: Bytes, io: tokio::net::TcpStream) -> Self {
-        Prefixed { first, io }
-    }
-}
-
-impl tokio::io::AsyncRead for Prefixed {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if this.first.is_empty() {
-            return std::pin::Pin::new(&mut this.io).poll_read(cx, buf);
-        }
-        let n = this.first.len().min(buf.remaining());
-        buf.put_slice(&this.first.split_to(n));
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
-impl tokio::io::AsyncWrite for Prefixed {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
