@@ -964,3 +964,35 @@ fn raw_http1_requests_are_answered_as_envoy_answers_them() {
         );
     }
 }
+
+/// A client that goes away while its request waits on the upstream takes
+/// the upstream request with it: the upstream connection is closed at
+/// once rather than kept for the answer and pooled.
+#[test]
+fn a_client_closing_abandons_its_upstream_request() {
+    use std::io::Write;
+    let backend = HttpBackend::start("slow");
+    let vhosts = &catch_all("cluster: slow, timeout: 10s");
+    let clusters = wasp_tests::config::cluster("slow", "ROUND_ROBIN", &[(backend.addr, 1)], "");
+    let port = free_port();
+    let wasp = Proxy::start(&hcm(port, vhosts, "", &clusters), &[]);
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(b"GET /?delay_ms=3000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while wasp.stat("cluster.slow.upstream_rq_total") == 0 {
+        assert!(std::time::Instant::now() < deadline, "never went upstream");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(c);
+    // Well before the upstream would have answered (3 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    while wasp.stat("cluster.slow.upstream_cx_destroy") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream request outlived its client"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(wasp.stat("cluster.slow.upstream_cx_active"), 0);
+}
