@@ -458,14 +458,8 @@ fn retries_weighted_clusters_and_hash_policies() {
 
 #[test]
 fn request_timeout_answers_408() {
-    let slow = HttpBackend::start("slow");
-    let vhosts = &catch_all("cluster: slow, timeout: 0s");
-    let clusters = wasp_tests::config::cluster("slow", "ROUND_ROBIN", &[(slow.addr, 1)], "");
-    let port = free_port();
-    let _wasp = Proxy::start(
-        &hcm(port, vhosts, "          request_timeout: 0.3s\n", &clusters),
-        &[],
-    );
+    let (_slow, _wasp, port) =
+        one_backend("slow", ", timeout: 0s", "          request_timeout: 0.3s\n");
     let started = std::time::Instant::now();
     let r = curl(&[&format!("http://127.0.0.1:{port}/?delay_ms=3000")]);
     assert_eq!((r.status, r.body.as_str()), (408, "stream timeout"));
@@ -518,11 +512,7 @@ fn access_log_in_envoys_default_format() {
 fn hundred_mib_bodies_stream_byte_exact() {
     use std::io::{Read, Write};
     const SIZE: u64 = 100 * 1024 * 1024;
-    let backend = HttpBackend::start("big");
-    let vhosts = &catch_all("cluster: big, timeout: 120s");
-    let clusters = wasp_tests::config::cluster("big", "ROUND_ROBIN", &[(backend.addr, 1)], "");
-    let port = free_port();
-    let wasp = Proxy::start(&hcm(port, vhosts, "", &clusters), &[]);
+    let (_backend, wasp, port) = one_backend("big", ", timeout: 120s", "");
     let dir = wasp_tests::temp_dir("big-bodies");
     let check = |path: &std::path::Path| {
         let mut f = std::fs::File::open(path).unwrap();
@@ -733,6 +723,22 @@ fn catch_all(route: &str) -> String {
     )
 }
 
+/// An `HttpBackend` named `name` behind wasp, every request routed to it
+/// with `route: { cluster: <name>, <route_extra> }` and `hcm_extra` added
+/// to the connection manager: the backend, wasp, and wasp's port.
+fn one_backend(
+    name: &'static str,
+    route_extra: &str,
+    hcm_extra: &str,
+) -> (HttpBackend, Proxy, u16) {
+    let backend = HttpBackend::start(name);
+    let vhosts = &catch_all(&format!("cluster: {name}{route_extra}"));
+    let clusters = wasp_tests::config::cluster(name, "ROUND_ROBIN", &[(backend.addr, 1)], "");
+    let port = free_port();
+    let wasp = Proxy::start(&hcm(port, vhosts, hcm_extra, &clusters), &[]);
+    (backend, wasp, port)
+}
+
 /// An HTTP/1.1 upstream answering raw bytes: for each request, in order,
 /// the next reply of `script`, closing the connection after it when its
 /// flag says so (without a `connection: close`, as a server whose
@@ -823,18 +829,10 @@ fn http1_upstream_framing_interim_answers_and_closed_keep_alives() {
 #[test]
 fn idle_downstream_connections_are_closed_after_idle_timeout() {
     use std::io::{Read, Write};
-    let backend = HttpBackend::start("idle");
-    let vhosts = &catch_all("cluster: idle");
-    let clusters = wasp_tests::config::cluster("idle", "ROUND_ROBIN", &[(backend.addr, 1)], "");
-    let port = free_port();
-    let wasp = Proxy::start(
-        &hcm(
-            port,
-            vhosts,
-            "          common_http_protocol_options: { idle_timeout: 0.5s }\n",
-            &clusters,
-        ),
-        &[],
+    let (_backend, wasp, port) = one_backend(
+        "idle",
+        "",
+        "          common_http_protocol_options: { idle_timeout: 0.5s }\n",
     );
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -971,28 +969,22 @@ fn raw_http1_requests_are_answered_as_envoy_answers_them() {
 #[test]
 fn a_client_closing_abandons_its_upstream_request() {
     use std::io::Write;
-    let backend = HttpBackend::start("slow");
-    let vhosts = &catch_all("cluster: slow, timeout: 10s");
-    let clusters = wasp_tests::config::cluster("slow", "ROUND_ROBIN", &[(backend.addr, 1)], "");
-    let port = free_port();
-    let wasp = Proxy::start(&hcm(port, vhosts, "", &clusters), &[]);
+    let (_backend, wasp, port) = one_backend("slow", ", timeout: 10s", "");
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.write_all(b"GET /?delay_ms=3000 HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    while wasp.stat("cluster.slow.upstream_rq_total") == 0 {
-        assert!(std::time::Instant::now() < deadline, "never went upstream");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let sent = |what| (wasp.stat(what) > 0).then_some(());
+    wasp_tests::eventually(
+        std::time::Duration::from_secs(2),
+        "the request to go upstream",
+        || sent("cluster.slow.upstream_rq_total"),
+    );
     drop(c);
     // Well before the upstream would have answered (3 s).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(1500);
-    while wasp.stat("cluster.slow.upstream_cx_destroy") == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the upstream request outlived its client"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wasp_tests::eventually(
+        std::time::Duration::from_millis(1500),
+        "the upstream request to end with its client",
+        || sent("cluster.slow.upstream_cx_destroy"),
+    );
     assert_eq!(wasp.stat("cluster.slow.upstream_cx_active"), 0);
 }
