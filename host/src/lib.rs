@@ -34,6 +34,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod filter;

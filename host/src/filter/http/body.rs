@@ -39,6 +39,11 @@ impl Body {
         Body::Full(Full::new(bytes.into()))
     }
 
+    /// No bytes (and no allocation).
+    pub fn empty() -> Self {
+        Body::full(Bytes::new())
+    }
+
     /// A body fed through the returned sender.
     pub fn channel() -> (mpsc::Sender<Result<Frame<Bytes>, BoxError>>, Self) {
         let (tx, rx) = mpsc::channel(4);

@@ -31,11 +31,14 @@ pub enum SendError {
     Upstream(BoxError),
 }
 
+/// Looked up once per request: hashed with foldhash, not SipHash.
+type ByEndpoint<T> = HashMap<SocketAddr, T, foldhash::fast::RandomState>;
+
 /// A worker's connections to every endpoint of one cluster.
 pub struct Pools {
     cluster: Rc<WorkerCluster>,
-    h1: RefCell<HashMap<SocketAddr, Rc<h1::Idle>>>,
-    h2: RefCell<HashMap<SocketAddr, http2::SendRequest<Body>>>,
+    h1: RefCell<ByEndpoint<Rc<h1::Idle>>>,
+    h2: RefCell<ByEndpoint<http2::SendRequest<Body>>>,
 }
 
 /// Keeps Envoy's connection stats for one upstream connection while it is
@@ -88,7 +91,7 @@ impl Pools {
     pub async fn send(
         &self,
         endpoint: &Arc<Endpoint>,
-        req: Request<Body>,
+        req: &mut Request<Body>,
     ) -> Result<Response<Body>, SendError> {
         if self.cluster.cluster.settings.http2 {
             return self.send_h2(endpoint, req).await;
@@ -128,7 +131,7 @@ impl Pools {
     async fn send_h2(
         &self,
         endpoint: &Arc<Endpoint>,
-        req: Request<Body>,
+        req: &mut Request<Body>,
     ) -> Result<Response<Body>, SendError> {
         let current = self.h2.borrow().get(&endpoint.address).cloned();
         let mut sender = match current.filter(|s| !s.is_closed()) {
@@ -139,6 +142,7 @@ impl Pools {
                 s
             }
         };
+        let req = std::mem::replace(req, Request::new(Body::empty()));
         let resp = sender
             .send_request(req)
             .await

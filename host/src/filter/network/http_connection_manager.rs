@@ -194,7 +194,7 @@ struct HttpStats {
 pub struct HttpConnectionManager {
     settings: Arc<HcmSettings>,
     logs: Vec<Arc<AccessLog>>,
-    upstreams: HashMap<String, Upstream>,
+    upstreams: HashMap<String, Upstream, foldhash::fast::RandomState>,
     /// This worker's instances of the wasm HTTP filters.
     filters: Vec<PluginHandle>,
     stats: HttpStats,
@@ -361,7 +361,7 @@ impl HttpConnectionManager {
         let deadline = self.settings.response_deadline;
         let result = if self.filters.is_empty() {
             Ok(self
-                .route(req, peer, deadline)
+                .route(&mut req, peer, deadline, started)
                 .await
                 .map(ResponseBody::from))
         } else {
@@ -424,8 +424,8 @@ impl HttpConnectionManager {
             Err(Stop::Reset) => return stopped(Stop::Reset),
         };
         let (body, aborted) = stream.request_body(body);
-        let req = Request::from_parts(parts, body);
-        let route = self.route(req, conn.downstream_remote, None);
+        let mut req = Request::from_parts(parts, body);
+        let route = self.route(&mut req, conn.downstream_remote, None, Instant::now());
         let resp = match aborted {
             None => route.await,
             // A plugin may stop the stream while the body streams up.
@@ -489,17 +489,20 @@ impl HttpConnectionManager {
     /// Routes a request and forwards it, answering 408 if `deadline`
     /// passes before the response head (with one timer: the route's own
     /// timeout when it is the shorter, which then always fires first).
+    /// `sent` is when the request left for the router (the clock read that
+    /// started the stream, when no filter came between).
     async fn route(
         &self,
-        mut req: Request<Body>,
+        req: &mut Request<Body>,
         peer: SocketAddr,
         deadline: Option<std::time::Duration>,
+        sent: Instant,
     ) -> Response<Body> {
         // Owned but cheap: both share the bytes hyper read the request into.
         let host_header = req.headers().get(header::HOST).cloned();
         let host = match &host_header {
             Some(h) => std::borrow::Cow::Borrowed(h.to_str().unwrap_or("")),
-            None => authority(&req).into(),
+            None => authority(req).into(),
         };
         let path_and_query = req.uri().path_and_query().cloned();
         let path = path_and_query.as_ref().map_or("/", |p| p.as_str());
@@ -564,7 +567,6 @@ impl HttpConnectionManager {
                         v.clone(),
                     );
                 }
-                let sent = Instant::now();
                 let forwarded = std::pin::pin!(upstream.forward(
                     req,
                     fwd.timeout,
@@ -631,12 +633,18 @@ fn stream_timeout() -> Response<Body> {
 }
 
 /// Drops the headers that concern one connection only. One pass over
-/// the (few) headers first: most messages have none of them, and each
-/// `remove` would hash its name.
+/// the (few) headers finds which are there: most messages have none or
+/// one of them, and each `remove` would hash its name.
 fn remove_hop_by_hop(headers: &mut http::HeaderMap) {
-    if headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
-        for h in &HOP_BY_HOP {
-            headers.remove(h);
+    let mut present = 0u32;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
         }
     }
 }

@@ -19,7 +19,7 @@ use std::io::{self, Write as _};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
@@ -27,7 +27,6 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 use super::super::body::{Body, BoxError};
 use super::super::pool::Opened;
@@ -35,6 +34,7 @@ use super::{
     Chunk, Decoded, Decoder, Error, Fields, MAX_HEADERS, content_length, encode_chunk,
     encode_field, encode_last_chunk, header_map, spans,
 };
+use crate::clock;
 
 /// Most bytes of a response head or trailer block (Envoy's limit).
 const MAX_HEAD: usize = 60 * 1024;
@@ -93,7 +93,9 @@ impl Conn {
     }
 }
 
-/// One endpoint's idle connections, most recently used last.
+/// One endpoint's idle connections, most recently used last, with when
+/// each was checked in (the worker's coarse clock: a minute's timeout
+/// allows half a second).
 #[derive(Default)]
 pub struct Idle(RefCell<Vec<(Box<Conn>, Instant)>>);
 
@@ -102,18 +104,22 @@ impl Idle {
     pub fn checkout(&self) -> Option<Box<Conn>> {
         loop {
             let (conn, since) = self.0.borrow_mut().pop()?;
-            if since.elapsed() <= IDLE_TIMEOUT && conn.is_usable() {
+            if clock::coarse_now().saturating_duration_since(since) <= IDLE_TIMEOUT
+                && conn.is_usable()
+            {
                 return Some(conn);
             }
         }
     }
 
     fn checkin(&self, conn: Box<Conn>) {
-        let now = Instant::now();
+        let now = clock::coarse_now();
         let mut idle = self.0.borrow_mut();
         // The oldest are first: close those that have idled too long.
-        let stale = idle.partition_point(|(_, since)| now - *since > IDLE_TIMEOUT);
-        idle.drain(..stale);
+        if let Some(cutoff) = now.checked_sub(IDLE_TIMEOUT) {
+            let stale = idle.partition_point(|(_, since)| *since < cutoff);
+            idle.drain(..stale);
+        }
         if idle.len() < MAX_IDLE {
             idle.push((conn, now));
         }
@@ -132,22 +138,24 @@ pub struct Upload {
 }
 
 impl Upload {
-    pub fn new(req: Request<Body>) -> Self {
-        let (parts, body) = req.into_parts();
+    /// Encodes `req`'s head and takes its body.
+    pub fn new(req: &mut Request<Body>) -> Self {
+        let body = std::mem::replace(req.body_mut(), Body::empty());
+        let (method, headers) = (req.method(), req.headers());
         let mut out = SPARE_HEAD.take();
         out.reserve(512);
-        out.extend_from_slice(parts.method.as_str().as_bytes());
+        out.extend_from_slice(method.as_str().as_bytes());
         out.push(b' ');
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         out.extend_from_slice(path.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &parts.headers {
+        for (name, value) in headers {
             encode_field(&mut out, name, value);
         }
         let mut chunked = false;
-        if !parts.headers.contains_key(CONTENT_LENGTH) {
+        if !headers.contains_key(CONTENT_LENGTH) {
             match body.size_hint().exact() {
-                Some(0) if !matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {}
+                Some(0) if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {}
                 Some(n) => {
                     let _ = write!(out, "content-length: {n}\r\n");
                 }
@@ -164,8 +172,8 @@ impl Upload {
             written: 0,
             body: (!empty).then_some(body),
             chunked,
-            replayable: empty && parts.method.is_idempotent(),
-            head_request: parts.method == Method::HEAD,
+            replayable: empty && method.is_idempotent(),
+            head_request: method == Method::HEAD,
         }
     }
 
@@ -580,7 +588,7 @@ mod tests {
                 let name = HeaderName::from_bytes(n.as_bytes()).unwrap();
                 req.headers_mut().insert(name, v.parse().unwrap());
             }
-            let up = Upload::new(req);
+            let up = Upload::new(&mut req);
             (
                 String::from_utf8(up.out.clone()).unwrap(),
                 up.chunked,

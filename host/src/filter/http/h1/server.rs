@@ -22,7 +22,7 @@ use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, SERVER, TRANSFER_ENCODING};
@@ -593,24 +593,11 @@ async fn refuse(
     let _ = respond(conn, out, resp, false, Version::HTTP_11, false).await;
 }
 
-/// Appends the `date` header, formatted once a second per thread.
+/// Appends the `date` header (the worker's cached text).
 fn write_date(out: &mut Vec<u8>) {
-    thread_local! {
-        static DATE_NOW: RefCell<(u64, [u8; 29])> = const { RefCell::new((0, [0; 29])) };
-    }
-    let now = SystemTime::now();
-    let secs = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    DATE_NOW.with_borrow_mut(|(at, text)| {
-        if *at != secs {
-            *at = secs;
-            text.copy_from_slice(httpdate::fmt_http_date(now).as_bytes());
-        }
-        out.extend_from_slice(b"date: ");
-        out.extend_from_slice(text);
-        out.extend_from_slice(b"\r\n");
-    });
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(&crate::clock::date());
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
