@@ -360,10 +360,9 @@ impl HttpConnectionManager {
         // stream's deadline is the router's to keep (see `route`).
         let deadline = self.settings.response_deadline;
         let result = if self.filters.is_empty() {
-            Ok(self
-                .route(&mut req, peer, deadline, started)
-                .await
-                .map(ResponseBody::from))
+            let resp = self.route(&mut req, peer, deadline, started).await;
+            h1::recycle(std::mem::take(req.headers_mut()));
+            Ok(resp.map(ResponseBody::from))
         } else {
             let filtered = Box::pin(self.filtered(req, conn));
             match deadline {

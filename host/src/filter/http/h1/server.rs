@@ -469,6 +469,7 @@ async fn respond(
     if !has_date {
         write_date(out);
     }
+    super::recycle(parts.headers);
     let bodyless = matches!(status.as_u16(), 100..=199 | 204 | 304);
     let framing = match declared {
         _ if bodyless => Framing::None,
