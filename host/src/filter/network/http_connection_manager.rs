@@ -201,6 +201,16 @@ pub struct HttpConnectionManager {
     h1: h1::server::Settings,
 }
 
+// Consts, so that their names are checked once, at compile time, and not
+// on every request.
+const X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
+    HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 const HOP_BY_HOP: [HeaderName; 5] = [
     header::CONNECTION,
     header::TRANSFER_ENCODING,
@@ -561,10 +571,8 @@ impl HttpConnectionManager {
                 }
                 // Envoy tells the upstream how long it will wait.
                 if let Some(v) = &fwd.expected_timeout {
-                    req.headers_mut().insert(
-                        HeaderName::from_static("x-envoy-expected-rq-timeout-ms"),
-                        v.clone(),
-                    );
+                    req.headers_mut()
+                        .insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, v.clone());
                 }
                 let forwarded = std::pin::pin!(upstream.forward(
                     req,
@@ -582,10 +590,8 @@ impl HttpConnectionManager {
                     }
                     _ => forwarded.await,
                 };
-                resp.headers_mut().insert(
-                    HeaderName::from_static("x-envoy-upstream-service-time"),
-                    milliseconds(sent.elapsed()),
-                );
+                resp.headers_mut()
+                    .insert(X_ENVOY_UPSTREAM_SERVICE_TIME, milliseconds(sent.elapsed()));
                 remove_hop_by_hop(resp.headers_mut());
                 resp
             }
@@ -608,17 +614,15 @@ impl HttpConnectionManager {
                 None => ip,
             };
             if let Ok(v) = HeaderValue::from_str(&xff) {
-                headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+                headers.insert(X_FORWARDED_FOR, v);
             }
         }
         // One hash each (`entry`), not a lookup and then an insert.
         headers
-            .entry(HeaderName::from_static("x-forwarded-proto"))
+            .entry(X_FORWARDED_PROTO)
             .or_insert(HeaderValue::from_static("http"));
         if self.settings.generate_request_id {
-            if let header::Entry::Vacant(slot) =
-                headers.entry(HeaderName::from_static("x-request-id"))
-            {
+            if let header::Entry::Vacant(slot) = headers.entry(X_REQUEST_ID) {
                 slot.insert(request_id());
             }
         }
