@@ -878,12 +878,13 @@ fn raw_exchange(port: u16, wire: &[u8]) -> (String, bool) {
 /// The status lines of the responses in `raw`, in order.
 fn status_lines(raw: &str) -> Vec<&str> {
     raw.split("\r\n")
-        .filter(|l| l.starts_with("HTTP/1.1 "))
+        .filter(|l| l.starts_with("HTTP/1.1 ") || l.starts_with("HTTP/1.0 "))
         .collect()
 }
 
-/// Raw HTTP/1.1 through wasp and through Envoy: malformed heads get the
-/// same answers and the connection closed; pipelined requests are
+/// Raw HTTP/1.x through wasp and through Envoy: malformed heads get the
+/// same answers and the connection closed, HTTP/1.0 too unless
+/// `accept_http_10` says otherwise; pipelined requests are
 /// answered in order on one connection; `Expect: 100-continue` is
 /// answered by the proxy before the body goes upstream.
 #[test]
@@ -895,8 +896,9 @@ fn raw_http1_requests_are_answered_as_envoy_answers_them() {
     let (wp, ep) = (free_port(), free_port());
     let _wasp = Proxy::start(&hcm(wp, vhosts, "", &clusters), &[]);
     let _envoy = Proxy::envoy(&hcm(ep, vhosts, "", &clusters), &[]);
-    let cases: [(&str, &[u8]); 6] = [
+    let cases: [(&str, &[u8]); 7] = [
         ("garbage", b"GARBAGE\r\n\r\n"),
+        ("http/1.0, not accepted", b"GET /a HTTP/1.0\r\nHost: x\r\n\r\n"),
         ("no host", b"GET /a HTTP/1.1\r\n\r\n"),
         (
             "length and chunked",
@@ -931,6 +933,27 @@ fn raw_http1_requests_are_answered_as_envoy_answers_them() {
                     + 1;
             }
         }
+    }
+    // With HTTP/1.0 accepted: answered in HTTP/1.0, kept alive only when
+    // asked, and without a Host (and no default for one) refused.
+    let accept = "          http_protocol_options: { accept_http_10: true }\n";
+    let (wp10, ep10) = (free_port(), free_port());
+    let _wasp10 = Proxy::start(&hcm(wp10, vhosts, accept, &clusters), &[]);
+    let _envoy10 = Proxy::envoy(&hcm(ep10, vhosts, accept, &clusters), &[]);
+    let cases: [(&str, &[u8]); 3] = [
+        ("http/1.0", b"GET /a HTTP/1.0\r\nHost: x\r\n\r\n"),
+        (
+            "http/1.0 keep-alive, then not",
+            b"GET /a HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.0\r\nHost: x\r\n\r\n",
+        ),
+        ("http/1.0 without host", b"GET /a HTTP/1.0\r\n\r\n"),
+    ];
+    for (what, wire) in cases {
+        let (w, w_closed) = raw_exchange(wp10, wire);
+        let (e, e_closed) = raw_exchange(ep10, wire);
+        assert_eq!(status_lines(&w), status_lines(&e), "{what}:\n{w}\n---\n{e}");
+        assert!(status_lines(&w)[0].starts_with("HTTP/1.0 "), "{what}: {w}");
+        assert!(w_closed && e_closed, "{what}: closed {w_closed} {e_closed}");
     }
     // Expect: 100-continue, the body sent only once the proxy says so.
     for port in [wp, ep] {

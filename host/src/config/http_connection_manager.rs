@@ -25,6 +25,17 @@ pub struct HttpConnectionManagerConfig {
     pub request_headers_timeout: Option<Duration>,
     pub max_request_headers_kb: Option<u32>,
     pub common_http_protocol_options: Option<HttpProtocolOptionsConfig>,
+    pub http_protocol_options: Option<Http1ProtocolOptionsConfig>,
+}
+
+/// Envoy's `Http1ProtocolOptions` for downstream connections, of which
+/// wasp has HTTP/1.0 acceptance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http1ProtocolOptionsConfig {
+    #[serde(default)]
+    pub accept_http_10: bool,
+    pub default_host_for_http_10: Option<String>,
 }
 
 /// Envoy's `HttpProtocolOptions`, of which wasp has the downstream

@@ -56,6 +56,10 @@ pub struct HcmSettings {
     /// stream idle timeout is 5 minutes).
     pub response_deadline: Option<Duration>,
     pub max_request_headers_bytes: usize,
+    /// Whether HTTP/1.0 requests are served rather than answered 426, and
+    /// the Host given to those without one.
+    pub accept_http_10: bool,
+    pub default_host_for_http_10: Option<HeaderValue>,
     /// Clusters routes forward to.
     pub clusters: Vec<String>,
     pub access_logs: Vec<AccessLogSettings>,
@@ -138,6 +142,21 @@ impl HcmSettings {
             .map_err(|_| {
                 ValidationError::new(join(path, "server_name"), "not a valid header value")
             })?;
+        let http1 = c.http_protocol_options.as_ref();
+        let default_host_for_http_10 = http1
+            .and_then(|o| o.default_host_for_http_10.as_deref())
+            .map(|h| {
+                HeaderValue::from_str(h).map_err(|_| {
+                    ValidationError::new(
+                        join(
+                            &join(path, "http_protocol_options"),
+                            "default_host_for_http_10",
+                        ),
+                        "not a valid host",
+                    )
+                })
+            })
+            .transpose()?;
         Ok(HcmSettings {
             stat_prefix: c.stat_prefix.clone(),
             codec: c.codec_type,
@@ -168,6 +187,8 @@ impl HcmSettings {
             .filter(|d| !d.is_zero())
             .min(),
             max_request_headers_bytes: c.max_request_headers_kb.unwrap_or(60) as usize * 1024,
+            accept_http_10: http1.is_some_and(|o| o.accept_http_10),
+            default_host_for_http_10,
             clusters,
             access_logs,
             wasm_filters,
@@ -264,6 +285,8 @@ impl HttpConnectionManager {
                 max_head: settings.max_request_headers_bytes,
                 headers_timeout: settings.request_headers_timeout,
                 server_name: settings.server_name.clone(),
+                accept_http_10: settings.accept_http_10,
+                default_host_for_http_10: settings.default_host_for_http_10.clone(),
             },
             settings,
             logs,

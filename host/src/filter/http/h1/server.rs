@@ -13,7 +13,8 @@
 //! with `connection: close`: 400 for a malformed head (or an HTTP/1.1 one
 //! without Host), 431 for a head over `max_request_headers_kb` or with
 //! more than 100 fields, 501 for a transfer coding other than chunked,
-//! and 408 when `request_headers_timeout` passes before the head is in.
+//! 408 when `request_headers_timeout` passes before the head is in, and
+//! 426 for HTTP/1.0 unless `accept_http_10` is set.
 
 use std::cell::{Cell, RefCell};
 use std::future::{Future, poll_fn};
@@ -25,7 +26,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, SERVER, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HOST, SERVER, TRANSFER_ENCODING};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
@@ -45,6 +46,10 @@ pub struct Settings {
     pub headers_timeout: Option<Duration>,
     /// The `server` header of the answers given here.
     pub server_name: HeaderValue,
+    /// Whether HTTP/1.0 requests are served (`accept_http_10`), and the
+    /// Host given to those without one (`default_host_for_http_10`).
+    pub accept_http_10: bool,
+    pub default_host_for_http_10: Option<HeaderValue>,
 }
 
 /// Response bytes gathered before they are written; a frame this large
@@ -186,6 +191,9 @@ impl RequestBody {
 #[derive(Debug)]
 enum Refusal {
     Answer(StatusCode, &'static str),
+    /// An accepted HTTP/1.0 request without Host or a default for it:
+    /// Envoy answers in HTTP/1.0, with no body.
+    NoHost10,
     Quiet,
 }
 
@@ -194,6 +202,8 @@ const TOO_LARGE: Refusal = Refusal::Answer(
     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
     "Request Header Fields Too Large",
 );
+/// An HTTP/1.0 request where they are not accepted (Envoy's answer).
+const UPGRADE_REQUIRED: Refusal = Refusal::Answer(StatusCode::UPGRADE_REQUIRED, "Upgrade Required");
 
 /// A request head, parsed.
 struct Head {
@@ -236,7 +246,12 @@ pub async fn serve<H, F>(
         let head = match head {
             Ok(head) => head,
             Err(Refusal::Answer(status, text)) => {
-                refuse(&conn, &mut out, settings, status, text).await;
+                refuse(&conn, &mut out, settings, status, text, Version::HTTP_11).await;
+                return;
+            }
+            Err(Refusal::NoHost10) => {
+                let status = StatusCode::BAD_REQUEST;
+                refuse(&conn, &mut out, settings, status, "", Version::HTTP_10).await;
                 return;
             }
             Err(Refusal::Quiet) => return,
@@ -293,7 +308,7 @@ async fn read_head(conn: &Shared, settings: &Settings) -> Result<Head, Refusal> 
             {
                 let mut read = conn.read.borrow_mut();
                 if !read.is_empty() {
-                    if let Some(head) = parse_head(&mut read, settings.max_head)? {
+                    if let Some(head) = parse_head(&mut read, settings)? {
                         return Poll::Ready(Ok(head));
                     }
                     // A head is coming in pieces: it has so long to finish.
@@ -320,7 +335,8 @@ async fn read_head(conn: &Shared, settings: &Settings) -> Result<Head, Refusal> 
 
 /// Parses a complete request head off the front of `read`, if there is
 /// one. The URI and header values share the head's bytes.
-fn parse_head(read: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refusal> {
+fn parse_head(read: &mut BytesMut, settings: &Settings) -> Result<Option<Head>, Refusal> {
+    let max_head = settings.max_head;
     let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
     let config = httparse::ParserConfig::default();
@@ -337,6 +353,7 @@ fn parse_head(read: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refu
     };
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| BAD_REQUEST)?;
     let version = match parsed.version {
+        Some(0) if !settings.accept_http_10 => return Err(UPGRADE_REQUIRED),
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
@@ -366,8 +383,16 @@ fn parse_head(read: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refu
         ),
         None => Decoder::Length(0),
     };
-    if version == Version::HTTP_11 && !fields.host {
-        return Err(BAD_REQUEST);
+    if !fields.host {
+        match version {
+            Version::HTTP_11 => return Err(BAD_REQUEST),
+            _ => match &settings.default_host_for_http_10 {
+                Some(host) => {
+                    headers.insert(HOST, host.clone());
+                }
+                None => return Err(Refusal::NoHost10),
+            },
+        }
     }
     let keep_alive = fields.persistent(&headers, version);
     // wasp answers `Expect: 100-continue` itself (Envoy's default), so
@@ -444,7 +469,11 @@ async fn respond(
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
+    // An HTTP/1.0 client is answered in HTTP/1.0, as Envoy does.
+    out.extend_from_slice(match version {
+        Version::HTTP_10 => b"HTTP/1.0 ",
+        _ => b"HTTP/1.1 ",
+    });
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
@@ -579,6 +608,7 @@ async fn refuse(
     settings: &Settings,
     status: StatusCode,
     text: &'static str,
+    version: Version,
 ) {
     let mut resp = Response::new(ResponseBody::from(Body::full(Bytes::from_static(
         text.as_bytes(),
@@ -586,12 +616,14 @@ async fn refuse(
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
     headers.insert(CONTENT_LENGTH, HeaderValue::from(text.len()));
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain"),
-    );
+    if !text.is_empty() {
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+    }
     headers.insert(SERVER, settings.server_name.clone());
-    let _ = respond(conn, out, resp, false, Version::HTTP_11, false).await;
+    let _ = respond(conn, out, resp, false, version, false).await;
 }
 
 /// Appends the `date` header (the worker's cached text).
@@ -605,15 +637,55 @@ fn write_date(out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
+    fn settings(accept_http_10: bool, default_host: Option<&'static str>) -> Settings {
+        Settings {
+            max_head: 8 * 1024,
+            headers_timeout: None,
+            server_name: HeaderValue::from_static("wasp"),
+            accept_http_10,
+            default_host_for_http_10: default_host.map(HeaderValue::from_static),
+        }
+    }
+
+    fn parse_with(wire: &[u8], settings: &Settings) -> Result<Option<Head>, Refusal> {
+        parse_head(&mut BytesMut::from(wire), settings)
+    }
+
     fn parse(wire: &[u8]) -> Result<Option<Head>, Refusal> {
-        parse_head(&mut BytesMut::from(wire), 8 * 1024)
+        parse_with(wire, &settings(true, None))
     }
 
     fn refused(wire: &[u8]) -> Option<u16> {
         match parse(wire) {
             Err(Refusal::Answer(status, _)) => Some(status.as_u16()),
+            Err(Refusal::NoHost10) => Some(400),
             _ => None,
         }
+    }
+
+    #[test]
+    fn http_10_is_refused_unless_accepted_and_given_a_host() {
+        let wire = b"GET / HTTP/1.0\r\n\r\n";
+        assert!(matches!(
+            parse_with(wire, &settings(false, None)),
+            Err(Refusal::Answer(StatusCode::UPGRADE_REQUIRED, _))
+        ));
+        assert!(matches!(
+            parse_with(wire, &settings(true, None)),
+            Err(Refusal::NoHost10)
+        ));
+        let h = parse_with(wire, &settings(true, Some("default.example")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.request.version(), Version::HTTP_10);
+        assert_eq!(h.request.headers()[HOST], "default.example");
+        let h = parse_with(
+            b"GET / HTTP/1.0\r\nHost: own.example\r\n\r\n",
+            &settings(true, Some("default.example")),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.request.headers()[HOST], "own.example");
     }
 
     #[test]
@@ -633,9 +705,11 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((h.body, h.keep_alive), (Decoder::Length(0), false));
-        let h = parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        let h = parse(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(!h.keep_alive);
-        let h = parse(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        let h = parse(b"GET / HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
             .unwrap()
             .unwrap();
         assert!(h.keep_alive);
