@@ -310,8 +310,9 @@ impl Scope {
     }
 }
 
-/// A monotonically increasing count (one worker's shard).
-#[derive(Clone, Debug)]
+/// A monotonically increasing count (one worker's shard; by default one
+/// in no store, which nothing reads).
+#[derive(Clone, Debug, Default)]
 pub struct Counter(Arc<AtomicU64>);
 
 impl Counter {

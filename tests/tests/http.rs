@@ -986,6 +986,33 @@ fn raw_http1_requests_are_answered_as_envoy_answers_them() {
     }
 }
 
+/// Envoy's byte counters: what the client sent and got, exactly, on the
+/// connection manager; what went to and came from the upstream on the
+/// cluster.
+#[test]
+fn bytes_to_and_from_each_side_are_counted() {
+    let (_backend, wasp, port) = one_backend("bytes", "", "");
+    let request = b"GET /counted HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let (answer, closed) = raw_exchange(port, request);
+    assert!(closed && answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let sent = |name: &str| wasp.stat(name) as usize;
+    wasp_tests::eventually(
+        std::time::Duration::from_secs(2),
+        "the downstream byte counters",
+        || {
+            (sent("http.edge.downstream_cx_rx_bytes_total") == request.len()
+                && sent("http.edge.downstream_cx_tx_bytes_total") == answer.len())
+            .then_some(())
+        },
+    );
+    // The upstream request carries what the proxy adds (x-request-id,
+    // x-forwarded-proto), less the connection field; the answer's body
+    // came from the upstream.
+    assert!(sent("cluster.bytes.upstream_cx_tx_bytes_total") > request.len());
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    assert!(sent("cluster.bytes.upstream_cx_rx_bytes_total") > body.len());
+}
+
 /// A client that goes away while its request waits on the upstream takes
 /// the upstream request with it: the upstream connection is closed at
 /// once rather than kept for the answer and pooled.

@@ -4,11 +4,13 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::stats::Counter;
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -40,20 +42,35 @@ pub async fn detect(io: &mut TcpStream) -> Option<Codec> {
     }
 }
 
-/// A connection whose first bytes were already read: they are read again
-/// first (hyper's HTTP/2 server gets the preface the sniffing took).
-pub struct Prefixed {
+/// A connection for hyper's HTTP/2, counting the bytes through its
+/// socket. Bytes already read off it (`first`: the preface the sniffing
+/// took, for the server) are read again first.
+pub struct CountedIo {
     first: Bytes,
     io: TcpStream,
+    rx_bytes: Counter,
+    tx_bytes: Counter,
 }
 
-impl Prefixed {
-    pub fn new(first: Bytes, io: TcpStream) -> Self {
-        Prefixed { first, io }
+impl CountedIo {
+    pub fn new(first: Bytes, io: TcpStream, rx_bytes: Counter, tx_bytes: Counter) -> Self {
+        CountedIo {
+            first,
+            io,
+            rx_bytes,
+            tx_bytes,
+        }
+    }
+
+    fn sent(&self, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = written {
+            self.tx_bytes.add(n as u64);
+        }
+        written
     }
 }
 
-impl AsyncRead for Prefixed {
+impl AsyncRead for CountedIo {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -61,7 +78,10 @@ impl AsyncRead for Prefixed {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.first.is_empty() {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+            this.rx_bytes.add((buf.filled().len() - before) as u64);
+            return Poll::Ready(Ok(()));
         }
         let n = this.first.len().min(buf.remaining());
         buf.put_slice(&this.first.split_to(n));
@@ -69,13 +89,15 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl AsyncWrite for CountedIo {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.sent(written)
     }
 
     fn poll_write_vectored(
@@ -83,7 +105,9 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.sent(written)
     }
 
     fn is_write_vectored(&self) -> bool {

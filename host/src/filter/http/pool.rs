@@ -14,6 +14,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
 use http::{Request, Response};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -21,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::body::{Body, BoxError};
+use super::codec::CountedIo;
 use super::h1::client as h1;
 use crate::cluster::{ConnectError, Endpoint, WorkerCluster};
 
@@ -58,6 +60,24 @@ impl Opened {
             endpoint: endpoint.clone(),
             at: Instant::now(),
         }
+    }
+}
+
+impl Opened {
+    /// Counts bytes read from the upstream.
+    pub fn received(&self, bytes: usize) {
+        self.cluster
+            .stats
+            .upstream_cx_rx_bytes_total
+            .add(bytes as u64);
+    }
+
+    /// Counts bytes written to the upstream.
+    pub fn sent(&self, bytes: usize) {
+        self.cluster
+            .stats
+            .upstream_cx_tx_bytes_total
+            .add(bytes as u64);
     }
 }
 
@@ -154,7 +174,13 @@ impl Pools {
         &self,
         endpoint: &Arc<Endpoint>,
     ) -> Result<http2::SendRequest<Body>, SendError> {
-        let io = TokioIo::new(self.connect(endpoint).await?);
+        let stats = &self.cluster.stats;
+        let io = TokioIo::new(CountedIo::new(
+            Bytes::new(),
+            self.connect(endpoint).await?,
+            stats.upstream_cx_rx_bytes_total.clone(),
+            stats.upstream_cx_tx_bytes_total.clone(),
+        ));
         let (sender, conn) = http2::Builder::new(LocalExec)
             .timer(TokioTimer::new())
             .handshake(io)

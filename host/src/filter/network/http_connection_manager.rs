@@ -26,7 +26,7 @@ use crate::cluster::WorkerClusters;
 use crate::config::path::{index, join};
 use crate::config::{CodecType, HttpConnectionManagerConfig, HttpFilterConfig, ValidationError};
 use crate::filter::http::body::{BoxError, ResponseBody};
-use crate::filter::http::codec::{Codec, Prefixed, detect};
+use crate::filter::http::codec::{Codec, CountedIo, detect};
 use crate::filter::http::h1;
 use crate::filter::http::pool::LocalExec;
 use crate::filter::http::route::{Action, RouteTable, redirect_location};
@@ -199,6 +199,8 @@ impl HcmSettings {
 /// Envoy's `http.<stat_prefix>.*` stats (one worker's shards).
 struct HttpStats {
     downstream_cx_total: Counter,
+    downstream_cx_rx_bytes_total: Counter,
+    downstream_cx_tx_bytes_total: Counter,
     downstream_cx_active: Gauge,
     downstream_cx_idle_timeout: Counter,
     downstream_rq_total: Counter,
@@ -261,21 +263,23 @@ impl HttpConnectionManager {
                 Some((name.clone(), upstream))
             })
             .collect();
+        let http_stats = HttpStats {
+            downstream_cx_total: scope.counter("downstream_cx_total"),
+            downstream_cx_rx_bytes_total: scope.counter("downstream_cx_rx_bytes_total"),
+            downstream_cx_tx_bytes_total: scope.counter("downstream_cx_tx_bytes_total"),
+            downstream_cx_active: scope.gauge("downstream_cx_active"),
+            downstream_cx_idle_timeout: scope.counter("downstream_cx_idle_timeout"),
+            downstream_rq_total: scope.counter("downstream_rq_total"),
+            downstream_rq_active: scope.gauge("downstream_rq_active"),
+            downstream_rq_completed: scope.counter("downstream_rq_completed"),
+            downstream_rq_xx: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|c| scope.counter(&format!("downstream_rq_{c}"))),
+            downstream_rq_time: scope.histogram("downstream_rq_time"),
+            no_route: scope.counter("no_route"),
+            rq_direct_response: scope.counter("rq_direct_response"),
+            rq_redirect: scope.counter("rq_redirect"),
+        };
         HttpConnectionManager {
-            stats: HttpStats {
-                downstream_cx_total: scope.counter("downstream_cx_total"),
-                downstream_cx_active: scope.gauge("downstream_cx_active"),
-                downstream_cx_idle_timeout: scope.counter("downstream_cx_idle_timeout"),
-                downstream_rq_total: scope.counter("downstream_rq_total"),
-                downstream_rq_active: scope.gauge("downstream_rq_active"),
-                downstream_rq_completed: scope.counter("downstream_rq_completed"),
-                downstream_rq_xx: ["1xx", "2xx", "3xx", "4xx", "5xx"]
-                    .map(|c| scope.counter(&format!("downstream_rq_{c}"))),
-                downstream_rq_time: scope.histogram("downstream_rq_time"),
-                no_route: scope.counter("no_route"),
-                rq_direct_response: scope.counter("rq_direct_response"),
-                rq_redirect: scope.counter("rq_redirect"),
-            },
             filters: settings
                 .wasm_filters
                 .iter()
@@ -287,7 +291,10 @@ impl HttpConnectionManager {
                 server_name: settings.server_name.clone(),
                 accept_http_10: settings.accept_http_10,
                 default_host_for_http_10: settings.default_host_for_http_10.clone(),
+                rx_bytes: http_stats.downstream_cx_rx_bytes_total.clone(),
+                tx_bytes: http_stats.downstream_cx_tx_bytes_total.clone(),
             },
+            stats: http_stats,
             settings,
             logs,
             upstreams,
@@ -325,6 +332,10 @@ impl HttpConnectionManager {
                 () = shutdown.as_mut() => return self.stats.downstream_cx_active.dec(),
             },
         };
+        let (Codec::Http1(read) | Codec::Http2(read)) = &codec;
+        self.stats
+            .downstream_cx_rx_bytes_total
+            .add(read.len() as u64);
         match codec {
             Codec::Http1(read) => {
                 let handler = |req| self.handle(req, &info, &last_request);
@@ -338,7 +349,15 @@ impl HttpConnectionManager {
                 });
                 let conn = hyper::server::conn::http2::Builder::new(LocalExec)
                     .timer(TokioTimer::new())
-                    .serve_connection(TokioIo::new(Prefixed::new(read.freeze(), io)), service);
+                    .serve_connection(
+                        TokioIo::new(CountedIo::new(
+                            read.freeze(),
+                            io,
+                            self.stats.downstream_cx_rx_bytes_total.clone(),
+                            self.stats.downstream_cx_tx_bytes_total.clone(),
+                        )),
+                        service,
+                    );
                 tokio::pin!(conn);
                 let result = tokio::select! {
                     r = conn.as_mut() => r,

@@ -56,7 +56,7 @@ pub struct Conn {
     io: TcpStream,
     /// Bytes read and not yet taken: never more than one response's.
     read: BytesMut,
-    _opened: Opened,
+    opened: Opened,
 }
 
 impl Conn {
@@ -66,7 +66,7 @@ impl Conn {
         Box::new(Conn {
             io,
             read: BytesMut::new(),
-            _opened: opened,
+            opened,
         })
     }
 
@@ -89,7 +89,13 @@ impl Conn {
         // As the server's: no room made before there is something to read.
         ready!(self.io.poll_read_ready(cx))?;
         self.read.reserve(want.clamp(8 * 1024, 64 * 1024));
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+        let read = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.read
+        ))?;
+        self.opened.received(read);
+        Poll::Ready(Ok(read))
     }
 }
 
@@ -179,7 +185,7 @@ impl Upload {
 
     /// Writes the request out, taking body frames as they come. Ready once
     /// all of it is written.
-    fn poll_send(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    fn poll_send(&mut self, conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         loop {
             let mut body_pending = false;
             while let Some(body) = self.body.as_mut() {
@@ -206,11 +212,14 @@ impl Upload {
                 }
             }
             while self.written < self.out.len() {
-                match ready!(Pin::new(&mut *io).poll_write(cx, &self.out[self.written..])) {
+                match ready!(Pin::new(&mut conn.io).poll_write(cx, &self.out[self.written..])) {
                     Ok(0) => {
                         return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
                     }
-                    Ok(n) => self.written += n,
+                    Ok(n) => {
+                        self.written += n;
+                        conn.opened.sent(n);
+                    }
                     Err(e) => return Poll::Ready(Err(e.into())),
                 }
             }
@@ -284,7 +293,7 @@ pub async fn exchange(
     let mut send_error = None;
     let head = std::future::poll_fn(|cx| {
         if send_error.is_none() {
-            match upload.poll_send(&mut conn.io, cx) {
+            match upload.poll_send(&mut conn, cx) {
                 Poll::Ready(Ok(())) => {}
                 // The client's body failed: nothing more can be sent.
                 Poll::Ready(Err(e @ Error::RequestBody(_))) => return Poll::Ready(Err(e)),
@@ -464,7 +473,7 @@ impl UpstreamBody {
             return Poll::Ready(None);
         };
         if let Some(upload) = self.upload.as_mut() {
-            match upload.poll_send(&mut conn.io, cx) {
+            match upload.poll_send(conn, cx) {
                 Poll::Ready(Ok(())) => self.upload = None,
                 // The response goes on; the connection cannot be reused.
                 Poll::Ready(Err(_)) => {

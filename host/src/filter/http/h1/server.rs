@@ -37,6 +37,7 @@ use super::{
     Chunk, Decoded, Decoder, Error, Fields, MAX_HEADERS, content_length, encode_chunk,
     encode_field, encode_last_chunk, has_token, header_map, spans,
 };
+use crate::stats::Counter;
 
 /// What a connection is served with.
 pub struct Settings {
@@ -50,6 +51,9 @@ pub struct Settings {
     /// Host given to those without one (`default_host_for_http_10`).
     pub accept_http_10: bool,
     pub default_host_for_http_10: Option<HeaderValue>,
+    /// Bytes read from and written to clients (this worker's shards).
+    pub rx_bytes: Counter,
+    pub tx_bytes: Counter,
 }
 
 /// Response bytes gathered before they are written; a frame this large
@@ -72,6 +76,8 @@ struct Shared {
     request: Cell<u64>,
     /// Bytes of a `100 Continue` still owed before the body is read.
     continue_left: Cell<usize>,
+    rx_bytes: Counter,
+    tx_bytes: Counter,
 }
 
 impl Shared {
@@ -83,7 +89,13 @@ impl Shared {
         ready!(io.poll_read_ready(cx))?;
         let mut read = self.read.borrow_mut();
         read.reserve(want.clamp(8 * 1024, 64 * 1024));
-        tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut *read)
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut *io),
+            cx,
+            &mut *read
+        ))?;
+        self.rx_bytes.add(n as u64);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_write(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
@@ -94,7 +106,11 @@ impl Shared {
             _ => io.poll_write_vectored(cx, bufs),
         }) {
             Ok(0) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-            r => Poll::Ready(r),
+            Ok(n) => {
+                self.tx_bytes.add(n as u64);
+                Poll::Ready(Ok(n))
+            }
+            e => Poll::Ready(e),
         }
     }
 
@@ -234,6 +250,8 @@ pub async fn serve<H, F>(
         body: RefCell::new(Decoder::Done),
         request: Cell::new(0),
         continue_left: Cell::new(0),
+        rx_bytes: settings.rx_bytes.clone(),
+        tx_bytes: settings.tx_bytes.clone(),
     });
     let mut shutdown = pin!(shutdown);
     let mut out = Vec::new();
@@ -644,6 +662,8 @@ mod tests {
             server_name: HeaderValue::from_static("wasp"),
             accept_http_10,
             default_host_for_http_10: default_host.map(HeaderValue::from_static),
+            rx_bytes: Counter::default(),
+            tx_bytes: Counter::default(),
         }
     }
 
