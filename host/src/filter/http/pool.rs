@@ -61,9 +61,7 @@ impl Opened {
             at: Instant::now(),
         }
     }
-}
 
-impl Opened {
     /// Counts bytes read from the upstream.
     pub fn received(&self, bytes: usize) {
         self.cluster
