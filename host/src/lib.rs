@@ -28,9 +28,9 @@
 //!
 //! Module map: [`config`] (YAML model, strict parsing, source positions),
 //! [`server`] (bootstrap validation, binding, workers, signals, drain),
-//! [`worker`], [`listener`], [`cluster`] (endpoints, DNS, load balancers),
-//! [`filter`] (network filters, HTTP routing), [`access_log`], [`admin`],
-//! [`stats`].
+//! [`worker`] (with [`clock`], its cached time), [`listener`], [`cluster`]
+//! (endpoints, DNS, load balancers), [`filter`] (network filters, HTTP
+//! routing), [`access_log`], [`admin`], [`stats`].
 
 pub mod access_log;
 pub mod admin;
