@@ -96,7 +96,7 @@ thread_local! {
 const MAX_SPARE_MAPS: usize = 64;
 const MAX_SPARE_CAPACITY: usize = 48;
 
-/// Takes a finished message's header map for reuse by [`header_map`].
+/// Takes a finished message's header map for reuse by the next head parsed.
 pub fn recycle(mut headers: HeaderMap) {
     let capacity = headers.capacity();
     if capacity == 0 || capacity > MAX_SPARE_CAPACITY {
