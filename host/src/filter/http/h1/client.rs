@@ -86,14 +86,7 @@ impl Conn {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
-        // As the server's: no room made before there is something to read.
-        ready!(self.io.poll_read_ready(cx))?;
-        self.read.reserve(want.clamp(8 * 1024, 64 * 1024));
-        let read = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.io),
-            cx,
-            &mut self.read
-        ))?;
+        let read = ready!(super::poll_fill(&mut self.io, &mut self.read, want, cx))?;
         self.opened.received(read);
         Poll::Ready(Ok(read))
     }

@@ -53,6 +53,21 @@ pub(super) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> 
     Ok(length)
 }
 
+/// Reads what `io` has into `read`, at least `want` bytes' room (within
+/// limits). Room is made only once the socket is readable: while a
+/// message is in flight its head may still share the buffer, and
+/// reserving then would allocate a new one each time.
+fn poll_fill(
+    io: &mut tokio::net::TcpStream,
+    read: &mut BytesMut,
+    want: usize,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<io::Result<usize>> {
+    std::task::ready!(io.poll_read_ready(cx))?;
+    read.reserve(want.clamp(8 * 1024, 64 * 1024));
+    tokio_util::io::poll_read_buf(std::pin::Pin::new(io), cx, read)
+}
+
 /// Where a field's name and value lie in its head: offsets, so that the
 /// head can be frozen into shared bytes after httparse has borrowed it.
 type Span = [u32; 4];

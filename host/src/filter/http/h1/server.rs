@@ -83,17 +83,8 @@ struct Shared {
 impl Shared {
     fn poll_fill(&self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
         let mut io = self.io.borrow_mut();
-        // Room is made only for bytes that are there: while a request is
-        // in flight its head still shares the buffer, and reserving then
-        // would allocate a new one each time.
-        ready!(io.poll_read_ready(cx))?;
         let mut read = self.read.borrow_mut();
-        read.reserve(want.clamp(8 * 1024, 64 * 1024));
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut *io),
-            cx,
-            &mut *read
-        ))?;
+        let n = ready!(super::poll_fill(&mut io, &mut read, want, cx))?;
         self.rx_bytes.add(n as u64);
         Poll::Ready(Ok(n))
     }
