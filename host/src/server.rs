@@ -189,9 +189,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         log,
     );
 
-    let mut workers = Vec::with_capacity(concurrency);
-    for (index, listeners) in per_worker.into_iter().enumerate() {
-        workers.push(worker::spawn(WorkerSetup {
+    let setups = per_worker
+        .into_iter()
+        .enumerate()
+        .map(|(index, listeners)| WorkerSetup {
             index,
             workers: concurrency,
             listeners,
@@ -199,7 +200,20 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             stats: stats.clone(),
             shutdown: shutdown_rx.clone(),
             drain_time: Duration::from_secs(opts.drain_time_s),
-        })?);
+        });
+    // One worker runs on the main thread, beside admin, rather than on a
+    // thread of its own: a single-threaded process's syscalls skip the
+    // reference count on every file they look up (the kernel shares no
+    // file table), and no second thread is woken or scheduled.
+    let main_thread = tokio::task::LocalSet::new();
+    let mut worker_threads = Vec::new();
+    let mut main_worker = None;
+    for setup in setups {
+        if concurrency == 1 {
+            main_worker = Some(main_thread.spawn_local(worker::run_here(setup)));
+        } else {
+            worker_threads.push(worker::spawn(setup)?);
+        }
     }
 
     tracing::info!(
@@ -210,7 +224,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         tracing::info!("listener `{name}` listening on {addr}");
     }
 
-    runtime.block_on(async {
+    main_thread.block_on(&runtime, async {
         if let Some(l) = admin_listener {
             let l = tokio::net::TcpListener::from_std(l)?;
             let addr = l.local_addr()?;
@@ -236,16 +250,17 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         state.begin_shutdown();
         tracing::info!("shutting down: draining for up to {}s", opts.drain_time_s);
         // Keep admin answering (`/ready` says DRAINING) while workers drain.
-        let joined = tokio::task::spawn_blocking(move || {
-            let mut ok = true;
-            for w in workers {
-                ok &= w.join().is_ok();
-            }
-            ok
+        let mut joined = true;
+        if let Some(w) = main_worker {
+            joined &= w.await.is_ok();
+        }
+        joined &= tokio::task::spawn_blocking(move || {
+            let joins = worker_threads.into_iter().map(|w| w.join().is_ok());
+            joins.fold(true, |all, ok| all && ok)
         })
         .await?;
         if !joined {
-            bail!("a worker thread panicked");
+            bail!("a worker panicked");
         }
         tracing::info!("shutdown complete");
         Ok::<_, anyhow::Error>(())

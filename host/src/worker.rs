@@ -50,8 +50,16 @@ fn run(setup: WorkerSetup) {
         }
     };
     let local = tokio::task::LocalSet::new();
-    local.spawn_local(tick_clock());
-    local.block_on(&runtime, serve(setup));
+    local.block_on(&runtime, run_here(setup));
+}
+
+/// Runs a worker on the current thread's [`LocalSet`](tokio::task::LocalSet)
+/// until it has drained: how a worker thread spends its life, and how the
+/// main thread runs the only worker of `--concurrency 1`.
+pub async fn run_here(setup: WorkerSetup) {
+    let ticker = tokio::task::spawn_local(tick_clock());
+    serve(setup).await;
+    ticker.abort();
 }
 
 /// Refreshes the worker's cached time ([`clock`]) every [`clock::TICK`],

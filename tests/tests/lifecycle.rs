@@ -27,9 +27,23 @@ fn round_trip(c: &mut TcpStream, msg: &[u8]) {
     assert_eq!(back, msg);
 }
 
+// One worker runs on the main thread beside admin; more run on threads of
+// their own. Both drain the same way.
 #[test]
 fn sigterm_drains_open_connections_then_exits_zero() {
-    let (mut wasp, addr, _echo) = echo_setup(&["--drain-time-s", "30"]);
+    sigterm_drains(1);
+    sigterm_drains(3);
+}
+
+#[test]
+fn drain_time_bounds_the_wait_for_idle_connections() {
+    drain_time_bounds(1);
+    drain_time_bounds(3);
+}
+
+fn sigterm_drains(workers: usize) {
+    let workers = workers.to_string();
+    let (mut wasp, addr, _echo) = echo_setup(&["--drain-time-s", "30", "--concurrency", &workers]);
     let mut open = TcpStream::connect(addr).unwrap();
     open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     round_trip(&mut open, b"before");
@@ -61,9 +75,9 @@ fn sigterm_drains_open_connections_then_exits_zero() {
     );
 }
 
-#[test]
-fn drain_time_bounds_the_wait_for_idle_connections() {
-    let (mut wasp, addr, _echo) = echo_setup(&["--drain-time-s", "1"]);
+fn drain_time_bounds(workers: usize) {
+    let workers = workers.to_string();
+    let (mut wasp, addr, _echo) = echo_setup(&["--drain-time-s", "1", "--concurrency", &workers]);
     let mut open = TcpStream::connect(addr).unwrap();
     open.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
