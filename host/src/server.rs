@@ -255,8 +255,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             joined &= w.await.is_ok();
         }
         joined &= tokio::task::spawn_blocking(move || {
-            let joins = worker_threads.into_iter().map(|w| w.join().is_ok());
-            joins.fold(true, |all, ok| all && ok)
+            // Join every thread, even after one that panicked.
+            let joins = worker_threads.into_iter().map(|w| w.join());
+            joins.filter(Result::is_err).count() == 0
         })
         .await?;
         if !joined {
