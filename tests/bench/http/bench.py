@@ -68,11 +68,14 @@ def main():
         idle_anon = {name: rss_kib(p, "RssAnon") for name, p in pids.items()}
         hz = os.sysconf("SC_CLK_TCK")
         results = {}
+        # Each -c runs every target back to back, so that the figures a
+        # ratio compares are seconds apart: this VM's speed drifts by up to
+        # ~20% over tens of seconds, for every process at once.
         for r in range(args.rounds):
             order = list(targets.items())
             order = order[r % len(order):] + order[:r % len(order)]
-            for name, port in order:
-                for c in (1, 50, 200):
+            for c in (1, 50, 200):
+                for name, port in order:
                     before = cpu_ticks(pids[name])
                     rps, _, p99, total = wrk(port, c, args.seconds)
                     cpu_us = (cpu_ticks(pids[name]) - before) / hz * 1e6 / max(total, 1)
@@ -88,19 +91,30 @@ def main():
             rps, p99, cpu = med[(name, c)]
             print(f"| {name} | {c} | {rps:,.0f} | {p99:.3f} | {cpu:.1f} | "
                   f"{idle_rss[name]} ({idle_anon[name]}) |")
-        print("\nwasp against the better of nginx and HAProxy for each figure (idle RSS: against nginx):\n")
+        rss = idle_rss["wasp"] / idle_rss["nginx"]
+        print("\nwasp against the better of nginx and HAProxy for each figure (idle RSS: against nginx),")
+        print("each cell the ratio of the medians (the median of each round's ratio):\n")
         print("| -c | requests/s ratio | CPU/request ratio | p99 ratio | idle RSS ratio |")
         print("|---|---|---|---|---|")
-        rss = idle_rss["wasp"] / idle_rss["nginx"]
         for c in (1, 50, 200):
-            rps, p99, cpu = med[("wasp", c)]
-            others = [med[(o, c)] for o in ("nginx", "haproxy")]
-            print(f"| {c} | {rps / max(o[0] for o in others):.2f}x | {cpu / min(o[2] for o in others):.2f} | "
-                  f"{p99 / min(o[1] for o in others):.2f} | {rss:.2f} |")
+            of_medians = ratios(med[("wasp", c)], [med[(o, c)] for o in ("nginx", "haproxy")])
+            per_round = [ratios(results[("wasp", c)][r], [results[(o, c)][r] for o in ("nginx", "haproxy")])
+                         for r in range(args.rounds)]
+            paired = [statistics.median(x[i] for x in per_round) for i in range(3)]
+            cells = " | ".join(f"{a:.2f} ({b:.2f})" for a, b in zip(of_medians, paired))
+            print(f"| {c} | {cells} | {rss:.2f} |")
     finally:
         for p in procs:
             stop(p)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ratios(wasp, others):
+    """wasp's requests/s, CPU/request and p99 (in the table's order) against
+    the best of `others`: the most requests/s, the least CPU, the lowest p99.
+    Each figure is (requests/s, p99, CPU/request)."""
+    rps, p99, cpu = wasp
+    return (rps / max(o[0] for o in others), cpu / min(o[2] for o in others), p99 / min(o[1] for o in others))
 
 
 if __name__ == "__main__":
