@@ -5,6 +5,7 @@ interleaved rounds."""
 
 import argparse
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -70,11 +71,15 @@ def main():
         results = {}
         # Each -c runs every target back to back, so that the figures a
         # ratio compares are seconds apart: this VM's speed drifts by up to
-        # ~20% over tens of seconds, for every process at once.
+        # ~20% over tens of seconds, for every process at once. The order is
+        # shuffled for each -c of each round (seeded, so runs repeat): a
+        # fixed rotation would always run a target right after the same
+        # other one, and any after-effect of that one would count against it.
+        shuffle = random.Random(1).shuffle
         for r in range(args.rounds):
-            order = list(targets.items())
-            order = order[r % len(order):] + order[:r % len(order)]
             for c in (1, 50, 200):
+                order = list(targets.items())
+                shuffle(order)
                 for name, port in order:
                     before = cpu_ticks(pids[name])
                     rps, _, p99, total = wrk(port, c, args.seconds)
