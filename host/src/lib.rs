@@ -23,10 +23,10 @@
 //!
 //! The main thread owns configuration, DNS, admin and shutdown; it publishes
 //! immutable snapshots that workers read without locks. With
-//! `--concurrency 1` the one worker runs on the main thread too (still as its
-//! own tasks): a single-threaded process's syscalls are cheaper. A connection lives
-//! and dies on the worker that accepted it, with that worker's load-balancer
-//! state and stat shards ([`stats`]).
+//! `--concurrency 1` the one worker runs on the main thread too (as tasks
+//! of its own): a single-threaded process's syscalls are cheaper. A
+//! connection lives and dies on the worker that accepted it, with that
+//! worker's load-balancer state and stat shards ([`stats`]).
 //!
 //! Module map: [`config`] (YAML model, strict parsing, source positions),
 //! [`server`] (bootstrap validation, binding, workers, signals, drain),
