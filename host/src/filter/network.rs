@@ -12,6 +12,7 @@ pub mod chain;
 pub mod connection_limit;
 pub mod direct_response;
 pub mod echo;
+pub mod gated;
 pub mod http_connection_manager;
 pub mod io;
 pub mod redis_proxy;

@@ -32,6 +32,7 @@ use crate::filter::http::pool::LocalExec;
 use crate::filter::http::route::{Action, RouteTable, redirect_location};
 use crate::filter::http::router::{self, Body, Upstream};
 use crate::filter::http::wasm::{Stop, WasmStream};
+use crate::filter::network::gated::Gated;
 use crate::stats::{Counter, Gauge, Histogram, Scope};
 use crate::wasm::{ConnectionFacts, PluginHandle, PluginSettings};
 
@@ -320,6 +321,8 @@ impl HttpConnectionManager {
                 }
             }
         });
+        // Waited on beside every request and frame: polled only when woken.
+        let mut shutdown = Gated::new(shutdown.as_mut());
         let mut io = d.stream;
         let codec = match s.codec {
             CodecType::Http1 => Codec::Http1(BytesMut::new()),
@@ -329,7 +332,7 @@ impl HttpConnectionManager {
                     Some(codec) => codec,
                     None => return self.stats.downstream_cx_active.dec(),
                 },
-                () = shutdown.as_mut() => return self.stats.downstream_cx_active.dec(),
+                () = &mut shutdown => return self.stats.downstream_cx_active.dec(),
             },
         };
         let (Codec::Http1(read) | Codec::Http2(read)) = &codec;

@@ -22,13 +22,10 @@ use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
 use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Wake, Waker, ready};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::task::AtomicWaker;
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HOST, SERVER, TRANSFER_ENCODING};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Frame, SizeHint};
@@ -248,13 +245,12 @@ pub async fn serve<H, F>(
         tx_bytes: settings.tx_bytes.clone(),
     });
     let mut shutdown = pin!(shutdown);
-    let mut shutdown = Gated::new(shutdown.as_mut());
     let mut out = Vec::new();
     loop {
         let head = tokio::select! {
             biased;
             head = read_head(&conn, settings) => head,
-            () = &mut shutdown => return,
+            () = shutdown.as_mut() => return,
         };
         let head = match head {
             Ok(head) => head,
@@ -299,7 +295,7 @@ pub async fn serve<H, F>(
         let Ok(resp) = answer else {
             return;
         };
-        let draining = poll_fn(|cx| Poll::Ready(Pin::new(&mut shutdown).poll(cx).is_ready())).await;
+        let draining = poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
         let keep_alive = head.keep_alive && !draining;
         let written = respond(&conn, &mut out, resp, head_request, version, keep_alive).await;
         conn.continue_left.set(0);
@@ -308,77 +304,6 @@ pub async fn serve<H, F>(
         let body_done = skip_buffered_body(&conn);
         if !matches!(written, Ok(true)) || !body_done {
             return;
-        }
-    }
-}
-
-/// A future polled only once something it waits on has woken it. The
-/// connection's task is woken by every read and write, and polling the
-/// shutdown signal (the drain watch and the idle timer) each time cost
-/// ~520 instructions a proxied request (callgrind, under wrk).
-struct Gated<'a, F> {
-    inner: Pin<&'a mut F>,
-    flag: Arc<Flag>,
-    /// Wakes `flag`: handed to `inner` instead of the task's waker.
-    waker: Waker,
-    done: bool,
-}
-
-struct Flag {
-    woken: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl Wake for Flag {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake();
-    }
-}
-
-impl<'a, F: Future<Output = ()>> Gated<'a, F> {
-    fn new(inner: Pin<&'a mut F>) -> Self {
-        let flag = Arc::new(Flag {
-            // Polled the first time, to let it register its wakers.
-            woken: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        });
-        let waker = Waker::from(flag.clone());
-        Gated {
-            inner,
-            flag,
-            waker,
-            done: false,
-        }
-    }
-}
-
-impl<F: Future<Output = ()>> Future for Gated<'_, F> {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = &mut *self;
-        if this.done {
-            return Poll::Ready(());
-        }
-        this.flag.task.register(cx.waker());
-        if !this.flag.woken.swap(false, Ordering::AcqRel) {
-            return Poll::Pending;
-        }
-        let ready = this
-            .inner
-            .as_mut()
-            .poll(&mut Context::from_waker(&this.waker))
-            .is_ready();
-        this.done = ready;
-        if ready {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
         }
     }
 }
@@ -720,26 +645,6 @@ fn write_date(out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_gated_future_is_polled_again_only_once_woken() {
-        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
-        let polls = Cell::new(0);
-        let mut inner = pin!(poll_fn(|cx| {
-            polls.set(polls.get() + 1);
-            Pin::new(&mut rx).poll(cx).map(|_| ())
-        }));
-        let mut gated = Gated::new(inner.as_mut());
-        let mut cx = Context::from_waker(Waker::noop());
-        assert!(Pin::new(&mut gated).poll(&mut cx).is_pending());
-        assert!(Pin::new(&mut gated).poll(&mut cx).is_pending());
-        assert_eq!(polls.get(), 1, "not woken: not polled again");
-        tx.send(()).unwrap();
-        assert!(Pin::new(&mut gated).poll(&mut cx).is_ready());
-        assert_eq!(polls.get(), 2);
-        assert!(Pin::new(&mut gated).poll(&mut cx).is_ready(), "stays ready");
-        assert_eq!(polls.get(), 2, "a finished future is not polled");
-    }
 
     fn settings(accept_http_10: bool, default_host: Option<&'static str>) -> Settings {
         Settings {
