@@ -7,6 +7,7 @@
 //! [`WorkerCluster`] with its own load balancer state and stat shards, so
 //! choosing and connecting take no lock.
 
+pub mod circuit_breaker;
 pub mod dns;
 pub mod endpoint;
 pub mod health;
@@ -28,7 +29,9 @@ use crate::config::path::{index, join};
 use crate::config::{
     ClusterConfig, DiscoveryType, DnsLookupFamily, LbPolicy, LocalityConfig, ValidationError,
 };
+
 use crate::stats::{Counter, Gauge, Histogram, Scope};
+pub use circuit_breaker::{CircuitBreakers, Thresholds};
 
 pub use endpoint::{Endpoint, EndpointSet};
 pub use lb::{LbContext, LbSettings, LoadBalancer};
@@ -69,6 +72,8 @@ pub struct ClusterSettings {
     /// `cluster_type: envoy.clusters.redis`: the endpoints are seeds, the
     /// members come from CLUSTER SLOTS.
     pub redis_cluster: Option<redis_cluster::RedisClusterSettings>,
+    /// The circuit breakers' limits (`DEFAULT` priority).
+    pub circuit_breakers: Thresholds,
 }
 
 /// Redis AUTH credentials.
@@ -182,6 +187,7 @@ impl ClusterConfig {
             health_checks,
             redis_auth,
             redis_cluster,
+            circuit_breakers: Thresholds::validate(self.circuit_breakers.as_ref(), path)?,
         })
     }
 
@@ -403,6 +409,7 @@ pub struct Cluster {
     /// Workers ask for an early topology refresh (Redis Cluster MOVED).
     refresh: tokio::sync::Notify,
     scope: Scope,
+    pub breakers: CircuitBreakers,
     membership_total: Gauge,
     membership_healthy: Gauge,
     membership_change: Counter,
@@ -417,6 +424,7 @@ impl Cluster {
             membership_change: scope.counter("membership_change"),
             endpoints: ArcSwap::from_pointee(EndpointSet::default()),
             refresh: tokio::sync::Notify::new(),
+            breakers: CircuitBreakers::new(settings.circuit_breakers, &scope),
             settings,
             scope,
         };
@@ -598,6 +606,15 @@ pub struct ClusterStats {
     pub upstream_rq_timeout: Counter,
     pub upstream_rq_retry: Counter,
     pub upstream_rq_retry_success: Counter,
+    /// Circuit breaker overflows: a connection not opened, a request
+    /// refused while pending or for too many in flight, a retry not made.
+    pub upstream_cx_overflow: Counter,
+    pub upstream_rq_pending_overflow: Counter,
+    pub upstream_rq_active_overflow: Counter,
+    pub upstream_rq_retry_overflow: Counter,
+    /// Requests that waited for a connection.
+    pub upstream_rq_pending_total: Counter,
+    pub upstream_rq_pending_active: Gauge,
     pub upstream_cx_connect_ms: Histogram,
     pub upstream_cx_length_ms: Histogram,
 }
@@ -618,6 +635,12 @@ impl ClusterStats {
             upstream_rq_timeout: scope.counter("upstream_rq_timeout"),
             upstream_rq_retry: scope.counter("upstream_rq_retry"),
             upstream_rq_retry_success: scope.counter("upstream_rq_retry_success"),
+            upstream_cx_overflow: scope.counter("upstream_cx_overflow"),
+            upstream_rq_pending_overflow: scope.counter("upstream_rq_pending_overflow"),
+            upstream_rq_active_overflow: scope.counter("upstream_rq_active_overflow"),
+            upstream_rq_retry_overflow: scope.counter("upstream_rq_retry_overflow"),
+            upstream_rq_pending_total: scope.counter("upstream_rq_pending_total"),
+            upstream_rq_pending_active: scope.gauge("upstream_rq_pending_active"),
             upstream_cx_connect_ms: scope.histogram("upstream_cx_connect_ms"),
             upstream_cx_length_ms: scope.histogram("upstream_cx_length_ms"),
         }
@@ -678,6 +701,69 @@ impl WorkerCluster {
             .cx_connect_fail
             .fetch_add(1, Ordering::Relaxed);
         Err(error)
+    }
+}
+
+/// Which of a cluster's circuit breakers a [`Held`] unit is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Breaker {
+    Connections,
+    PendingRequests,
+    Requests,
+    Retries,
+}
+
+/// A unit of one of a cluster's circuit breakers, given back when
+/// dropped.
+pub struct Held {
+    cluster: Rc<WorkerCluster>,
+    breaker: Breaker,
+}
+
+impl WorkerCluster {
+    /// Takes a unit of `breaker` if one is left; `None` is an overflow,
+    /// for the caller to count and answer.
+    pub fn try_hold(self: &Rc<Self>, breaker: Breaker) -> Option<Held> {
+        if !self.resource(breaker).try_acquire() {
+            return None;
+        }
+        if breaker == Breaker::PendingRequests {
+            self.stats.upstream_rq_pending_total.inc();
+            self.stats.upstream_rq_pending_active.inc();
+        }
+        Some(Held {
+            cluster: self.clone(),
+            breaker,
+        })
+    }
+
+    /// Takes a unit of `breaker` even past its limit (counted).
+    pub fn hold(self: &Rc<Self>, breaker: Breaker) -> Held {
+        debug_assert_ne!(breaker, Breaker::PendingRequests);
+        self.resource(breaker).acquire();
+        Held {
+            cluster: self.clone(),
+            breaker,
+        }
+    }
+
+    fn resource(&self, breaker: Breaker) -> &circuit_breaker::Resource {
+        let b = &self.cluster.breakers;
+        match breaker {
+            Breaker::Connections => &b.connections,
+            Breaker::PendingRequests => &b.pending_requests,
+            Breaker::Requests => &b.requests,
+            Breaker::Retries => &b.retries,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.cluster.resource(self.breaker).release();
+        if self.breaker == Breaker::PendingRequests {
+            self.cluster.stats.upstream_rq_pending_active.dec();
+        }
     }
 }
 

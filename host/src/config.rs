@@ -31,9 +31,9 @@ pub use access_log::{
 pub use address::{AddressConfig, Protocol, SocketAddressConfig};
 pub use bootstrap::{AdminConfig, BootstrapConfig, NodeConfig, StaticResourcesConfig};
 pub use cluster::{
-    ClusterConfig, DiscoveryType, DnsLookupFamily, EndpointConfig, LbEndpointConfig, LbPolicy,
-    LeastRequestLbConfig, LoadAssignmentConfig, LocalityConfig, LocalityLbEndpointsConfig,
-    MaglevLbConfig, RingHashLbConfig,
+    CircuitBreakersConfig, ClusterConfig, DiscoveryType, DnsLookupFamily, EndpointConfig,
+    LbEndpointConfig, LbPolicy, LeastRequestLbConfig, LoadAssignmentConfig, LocalityConfig,
+    LocalityLbEndpointsConfig, MaglevLbConfig, RingHashLbConfig, RoutingPriority, ThresholdsConfig,
 };
 pub use cluster_type::{ClusterTypeConfig, RedisClusterConfig};
 pub use data_source::DataSourceConfig;

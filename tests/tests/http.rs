@@ -1038,3 +1038,107 @@ fn a_client_closing_abandons_its_upstream_request() {
     );
     assert_eq!(wasp.stat("cluster.slow.upstream_cx_active"), 0);
 }
+
+/// Circuit breakers, through wasp and through Envoy with the same config:
+/// a request past `max_requests`, or past `max_pending_requests` while
+/// `max_connections` are busy, is answered 503 with `x-envoy-overloaded`;
+/// one within them waits for a connection; a retry past `max_retries` is
+/// not made. The overflow stats read the same on both.
+#[test]
+fn circuit_breakers_overflow_as_envoy_does() {
+    let backend = HttpBackend::start("limited");
+    let limited = |name: &str, thresholds: &str| {
+        wasp_tests::config::cluster(
+            name,
+            "ROUND_ROBIN",
+            &[(backend.addr, 1)],
+            &format!("    circuit_breakers:\n      thresholds:\n      - {{ {thresholds} }}\n"),
+        )
+    };
+    let clusters = limited("rq", "max_requests: 1")
+        + &limited("cx", "max_connections: 1, max_pending_requests: 1")
+        + &limited("retry", "priority: DEFAULT, max_retries: 0");
+    let route = |prefix: &str, action: &str| {
+        format!(
+            "              - match: {{ prefix: \"{prefix}\" }}\n                route: {{ {action} }}\n"
+        )
+    };
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n"
+        .to_string()
+        + &route("/rq", "cluster: rq")
+        + &route("/cx", "cluster: cx")
+        + &route(
+            "/retry",
+            "cluster: retry, retry_policy: { retry_on: 5xx, num_retries: 2 }",
+        );
+    let overflow =
+        "upstream connect error or disconnect/reset before headers. reset reason: overflow";
+    for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
+        let port = free_port();
+        // One worker: a pool without connections opens one past the limit,
+        // so with more, which worker takes each client would matter.
+        let config = hcm(port, &vhosts, "", &clusters);
+        let proxy = Proxy::launch(kind, &config, &["--concurrency", "1"]);
+        let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+        let pause = || std::thread::sleep(std::time::Duration::from_millis(300));
+        let in_background = |path: String| {
+            std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                (curl(&[&path]).status, started.elapsed())
+            })
+        };
+
+        // max_requests: 1, one in flight.
+        let slow = in_background(url("/rq?delay_ms=1500"));
+        pause();
+        let open = proxy.stat("cluster.rq.circuit_breakers.default.rq_open");
+        let r = curl(&[&url("/rq")]);
+        assert_eq!((r.status, r.body.as_str()), (503, overflow), "{kind:?}");
+        assert_eq!(r.header("x-envoy-overloaded"), Some("true"), "{kind:?}");
+        assert_eq!(slow.join().unwrap().0, 200, "{kind:?}");
+        assert_eq!(open, 1, "{kind:?}: rq_open while the request is in flight");
+        assert_eq!(curl(&[&url("/rq")]).status, 200, "{kind:?}: closed again");
+
+        // max_connections: 1 busy; one request may wait for it, the next
+        // may not.
+        let first = in_background(url("/cx?delay_ms=1500"));
+        pause();
+        let second = in_background(url("/cx"));
+        pause();
+        let r = curl(&[&url("/cx")]);
+        assert_eq!((r.status, r.body.as_str()), (503, overflow), "{kind:?}");
+        assert_eq!(first.join().unwrap().0, 200, "{kind:?}");
+        let (status, waited) = second.join().unwrap();
+        assert_eq!(status, 200, "{kind:?}");
+        assert!(
+            waited >= std::time::Duration::from_millis(800),
+            "{kind:?}: the pending request waited only {waited:?}"
+        );
+
+        // max_retries: 0: the upstream's own 503 comes back, not retried.
+        let r = curl(&[&url("/retry?status=503")]);
+        assert_eq!(r.status, 503, "{kind:?}");
+        assert!(
+            r.body.contains("\"name\":\"limited\""),
+            "{kind:?}: {}",
+            r.body
+        );
+        assert_eq!(r.header("x-envoy-overloaded"), None, "{kind:?}");
+
+        let stat = |name: &str| proxy.stat(&format!("cluster.{name}"));
+        assert_eq!(
+            [
+                stat("rq.upstream_rq_active_overflow"),
+                stat("cx.upstream_rq_pending_overflow"),
+                stat("cx.upstream_cx_total"),
+                stat("retry.upstream_rq_retry_overflow"),
+                stat("retry.upstream_rq_retry"),
+                stat("rq.circuit_breakers.default.rq_open"),
+            ],
+            [1, 1, 1, 1, 0, 0],
+            "{kind:?}: rq active and cx pending overflows, cx connections, retry overflows and retries, rq_open"
+        );
+        assert!(stat("cx.upstream_cx_overflow") >= 1, "{kind:?}");
+        assert!(stat("cx.upstream_rq_pending_total") >= 2, "{kind:?}");
+    }
+}

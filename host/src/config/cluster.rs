@@ -30,6 +30,39 @@ pub struct ClusterConfig {
     pub health_checks: Vec<HealthCheckConfig>,
     /// A custom cluster type: `envoy.clusters.redis`.
     pub cluster_type: Option<Extension<ClusterTypeConfig>>,
+    pub circuit_breakers: Option<CircuitBreakersConfig>,
+}
+
+/// Envoy's `CircuitBreakers`: limits shared by every worker, one set per
+/// routing priority.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakersConfig {
+    #[serde(default)]
+    pub thresholds: Vec<ThresholdsConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdsConfig {
+    #[serde(default)]
+    pub priority: RoutingPriority,
+    pub max_connections: Option<u32>,
+    pub max_pending_requests: Option<u32>,
+    pub max_requests: Option<u32>,
+    pub max_retries: Option<u32>,
+    #[serde(default)]
+    pub track_remaining: bool,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RoutingPriority {
+    #[default]
+    #[serde(alias = "default")]
+    Default,
+    #[serde(alias = "high")]
+    High,
 }
 
 /// Envoy reads enum names case-insensitively (v2 configs write

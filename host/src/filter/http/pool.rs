@@ -24,13 +24,15 @@ use tokio::time::Instant;
 use super::body::{Body, BoxError};
 use super::codec::CountedIo;
 use super::h1::client as h1;
-use crate::cluster::{ConnectError, Endpoint, WorkerCluster};
+use crate::cluster::{Breaker, ConnectError, Endpoint, Held, WorkerCluster};
 
 /// Why a request got no response.
 pub enum SendError {
     Connect(ConnectError),
     /// The connection failed or was reset before the response head.
     Upstream(BoxError),
+    /// A circuit breaker refused it (counted where it did).
+    Overflow,
 }
 
 /// Looked up once per request: hashed with foldhash, not SipHash.
@@ -49,16 +51,19 @@ pub struct Opened {
     cluster: Rc<WorkerCluster>,
     endpoint: Arc<Endpoint>,
     at: Instant,
+    /// Its unit of the cluster's `max_connections`.
+    _slot: Held,
 }
 
 impl Opened {
-    fn new(cluster: &Rc<WorkerCluster>, endpoint: &Arc<Endpoint>) -> Self {
+    fn new(cluster: &Rc<WorkerCluster>, endpoint: &Arc<Endpoint>, slot: Held) -> Self {
         cluster.stats.upstream_cx_active.inc();
         endpoint.stats.cx_active.fetch_add(1, Ordering::Relaxed);
         Opened {
             cluster: cluster.clone(),
             endpoint: endpoint.clone(),
             at: Instant::now(),
+            _slot: slot,
         }
     }
 
@@ -105,14 +110,17 @@ impl Pools {
 
     /// Sends `req` to `endpoint` over a pooled connection or a new one.
     /// On HTTP/1.1 the URI is sent as it is (origin form, with the Host
-    /// header); on HTTP/2 it must carry scheme and authority.
+    /// header); on HTTP/2 it must carry scheme and authority. `held`, the
+    /// request's unit of the cluster's `max_requests`, is kept until the
+    /// response is complete.
     pub async fn send(
         &self,
         endpoint: &Arc<Endpoint>,
         req: &mut Request<Body>,
+        held: Held,
     ) -> Result<Response<Body>, SendError> {
         if self.cluster.cluster.settings.http2 {
-            return self.send_h2(endpoint, req).await;
+            return self.send_h2(endpoint, req, held).await;
         }
         let idle = self
             .h1
@@ -121,21 +129,41 @@ impl Pools {
             .or_default()
             .clone();
         let mut upload = h1::Upload::new(req);
+        // A request not served by an idle connection is pending until it
+        // has one, as in Envoy: within `max_pending_requests`.
+        let mut pending = None;
         loop {
             let (conn, reused) = match idle.checkout() {
                 Some(conn) => (conn, true),
-                // Boxed: a connect's future is large and would otherwise
-                // be part of every request's.
                 None => {
+                    if pending.is_none() {
+                        pending =
+                            Some(self.cluster.try_hold(Breaker::PendingRequests).ok_or_else(
+                                || {
+                                    self.cluster.stats.upstream_rq_pending_overflow.inc();
+                                    SendError::Overflow
+                                },
+                            )?);
+                    }
+                    let Some(slot) = self.connection_slot(&idle) else {
+                        idle.wait_freed().await;
+                        continue;
+                    };
+                    // Boxed: a connect's future is large and would
+                    // otherwise be part of every request's.
                     let io = Box::pin(self.connect(endpoint)).await?;
-                    (
-                        h1::Conn::new(io, Opened::new(&self.cluster, endpoint)),
-                        false,
-                    )
+                    let opened = Opened::new(&self.cluster, endpoint, slot);
+                    (h1::Conn::new(io, opened, &idle), false)
                 }
             };
+            pending = None;
             match h1::exchange(conn, upload, &idle).await {
-                Ok(resp) => return Ok(resp),
+                Ok(mut resp) => {
+                    if let Body::Upstream(b) = resp.body_mut() {
+                        b.hold(held);
+                    }
+                    return Ok(resp);
+                }
                 // A kept-alive connection the upstream closed as the
                 // request went out: try the next one, as Envoy does.
                 Err(h1::Failed {
@@ -146,10 +174,23 @@ impl Pools {
         }
     }
 
+    /// A unit of the cluster's `max_connections` for a new connection of
+    /// `pool`; `None` if the breaker is open and the pool has connections
+    /// to wait for. A pool with none opens one regardless, as Envoy's do,
+    /// so that no request waits on connections that do not exist.
+    fn connection_slot(&self, pool: &h1::Idle) -> Option<Held> {
+        if let Some(slot) = self.cluster.try_hold(Breaker::Connections) {
+            return Some(slot);
+        }
+        self.cluster.stats.upstream_cx_overflow.inc();
+        (pool.open() == 0).then(|| self.cluster.hold(Breaker::Connections))
+    }
+
     async fn send_h2(
         &self,
         endpoint: &Arc<Endpoint>,
         req: &mut Request<Body>,
+        held: Held,
     ) -> Result<Response<Body>, SendError> {
         let current = self.h2.borrow().get(&endpoint.address).cloned();
         let mut sender = match current.filter(|s| !s.is_closed()) {
@@ -165,7 +206,7 @@ impl Pools {
             .send_request(req)
             .await
             .map_err(|e| SendError::Upstream(e.into()))?;
-        Ok(resp.map(Body::Incoming))
+        Ok(resp.map(|b| Body::Held(b, held)))
     }
 
     async fn connect_h2(
@@ -184,7 +225,16 @@ impl Pools {
             .handshake(io)
             .await
             .map_err(|e| SendError::Upstream(e.into()))?;
-        let opened = Opened::new(&self.cluster, endpoint);
+        // One connection per endpoint: it is opened even when the breaker
+        // says no more (counted), as a pool's first connection always is.
+        let slot = self
+            .cluster
+            .try_hold(Breaker::Connections)
+            .unwrap_or_else(|| {
+                self.cluster.stats.upstream_cx_overflow.inc();
+                self.cluster.hold(Breaker::Connections)
+            });
+        let opened = Opened::new(&self.cluster, endpoint, slot);
         let address = endpoint.address;
         tokio::task::spawn_local(async move {
             if let Err(e) = conn.await {

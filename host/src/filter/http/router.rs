@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::pool::{Pools, SendError};
 use super::route::RetryPolicy;
-use crate::cluster::{ConnectError, LbContext, WorkerCluster};
+use crate::cluster::{Breaker, ConnectError, LbContext, WorkerCluster};
 
 pub use super::body::Body;
 
@@ -99,6 +99,8 @@ impl Upstream {
             Err(_) => return local(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
         };
         let mut retries = 0;
+        // The retry in flight's unit of the cluster's `max_retries`.
+        let mut retrying = None;
         loop {
             let mut attempt = Request::new(Body::full(body.clone()));
             *attempt.method_mut() = req.method().clone();
@@ -112,7 +114,13 @@ impl Upstream {
             let outcome = self.attempt(&mut attempt, per_try, hash, auto_host).await;
             let time_left = remaining.is_none_or(|r| !r.is_zero())
                 && deadline.is_none_or(|d| Instant::now() < d);
+            drop(retrying.take());
             if retries < retry.num_retries && time_left && outcome.retriable(retry) {
+                let Some(unit) = self.cluster.try_hold(Breaker::Retries) else {
+                    self.cluster.stats.upstream_rq_retry_overflow.inc();
+                    return outcome.into_response();
+                };
+                retrying = Some(unit);
                 retries += 1;
                 self.cluster.stats.upstream_rq_retry.inc();
                 continue;
@@ -136,6 +144,7 @@ impl Upstream {
         {
             a @ (Attempt::Response(_)
             | Attempt::NoHealthyUpstream
+            | Attempt::Overflow
             | Attempt::ConnectFailure
             | Attempt::ConnectTimeout) => Some(a.into_response()),
             Attempt::BadRequest | Attempt::Reset | Attempt::Timeout => None,
@@ -185,11 +194,15 @@ impl Upstream {
             *req.uri_mut() = Uri::from(path);
             *req.version_mut() = http::Version::HTTP_11;
         }
+        let Some(held) = self.cluster.try_hold(Breaker::Requests) else {
+            stats.upstream_rq_active_overflow.inc();
+            return Attempt::Overflow;
+        };
         stats.upstream_rq_total.inc();
         stats.upstream_rq_active.inc();
         endpoint.stats.rq_total.fetch_add(1, Ordering::Relaxed);
         endpoint.stats.rq_active.fetch_add(1, Ordering::Relaxed);
-        let sent = std::pin::pin!(self.pools.send(&endpoint, req));
+        let sent = std::pin::pin!(self.pools.send(&endpoint, req, held));
         let result = match timeout {
             Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
             None => Ok(sent.await),
@@ -212,6 +225,7 @@ impl Upstream {
                     _ => Attempt::ConnectFailure,
                 }
             }
+            Ok(Err(SendError::Overflow)) => Attempt::Overflow,
             Ok(Err(SendError::Upstream(e))) => {
                 endpoint.stats.rq_error.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(cluster = %self.cluster.cluster.name(), endpoint = %endpoint.address, error = %e, "upstream request failed");
@@ -225,6 +239,9 @@ impl Upstream {
         }
     }
 }
+
+/// Set on answers a circuit breaker caused.
+const X_ENVOY_OVERLOADED: http::HeaderName = http::HeaderName::from_static("x-envoy-overloaded");
 
 /// Largest request body buffered so that it can be retried.
 pub const MAX_RETRY_BODY: usize = 1024 * 1024;
@@ -241,6 +258,8 @@ enum Attempt {
     ConnectTimeout,
     Reset,
     Timeout,
+    /// A circuit breaker refused the request.
+    Overflow,
 }
 
 impl Attempt {
@@ -257,7 +276,8 @@ impl Attempt {
             }
             Attempt::Reset => p.on_5xx || p.on_reset,
             Attempt::Timeout => p.on_5xx || p.on_gateway_error,
-            Attempt::NoHealthyUpstream | Attempt::BadRequest => false,
+            // Never retried, as in Envoy: a retry would only add load.
+            Attempt::NoHealthyUpstream | Attempt::BadRequest | Attempt::Overflow => false,
         }
     }
 
@@ -282,6 +302,15 @@ impl Attempt {
                 "upstream connect error or disconnect/reset before headers. reset reason: remote reset",
             ),
             Attempt::Timeout => local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+            Attempt::Overflow => {
+                let mut r = local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                );
+                r.headers_mut()
+                    .insert(X_ENVOY_OVERLOADED, HeaderValue::from_static("true"));
+                r
+            }
         }
     }
 }

@@ -14,10 +14,10 @@
 //! framed as RFC 9112 §6.3 says; 1xx heads are skipped (no `Upgrade` is
 //! ever sent, so there is no 101).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::{self, Write as _};
 use std::pin::Pin;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,7 @@ use super::{
     encode_field, encode_last_chunk, header_map, spans,
 };
 use crate::clock;
+use crate::cluster::Held;
 
 /// Most bytes of a response head or trailer block (Envoy's limit).
 const MAX_HEAD: usize = 60 * 1024;
@@ -57,16 +58,21 @@ pub struct Conn {
     /// Bytes read and not yet taken: never more than one response's.
     read: BytesMut,
     opened: Opened,
+    /// The pool it belongs to, told when it closes (weak: the pool's idle
+    /// stack holds connections).
+    home: Weak<Idle>,
 }
 
 impl Conn {
     /// Boxed: it moves between the idle stack, requests and response
     /// bodies, and a box moves as one pointer.
-    pub fn new(io: TcpStream, opened: Opened) -> Box<Self> {
+    pub fn new(io: TcpStream, opened: Opened, home: &Rc<Idle>) -> Box<Self> {
+        home.open.set(home.open.get() + 1);
         Box::new(Conn {
             io,
             read: BytesMut::new(),
             opened,
+            home: Rc::downgrade(home),
         })
     }
 
@@ -92,17 +98,59 @@ impl Conn {
     }
 }
 
-/// One endpoint's idle connections, most recently used last, with when
-/// each was checked in (the worker's coarse clock: a minute's timeout
-/// allows half a second).
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(home) = self.home.upgrade() {
+            home.open.set(home.open.get() - 1);
+            home.freed();
+        }
+    }
+}
+
+/// One endpoint's connections on one worker: the idle ones, most recently
+/// used last, with when each was checked in (the worker's coarse clock: a
+/// minute's timeout allows half a second); how many are open; and the
+/// requests waiting for one (when the cluster's circuit breaker allows no
+/// more connections).
 #[derive(Default)]
-pub struct Idle(RefCell<Vec<(Box<Conn>, Instant)>>);
+pub struct Idle {
+    conns: RefCell<Vec<(Box<Conn>, Instant)>>,
+    open: Cell<usize>,
+    waiting: Cell<usize>,
+    /// Signalled when a connection is checked in or closes while
+    /// requests wait; only they pay for it.
+    freed: tokio::sync::Notify,
+}
 
 impl Idle {
+    /// How many connections of this pool are open, idle or busy.
+    pub fn open(&self) -> usize {
+        self.open.get()
+    }
+
+    /// Waits until a connection of this pool is checked in or closes.
+    pub async fn wait_freed(&self) {
+        struct Waiting<'a>(&'a Cell<usize>);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.set(self.0.get() - 1);
+            }
+        }
+        self.waiting.set(self.waiting.get() + 1);
+        let _waiting = Waiting(&self.waiting);
+        self.freed.notified().await;
+    }
+
+    fn freed(&self) {
+        if self.waiting.get() > 0 {
+            self.freed.notify_one();
+        }
+    }
+
     /// The most recently used connection that is still good.
     pub fn checkout(&self) -> Option<Box<Conn>> {
         loop {
-            let (conn, since) = self.0.borrow_mut().pop()?;
+            let (conn, since) = self.conns.borrow_mut().pop()?;
             if clock::coarse_now().saturating_duration_since(since) <= IDLE_TIMEOUT
                 && conn.is_usable()
             {
@@ -113,7 +161,7 @@ impl Idle {
 
     fn checkin(&self, conn: Box<Conn>) {
         let now = clock::coarse_now();
-        let mut idle = self.0.borrow_mut();
+        let mut idle = self.conns.borrow_mut();
         // The oldest are first: close those that have idled too long.
         if let Some(cutoff) = now.checked_sub(IDLE_TIMEOUT) {
             let stale = idle.partition_point(|(_, since)| *since < cutoff);
@@ -122,6 +170,8 @@ impl Idle {
         if idle.len() < MAX_IDLE {
             idle.push((conn, now));
         }
+        drop(idle);
+        self.freed();
     }
 }
 
@@ -303,6 +353,7 @@ pub async fn exchange(
             let done = upload.body.is_none() && upload.written == upload.out.len();
             let mut body = UpstreamBody {
                 conn: Some(conn),
+                held: None,
                 upload: (!done && send_error.is_none()).then(|| Box::new(upload)),
                 decoder: head.decoder,
                 keep_alive: head.keep_alive && send_error.is_none(),
@@ -426,6 +477,9 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Head>, E
 /// upstream streaming its answer while the request streams in).
 pub struct UpstreamBody {
     conn: Option<Box<Conn>>,
+    /// The request's unit of the cluster's `max_requests`, given back with
+    /// the connection.
+    held: Option<Held>,
     /// Boxed: a request body holds a [`Body`], which may be one of these.
     upload: Option<Box<Upload>>,
     decoder: Decoder,
@@ -438,6 +492,7 @@ impl UpstreamBody {
     /// the request is all sent and the upstream keeps it open; otherwise
     /// it is closed.
     fn finish(&mut self) {
+        self.held = None;
         let conn = self.conn.take();
         if let Some(conn) =
             conn.filter(|c| self.keep_alive && self.upload.is_none() && c.read.is_empty())
@@ -448,6 +503,13 @@ impl UpstreamBody {
 
     pub fn is_end_stream(&self) -> bool {
         self.conn.is_none()
+    }
+
+    /// Keeps `held` until the response is complete.
+    pub fn hold(&mut self, held: Held) {
+        if self.conn.is_some() {
+            self.held = Some(held);
+        }
     }
 
     pub fn size_hint(&self) -> SizeHint {

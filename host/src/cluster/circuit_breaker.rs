@@ -1,0 +1,210 @@
+//! Envoy's circuit breakers: a cluster's limits on open upstream
+//! connections, requests waiting for a connection, requests in flight and
+//! retries in flight, counted for every worker together (as Envoy's
+//! resource manager counts them) with one atomic counter each.
+//!
+//! Taking a unit that is over its limit is refused; the caller answers
+//! as Envoy does (a 503 with `x-envoy-overloaded`, or no retry) and counts
+//! the overflow.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::ValidationError;
+use crate::config::path::join;
+use crate::config::{CircuitBreakersConfig, RoutingPriority};
+use crate::stats::{Gauge, Scope};
+
+/// The limits of one routing priority, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    pub max_connections: u64,
+    pub max_pending_requests: u64,
+    pub max_requests: u64,
+    pub max_retries: u64,
+    pub track_remaining: bool,
+}
+
+impl Default for Thresholds {
+    /// Envoy's defaults.
+    fn default() -> Self {
+        Thresholds {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+            track_remaining: false,
+        }
+    }
+}
+
+impl Thresholds {
+    /// The `DEFAULT` priority's thresholds (routes have no other here):
+    /// Envoy's defaults for any field left out. A `HIGH` entry is checked
+    /// and kept out of the way.
+    pub fn validate(
+        c: Option<&CircuitBreakersConfig>,
+        path: &str,
+    ) -> Result<Self, ValidationError> {
+        let mut chosen = Thresholds::default();
+        let mut seen = [false; 2];
+        let at = join(path, "circuit_breakers.thresholds");
+        for (i, t) in c.iter().flat_map(|c| c.thresholds.iter()).enumerate() {
+            let slot = match t.priority {
+                RoutingPriority::Default => 0,
+                RoutingPriority::High => 1,
+            };
+            if std::mem::replace(&mut seen[slot], true) {
+                return Err(ValidationError::new(
+                    format!("{at}[{i}].priority"),
+                    "each priority may have one set of thresholds",
+                ));
+            }
+            if slot == 0 {
+                let d = Thresholds::default();
+                chosen = Thresholds {
+                    max_connections: t.max_connections.map_or(d.max_connections, u64::from),
+                    max_pending_requests: t
+                        .max_pending_requests
+                        .map_or(d.max_pending_requests, u64::from),
+                    max_requests: t.max_requests.map_or(d.max_requests, u64::from),
+                    max_retries: t.max_retries.map_or(d.max_retries, u64::from),
+                    track_remaining: t.track_remaining,
+                };
+            }
+        }
+        Ok(chosen)
+    }
+}
+
+/// A cluster's breakers, shared by its workers.
+pub struct CircuitBreakers {
+    pub connections: Resource,
+    pub pending_requests: Resource,
+    pub requests: Resource,
+    pub retries: Resource,
+}
+
+impl CircuitBreakers {
+    /// Breakers with `limits`, their gauges under
+    /// `circuit_breakers.default.` in the cluster's `scope`.
+    pub fn new(limits: Thresholds, scope: &Scope) -> Self {
+        let scope = scope.child("circuit_breakers").child("default");
+        let resource = |max, open: &str, remaining: &str| Resource {
+            max,
+            taken: AtomicU64::new(0),
+            open: scope.gauge(open),
+            remaining: limits.track_remaining.then(|| {
+                let g = scope.gauge(remaining);
+                g.set(max as i64);
+                g
+            }),
+        };
+        CircuitBreakers {
+            connections: resource(limits.max_connections, "cx_open", "remaining_cx"),
+            pending_requests: resource(
+                limits.max_pending_requests,
+                "rq_pending_open",
+                "remaining_pending",
+            ),
+            requests: resource(limits.max_requests, "rq_open", "remaining_rq"),
+            retries: resource(limits.max_retries, "rq_retry_open", "remaining_retries"),
+        }
+    }
+}
+
+/// One limited resource: how many units are taken of at most `max`.
+pub struct Resource {
+    max: u64,
+    taken: AtomicU64,
+    /// 1 while the breaker is open (every unit taken), as Envoy's gauge.
+    open: Gauge,
+    /// Units left, when `track_remaining` asks for it.
+    remaining: Option<Gauge>,
+}
+
+impl Resource {
+    /// Whether a unit could be taken now.
+    pub fn available(&self) -> bool {
+        self.taken.load(Ordering::Relaxed) < self.max
+    }
+
+    /// Takes a unit if one is left. Each taken unit must be given back
+    /// with [`Resource::release`] (the guards that hold them do).
+    pub fn try_acquire(&self) -> bool {
+        let taken = self
+            .taken
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            });
+        match taken {
+            Ok(before) => {
+                self.changed(before + 1);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Takes a unit even past the limit (a pool's first connection, which
+    /// Envoy always allows so that a pool cannot wait forever).
+    pub fn acquire(&self) {
+        let before = self.taken.fetch_add(1, Ordering::Relaxed);
+        self.changed(before + 1);
+    }
+
+    pub fn release(&self) {
+        let before = self.taken.fetch_sub(1, Ordering::Relaxed);
+        self.changed(before - 1);
+    }
+
+    /// Keeps the gauges in step; they change only when the breaker opens
+    /// or closes (or when asked to track what remains).
+    fn changed(&self, taken: u64) {
+        if taken + 1 >= self.max && taken <= self.max {
+            self.open.set(i64::from(taken >= self.max));
+        }
+        if let Some(r) = &self.remaining {
+            r.set(self.max.saturating_sub(taken) as i64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Store;
+
+    #[test]
+    fn a_resource_refuses_past_its_limit_and_reports_open() {
+        let store = Store::new();
+        let limits = Thresholds {
+            max_requests: 2,
+            track_remaining: true,
+            ..Thresholds::default()
+        };
+        let b = CircuitBreakers::new(limits, &store.root().child("cluster").child("c"));
+        let stat = |n: &str| store.value(&format!("cluster.c.circuit_breakers.default.{n}"));
+        assert!(b.requests.try_acquire() && b.requests.try_acquire());
+        assert!(!b.requests.try_acquire());
+        assert_eq!((stat("rq_open"), stat("remaining_rq")), (Some(1), Some(0)));
+        b.requests.release();
+        assert!(b.requests.available());
+        assert_eq!((stat("rq_open"), stat("remaining_rq")), (Some(0), Some(1)));
+        b.connections.acquire();
+        assert_eq!(stat("cx_open"), Some(0));
+    }
+
+    #[test]
+    fn thresholds_default_to_envoys_and_priorities_are_unique() {
+        let parse = |y: &str| -> CircuitBreakersConfig { serde_norway::from_str(y).unwrap() };
+        let c = parse("thresholds: [{ max_requests: 5 }, { priority: HIGH, max_requests: 9 }]");
+        let t = Thresholds::validate(Some(&c), "clusters[0]").unwrap();
+        assert_eq!(
+            (t.max_requests, t.max_connections, t.max_retries),
+            (5, 1024, 3)
+        );
+        let c = parse("thresholds: [{ priority: default }, { max_retries: 1 }]");
+        let e = Thresholds::validate(Some(&c), "clusters[0]").unwrap_err();
+        assert!(e.to_string().contains("thresholds[1].priority"), "{e}");
+    }
+}
