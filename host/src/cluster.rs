@@ -617,6 +617,21 @@ pub struct ClusterStats {
     pub upstream_rq_pending_active: Gauge,
     pub upstream_cx_connect_ms: Histogram,
     pub upstream_cx_length_ms: Histogram,
+    /// What [`WorkerCluster::charge`] counts.
+    charged: RefCell<Charged>,
+}
+
+/// Answers by code and class, as Envoy charges them to a cluster: the
+/// upstream's, and the 503s and 504s of failed attempts. Each stat is
+/// made when first charged, as Envoy makes them (a cluster only tcp_proxy
+/// uses has none).
+#[derive(Default)]
+struct Charged {
+    completed: Option<Counter>,
+    classes: [Option<Counter>; 5],
+    codes: Vec<(u16, Counter)>,
+    /// From sending a request to its response head, in milliseconds.
+    time: Option<Histogram>,
 }
 
 impl ClusterStats {
@@ -643,6 +658,7 @@ impl ClusterStats {
             upstream_rq_pending_active: scope.gauge("upstream_rq_pending_active"),
             upstream_cx_connect_ms: scope.histogram("upstream_cx_connect_ms"),
             upstream_cx_length_ms: scope.histogram("upstream_cx_length_ms"),
+            charged: RefCell::default(),
         }
     }
 }
@@ -654,6 +670,31 @@ impl WorkerCluster {
             stats: ClusterStats::new(cluster.scope()),
             cluster,
         })
+    }
+
+    /// Counts an attempt's answer: its code, class and time.
+    pub fn charge(&self, status: http::StatusCode, took: Duration) {
+        let scope = self.cluster.scope();
+        let code = status.as_u16();
+        let class = (code / 100).clamp(1, 5) as usize;
+        let c = &mut *self.stats.charged.borrow_mut();
+        c.completed
+            .get_or_insert_with(|| scope.counter("upstream_rq_completed"))
+            .inc();
+        c.classes[class - 1]
+            .get_or_insert_with(|| scope.counter(&format!("upstream_rq_{class}xx")))
+            .inc();
+        match c.codes.iter().find(|(seen, _)| *seen == code) {
+            Some((_, counter)) => counter.inc(),
+            None => {
+                let counter = scope.counter(&format!("upstream_rq_{code}"));
+                counter.inc();
+                c.codes.push((code, counter));
+            }
+        }
+        c.time
+            .get_or_insert_with(|| scope.histogram("upstream_rq_time"))
+            .record(took.as_millis() as u64);
     }
 
     /// Chooses an endpoint for a new connection or request.

@@ -1139,6 +1139,19 @@ fn circuit_breakers_overflow_as_envoy_does() {
             "{kind:?}: rq active and cx pending overflows, cx connections, retry overflows and retries, rq_open"
         );
         assert!(stat("cx.upstream_cx_overflow") >= 1, "{kind:?}");
+        // Every answer is charged to its cluster, the overflows' too.
+        assert_eq!(
+            [
+                stat("rq.upstream_rq_200"),
+                stat("rq.upstream_rq_2xx"),
+                stat("rq.upstream_rq_503"),
+                stat("rq.upstream_rq_5xx"),
+                stat("rq.upstream_rq_completed"),
+                stat("retry.upstream_rq_503"),
+            ],
+            [2, 2, 1, 1, 3, 1],
+            "{kind:?}: upstream_rq_ by code and class, completed"
+        );
         assert!(stat("cx.upstream_rq_pending_total") >= 2, "{kind:?}");
     }
 }

@@ -194,8 +194,11 @@ impl Upstream {
             *req.uri_mut() = Uri::from(path);
             *req.version_mut() = http::Version::HTTP_11;
         }
+        let started = Instant::now();
         let Some(held) = self.cluster.try_hold(Breaker::Requests) else {
             stats.upstream_rq_active_overflow.inc();
+            self.cluster
+                .charge(StatusCode::SERVICE_UNAVAILABLE, started.elapsed());
             return Attempt::Overflow;
         };
         stats.upstream_rq_total.inc();
@@ -209,7 +212,7 @@ impl Upstream {
         };
         stats.upstream_rq_active.dec();
         endpoint.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
-        match result {
+        let outcome = match result {
             Ok(Ok(mut resp)) => {
                 endpoint.stats.rq_success.fetch_add(1, Ordering::Relaxed);
                 if self.tag_upstream_host {
@@ -236,7 +239,11 @@ impl Upstream {
                 stats.upstream_rq_timeout.inc();
                 Attempt::Timeout
             }
+        };
+        if let Some(status) = outcome.status() {
+            self.cluster.charge(status, started.elapsed());
         }
+        outcome
     }
 }
 
@@ -263,6 +270,20 @@ enum Attempt {
 }
 
 impl Attempt {
+    /// The code Envoy charges to the cluster for it: the upstream's, or
+    /// that of the answer a failed attempt gets.
+    fn status(&self) -> Option<StatusCode> {
+        match self {
+            Attempt::Response(r) => Some(r.status()),
+            Attempt::ConnectFailure
+            | Attempt::ConnectTimeout
+            | Attempt::Reset
+            | Attempt::Overflow => Some(StatusCode::SERVICE_UNAVAILABLE),
+            Attempt::Timeout => Some(StatusCode::GATEWAY_TIMEOUT),
+            Attempt::NoHealthyUpstream | Attempt::BadRequest => None,
+        }
+    }
+
     fn retriable(&self, p: &RetryPolicy) -> bool {
         match self {
             Attempt::Response(r) => {
