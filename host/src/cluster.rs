@@ -64,7 +64,8 @@ pub struct ClusterSettings {
     pub dns_refresh_rate: Duration,
     pub dns_lookup_family: DnsLookupFamily,
     pub per_connection_buffer_limit_bytes: u32,
-    pub http2: bool,
+    /// How HTTP is spoken to the endpoints.
+    pub upstream_http: UpstreamHttp,
     pub health_checks: Vec<health::HealthCheckSettings>,
     /// Credentials for the cluster's Redis servers (its redis_proxy
     /// protocol options).
@@ -74,6 +75,55 @@ pub struct ClusterSettings {
     pub redis_cluster: Option<redis_cluster::RedisClusterSettings>,
     /// The circuit breakers' limits (`DEFAULT` priority).
     pub circuit_breakers: Thresholds,
+}
+
+/// Which HTTP version a cluster's requests go out in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+    /// The client's: HTTP/2 for HTTP/2 clients, HTTP/1.1 for the others.
+    Downstream,
+}
+
+/// How a cluster's HTTP connections are used.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamHttp {
+    pub protocol: UpstreamProtocol,
+    /// How long a connection may sit unused before it is closed (Envoy's
+    /// default: an hour).
+    pub idle_timeout: Duration,
+    /// After this many requests a connection takes no more.
+    pub max_requests_per_connection: Option<u32>,
+}
+
+impl UpstreamHttp {
+    fn new(
+        protocol: UpstreamProtocol,
+        idle_timeout: Option<Duration>,
+        max_requests_per_connection: Option<u32>,
+    ) -> Self {
+        UpstreamHttp {
+            protocol,
+            // Zero turns the timeout off, in Envoy as here.
+            idle_timeout: match idle_timeout {
+                None => Duration::from_secs(3600),
+                Some(d) if d.is_zero() => Duration::MAX,
+                Some(d) => d,
+            },
+            max_requests_per_connection: max_requests_per_connection.filter(|&n| n > 0),
+        }
+    }
+
+    /// Whether a request from a client speaking `downstream` goes out in
+    /// HTTP/2.
+    pub fn http2(&self, downstream: http::Version) -> bool {
+        match self.protocol {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Downstream => downstream == http::Version::HTTP_2,
+        }
+    }
 }
 
 /// Redis AUTH credentials.
@@ -167,11 +217,7 @@ impl ClusterConfig {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let redis_auth = self.redis_auth(path)?;
-        let http2 = self.http2_protocol_options.is_some()
-            || self
-                .typed_extension_protocol_options
-                .as_ref()
-                .is_some_and(|v| v.to_string().contains("http2_protocol_options"));
+        let upstream_http = self.upstream_http(path)?;
         Ok(ClusterSettings {
             name: self.name.clone(),
             discovery: self.discovery_type,
@@ -183,12 +229,94 @@ impl ClusterConfig {
             per_connection_buffer_limit_bytes: self
                 .per_connection_buffer_limit_bytes
                 .unwrap_or(DEFAULT_BUFFER_LIMIT),
-            http2,
+            upstream_http,
             health_checks,
             redis_auth,
             redis_cluster,
             circuit_breakers: Thresholds::validate(self.circuit_breakers.as_ref(), path)?,
         })
+    }
+
+    /// Reads the HTTP protocol options: v3's
+    /// `typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]`,
+    /// or v2's fields on the cluster itself (not both, as in Envoy).
+    fn upstream_http(&self, path: &str) -> Result<UpstreamHttp, ValidationError> {
+        const KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+        let at = format!("{}.{KEY}", join(path, "typed_extension_protocol_options"));
+        let typed = match self
+            .typed_extension_protocol_options
+            .as_ref()
+            .and_then(|o| o.get(KEY))
+        {
+            None => None,
+            Some(v) => Some(
+                serde_json::from_value::<crate::config::UpstreamHttpProtocolOptionsConfig>(
+                    v.clone(),
+                )
+                .map_err(|e| ValidationError::new(at.clone(), e.to_string()))?,
+            ),
+        };
+        let legacy = self.http2_protocol_options.is_some()
+            || self.http_protocol_options.is_some()
+            || self.common_http_protocol_options.is_some()
+            || self.max_requests_per_connection.is_some();
+        if typed.is_some() && legacy {
+            return Err(ValidationError::new(
+                at,
+                "HttpProtocolOptions cannot be used with the cluster's own http_protocol_options, \
+                 http2_protocol_options, common_http_protocol_options or max_requests_per_connection",
+            ));
+        }
+        let Some(t) = typed else {
+            let common = self.common_http_protocol_options.as_ref();
+            return Ok(UpstreamHttp::new(
+                if self.http2_protocol_options.is_some() {
+                    UpstreamProtocol::Http2
+                } else {
+                    UpstreamProtocol::Http1
+                },
+                common.and_then(|c| c.idle_timeout).map(|d| d.0),
+                self.max_requests_per_connection
+                    .or(common.and_then(|c| c.max_requests_per_connection)),
+            ));
+        };
+        let (versions, chosen) = match (
+            &t.explicit_http_config,
+            &t.use_downstream_protocol_config,
+            &t.auto_config,
+        ) {
+            (Some(v), None, None) => (v, "explicit_http_config"),
+            (None, Some(v), None) => (v, "use_downstream_protocol_config"),
+            (None, None, Some(v)) => (v, "auto_config"),
+            _ => {
+                return Err(ValidationError::new(
+                    at,
+                    "exactly one of explicit_http_config, use_downstream_protocol_config \
+                     and auto_config must be set",
+                ));
+            }
+        };
+        if versions.http3_protocol_options.is_some() {
+            return Err(ValidationError::new(
+                format!("{at}.{chosen}.http3_protocol_options"),
+                "HTTP/3 upstreams are not supported",
+            ));
+        }
+        let protocol = match chosen {
+            "explicit_http_config" if versions.http2_protocol_options.is_some() => {
+                UpstreamProtocol::Http2
+            }
+            "use_downstream_protocol_config" if versions.http2_protocol_options.is_some() => {
+                UpstreamProtocol::Downstream
+            }
+            _ => UpstreamProtocol::Http1,
+        };
+        let common = t.common_http_protocol_options.as_ref();
+        Ok(UpstreamHttp::new(
+            protocol,
+            common.and_then(|c| c.idle_timeout).map(|d| d.0),
+            common.and_then(|c| c.max_requests_per_connection),
+        ))
     }
 
     /// Reads `typed_extension_protocol_options["envoy.filters.network.redis_proxy"]`.

@@ -32,8 +32,9 @@ pub use address::{AddressConfig, Protocol, SocketAddressConfig};
 pub use bootstrap::{AdminConfig, BootstrapConfig, NodeConfig, StaticResourcesConfig};
 pub use cluster::{
     CircuitBreakersConfig, ClusterConfig, DiscoveryType, DnsLookupFamily, EndpointConfig,
-    LbEndpointConfig, LbPolicy, LeastRequestLbConfig, LoadAssignmentConfig, LocalityConfig,
-    LocalityLbEndpointsConfig, MaglevLbConfig, RingHashLbConfig, RoutingPriority, ThresholdsConfig,
+    HttpVersionsConfig, LbEndpointConfig, LbPolicy, LeastRequestLbConfig, LoadAssignmentConfig,
+    LocalityConfig, LocalityLbEndpointsConfig, MaglevLbConfig, RingHashLbConfig, RoutingPriority,
+    ThresholdsConfig, UpstreamHttpProtocolOptionsConfig,
 };
 pub use cluster_type::{ClusterTypeConfig, RedisClusterConfig};
 pub use data_source::DataSourceConfig;
@@ -46,9 +47,9 @@ pub use health_check::{
 pub use http_connection_manager::{
     ClusterWeightConfig, CodecType, DirectResponseActionConfig, HashPolicyConfig,
     HeaderMatcherConfig, HeaderValueOptionConfig, HttpConnectionManagerConfig, HttpFilterConfig,
-    RedirectActionConfig, RedirectResponseCode, RegexMatcherConfig, RetryPolicyConfig,
-    RouteActionConfig, RouteConfigurationConfig, RouteEntryConfig, RouteMatchConfig,
-    RouteWeightedClustersConfig, StringMatcherConfig, VirtualHostConfig,
+    HttpProtocolOptionsConfig, RedirectActionConfig, RedirectResponseCode, RegexMatcherConfig,
+    RetryPolicyConfig, RouteActionConfig, RouteConfigurationConfig, RouteEntryConfig,
+    RouteMatchConfig, RouteWeightedClustersConfig, StringMatcherConfig, VirtualHostConfig,
 };
 pub use listener::{FilterChainConfig, ListenerConfig, TrafficDirection};
 pub use network_filter::{ConnectionLimitConfig, DirectResponseConfig, NetworkFilterConfig};

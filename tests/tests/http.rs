@@ -1155,3 +1155,72 @@ fn circuit_breakers_overflow_as_envoy_does() {
         assert!(stat("cx.upstream_rq_pending_total") >= 2, "{kind:?}");
     }
 }
+
+/// A cluster's `HttpProtocolOptions`, through wasp and Envoy alike:
+/// `use_downstream_protocol_config` speaks the client's version upstream,
+/// `max_requests_per_connection` retires a connection after that many
+/// requests, and `idle_timeout` one left unused that long.
+#[test]
+fn upstream_http_protocol_options_as_envoy_applies_them() {
+    let backend = HttpBackend::start("options");
+    let cluster = |name: &str, options: &str| {
+        wasp_tests::config::cluster(
+            name,
+            "ROUND_ROBIN",
+            &[(backend.addr, 1)],
+            &format!(
+                "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n{options}"
+            ),
+        )
+    };
+    let clusters = cluster(
+        "follow",
+        "        use_downstream_protocol_config: { http_protocol_options: {}, http2_protocol_options: {} }\n",
+    ) + &cluster(
+        "capped",
+        "        common_http_protocol_options: { max_requests_per_connection: 2 }\n        explicit_http_config: { http_protocol_options: {} }\n",
+    ) + &cluster(
+        "idle",
+        "        common_http_protocol_options: { idle_timeout: 0.5s }\n        explicit_http_config: { http_protocol_options: {} }\n",
+    );
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n".to_string()
+        + &["follow", "capped", "idle"]
+            .map(|c| {
+                format!("              - match: {{ prefix: \"/{c}\" }}\n                route: {{ cluster: {c} }}\n")
+            })
+            .concat();
+    for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
+        let port = free_port();
+        let config = hcm(port, &vhosts, "", &clusters);
+        let proxy = Proxy::launch(kind, &config, &["--concurrency", "1"]);
+        let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+
+        for (flag, version) in [
+            ("--http2-prior-knowledge", "HTTP/2.0"),
+            ("--http1.1", "HTTP/1.1"),
+        ] {
+            let r = curl(&[flag, &url("/follow")]);
+            assert_eq!(r.status, 200, "{kind:?}");
+            assert_eq!(r.json()["version"], version, "{kind:?} {flag}");
+        }
+
+        for _ in 0..4 {
+            assert_eq!(curl(&[&url("/capped")]).status, 200, "{kind:?}");
+        }
+        assert_eq!(
+            proxy.stat("cluster.capped.upstream_cx_total"),
+            2,
+            "{kind:?}: 4 requests, 2 a connection"
+        );
+
+        assert_eq!(curl(&[&url("/idle")]).status, 200, "{kind:?}");
+        assert_eq!(curl(&[&url("/idle")]).status, 200, "{kind:?}");
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        assert_eq!(curl(&[&url("/idle")]).status, 200, "{kind:?}");
+        assert_eq!(
+            proxy.stat("cluster.idle.upstream_cx_total"),
+            2,
+            "{kind:?}: reused at once, not after idling"
+        );
+    }
+}

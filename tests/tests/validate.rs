@@ -217,3 +217,37 @@ fn validate_binds_nothing() {
         "a privileged port is only a problem when binding"
     );
 }
+
+#[test]
+fn upstream_http_protocol_options_are_checked() {
+    let options = |config: &str| {
+        format!(
+            "    lb_policy: ROUND_ROBIN\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n{config}"
+        )
+    };
+    let at = "static_resources.clusters[0].typed_extension_protocol_options.envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+    rejects(
+        "    lb_policy: ROUND_ROBIN\n",
+        &options(
+            "        explicit_http_config: { http2_protocol_options: {} }\n        use_downstream_protocol_config: { http2_protocol_options: {} }\n",
+        ),
+        at,
+        21,
+        "exactly one of explicit_http_config",
+    );
+    rejects(
+        "    lb_policy: ROUND_ROBIN\n",
+        &options("        explicit_http_config:\n          http3_protocol_options: {}\n"),
+        &format!("{at}.explicit_http_config.http3_protocol_options"),
+        23,
+        "HTTP/3 upstreams are not supported",
+    );
+    rejects(
+        "    lb_policy: ROUND_ROBIN\n",
+        &(options("        explicit_http_config: { http_protocol_options: {} }\n")
+            + "    max_requests_per_connection: 5\n"),
+        at,
+        21,
+        "cannot be used with the cluster's own",
+    );
+}

@@ -1,6 +1,9 @@
 use serde::Deserialize;
 
-use super::{AddressConfig, ClusterTypeConfig, Duration, Extension, HealthCheckConfig};
+use super::{
+    AddressConfig, ClusterTypeConfig, Duration, Extension, HealthCheckConfig,
+    HttpProtocolOptionsConfig,
+};
 
 /// Envoy's `Cluster`: a named set of endpoints and how to pick one.
 #[derive(Debug, Clone, Deserialize)]
@@ -25,12 +28,43 @@ pub struct ClusterConfig {
     /// Read by the HTTP router; a TCP cluster ignores it, as Envoy does.
     pub http2_protocol_options: Option<serde_json::Value>,
     pub http_protocol_options: Option<serde_json::Value>,
+    /// v2's place for what `HttpProtocolOptions` now holds.
+    pub common_http_protocol_options: Option<HttpProtocolOptionsConfig>,
+    pub max_requests_per_connection: Option<u32>,
     pub typed_extension_protocol_options: Option<serde_json::Value>,
     #[serde(default)]
     pub health_checks: Vec<HealthCheckConfig>,
     /// A custom cluster type: `envoy.clusters.redis`.
     pub cluster_type: Option<Extension<ClusterTypeConfig>>,
     pub circuit_breakers: Option<CircuitBreakersConfig>,
+}
+
+/// `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`, a cluster's
+/// `typed_extension_protocol_options` entry: which HTTP version to speak
+/// upstream and how long its connections live.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamHttpProtocolOptionsConfig {
+    #[serde(rename = "@type")]
+    pub type_url: Option<String>,
+    pub common_http_protocol_options: Option<HttpProtocolOptionsConfig>,
+    /// SNI and Host checks, for TLS upstreams (which wasp does not have).
+    pub upstream_http_protocol_options: Option<serde_json::Value>,
+    pub explicit_http_config: Option<HttpVersionsConfig>,
+    pub use_downstream_protocol_config: Option<HttpVersionsConfig>,
+    /// ALPN's choice; without TLS there is none to make, and HTTP/1.1 is
+    /// spoken.
+    pub auto_config: Option<HttpVersionsConfig>,
+}
+
+/// Which versions' options are given (`explicit_http_config` holds one).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HttpVersionsConfig {
+    pub http_protocol_options: Option<serde_json::Value>,
+    pub http2_protocol_options: Option<serde_json::Value>,
+    pub http3_protocol_options: Option<serde_json::Value>,
+    pub alternate_protocols_cache_options: Option<serde_json::Value>,
 }
 
 /// Envoy's `CircuitBreakers`: limits shared by every worker, one set per

@@ -38,12 +38,14 @@ pub struct Http1ProtocolOptionsConfig {
     pub default_host_for_http_10: Option<String>,
 }
 
-/// Envoy's `HttpProtocolOptions`, of which wasp has the downstream
-/// connection's `idle_timeout`.
+/// Envoy's `HttpProtocolOptions` (`common_http_protocol_options`), of
+/// which wasp has a connection's `idle_timeout` and, upstream,
+/// `max_requests_per_connection`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpProtocolOptionsConfig {
     pub idle_timeout: Option<Duration>,
+    pub max_requests_per_connection: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]

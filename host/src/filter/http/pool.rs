@@ -42,7 +42,8 @@ type ByEndpoint<T> = HashMap<SocketAddr, T, foldhash::fast::RandomState>;
 pub struct Pools {
     cluster: Rc<WorkerCluster>,
     h1: RefCell<ByEndpoint<Rc<h1::Idle>>>,
-    h2: RefCell<ByEndpoint<http2::SendRequest<Body>>>,
+    /// Each endpoint's HTTP/2 connection, with the streams it has carried.
+    h2: RefCell<ByEndpoint<(http2::SendRequest<Body>, u32)>>,
 }
 
 /// Keeps Envoy's connection stats for one upstream connection while it is
@@ -119,14 +120,15 @@ impl Pools {
         req: &mut Request<Body>,
         held: Held,
     ) -> Result<Response<Body>, SendError> {
-        if self.cluster.cluster.settings.http2 {
+        // The router set the version the cluster's settings call for.
+        if req.version() == http::Version::HTTP_2 {
             return self.send_h2(endpoint, req, held).await;
         }
         let idle = self
             .h1
             .borrow_mut()
             .entry(endpoint.address)
-            .or_default()
+            .or_insert_with(|| Rc::new(h1::Idle::new(&self.cluster.cluster.settings.upstream_http)))
             .clone();
         let mut upload = h1::Upload::new(req);
         // A request not served by an idle connection is pending until it
@@ -192,12 +194,39 @@ impl Pools {
         req: &mut Request<Body>,
         held: Held,
     ) -> Result<Response<Body>, SendError> {
-        let current = self.h2.borrow().get(&endpoint.address).cloned();
-        let mut sender = match current.filter(|s| !s.is_closed()) {
+        // A connection that has carried max_requests_per_connection streams
+        // takes no new ones: it leaves the pool (and closes once its
+        // streams are done), and the next request opens another.
+        let max = self
+            .cluster
+            .cluster
+            .settings
+            .upstream_http
+            .max_requests_per_connection;
+        let spent = |streams: u32| max.is_some_and(|m| streams >= m);
+        let current = {
+            let mut h2 = self.h2.borrow_mut();
+            match h2.get_mut(&endpoint.address) {
+                Some((s, streams)) if !s.is_closed() => {
+                    *streams += 1;
+                    let s = s.clone();
+                    if spent(*streams) {
+                        h2.remove(&endpoint.address);
+                    }
+                    Some(s)
+                }
+                _ => None,
+            }
+        };
+        let mut sender = match current {
             Some(s) => s,
             None => {
                 let s = Box::pin(self.connect_h2(endpoint)).await?;
-                self.h2.borrow_mut().insert(endpoint.address, s.clone());
+                if !spent(1) {
+                    self.h2
+                        .borrow_mut()
+                        .insert(endpoint.address, (s.clone(), 1));
+                }
                 s
             }
         };

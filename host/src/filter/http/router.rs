@@ -172,7 +172,13 @@ impl Upstream {
             .into_parts()
             .path_and_query
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        if self.cluster.cluster.settings.http2 {
+        if self
+            .cluster
+            .cluster
+            .settings
+            .upstream_http
+            .http2(req.version())
+        {
             // HTTP/2 carries the authority as `:authority`, taken from the
             // URI; a Host header beside it would contradict it.
             let host = req.headers_mut().remove(http::header::HOST);

@@ -35,16 +35,12 @@ use super::{
     encode_field, encode_last_chunk, header_map, spans,
 };
 use crate::clock;
-use crate::cluster::Held;
+use crate::cluster::{Held, UpstreamHttp};
 
 /// Most bytes of a response head or trailer block (Envoy's limit).
 const MAX_HEAD: usize = 60 * 1024;
 /// Request body bytes taken from the client before they are written.
 const MAX_PENDING_WRITE: usize = 64 * 1024;
-/// How long an idle connection is kept for reuse: less than the usual
-/// upstream keep-alive timeouts (nginx's is 75 s), so that wasp rather
-/// than the upstream closes it.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per endpoint; more are closed. As many as Envoy's
 /// default circuit breaker lets a cluster have: with fewer, a load of more
 /// concurrent requests closes and reopens connections (a limit of 64 at
@@ -61,6 +57,8 @@ pub struct Conn {
     /// The pool it belongs to, told when it closes (weak: the pool's idle
     /// stack holds connections).
     home: Weak<Idle>,
+    /// Requests it has carried.
+    requests: u32,
 }
 
 impl Conn {
@@ -73,6 +71,7 @@ impl Conn {
             read: BytesMut::new(),
             opened,
             home: Rc::downgrade(home),
+            requests: 0,
         })
     }
 
@@ -112,9 +111,14 @@ impl Drop for Conn {
 /// minute's timeout allows half a second); how many are open; and the
 /// requests waiting for one (when the cluster's circuit breaker allows no
 /// more connections).
-#[derive(Default)]
 pub struct Idle {
     conns: RefCell<Vec<(Box<Conn>, Instant)>>,
+    /// The cluster's `idle_timeout` (an upstream that closes sooner is
+    /// noticed when the connection is checked out, or its request is
+    /// sent again on another).
+    idle_timeout: Duration,
+    /// The cluster's `max_requests_per_connection`.
+    max_requests: Option<u32>,
     open: Cell<usize>,
     waiting: Cell<usize>,
     /// Signalled when a connection is checked in or closes while
@@ -123,6 +127,17 @@ pub struct Idle {
 }
 
 impl Idle {
+    pub fn new(settings: &UpstreamHttp) -> Self {
+        Idle {
+            conns: RefCell::default(),
+            idle_timeout: settings.idle_timeout,
+            max_requests: settings.max_requests_per_connection,
+            open: Cell::default(),
+            waiting: Cell::default(),
+            freed: tokio::sync::Notify::new(),
+        }
+    }
+
     /// How many connections of this pool are open, idle or busy.
     pub fn open(&self) -> usize {
         self.open.get()
@@ -151,7 +166,7 @@ impl Idle {
     pub fn checkout(&self) -> Option<Box<Conn>> {
         loop {
             let (conn, since) = self.conns.borrow_mut().pop()?;
-            if clock::coarse_now().saturating_duration_since(since) <= IDLE_TIMEOUT
+            if clock::coarse_now().saturating_duration_since(since) <= self.idle_timeout
                 && conn.is_usable()
             {
                 return Some(conn);
@@ -160,10 +175,14 @@ impl Idle {
     }
 
     fn checkin(&self, conn: Box<Conn>) {
+        if self.max_requests.is_some_and(|max| conn.requests >= max) {
+            drop(conn);
+            return;
+        }
         let now = clock::coarse_now();
         let mut idle = self.conns.borrow_mut();
         // The oldest are first: close those that have idled too long.
-        if let Some(cutoff) = now.checked_sub(IDLE_TIMEOUT) {
+        if let Some(cutoff) = now.checked_sub(self.idle_timeout) {
             let stale = idle.partition_point(|(_, since)| *since < cutoff);
             idle.drain(..stale);
         }
@@ -333,6 +352,7 @@ pub async fn exchange(
     mut upload: Upload,
     home: &Rc<Idle>,
 ) -> Result<Response<Body>, Failed> {
+    conn.requests += 1;
     let mut send_error = None;
     let head = std::future::poll_fn(|cx| {
         if send_error.is_none() {
