@@ -471,12 +471,15 @@ fn access_log_in_envoys_default_format() {
     let backend = HttpBackend::start("logged");
     let dir = wasp_tests::temp_dir("http-log");
     let log = dir.join("access.log");
-    let vhosts = &catch_all("cluster: logged");
+    // `/down` goes to a port nothing listens on; `/nowhere` has no route.
+    let vhosts = &"            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/down\" }\n                route: { cluster: down }\n              - match: { prefix: \"/a\" }\n                route: { cluster: logged }\n".to_string();
     let extra = format!(
         "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}\n",
         log.display()
     );
-    let clusters = wasp_tests::config::cluster("logged", "ROUND_ROBIN", &[(backend.addr, 1)], "");
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let clusters = wasp_tests::config::cluster("logged", "ROUND_ROBIN", &[(backend.addr, 1)], "")
+        + &wasp_tests::config::cluster("down", "ROUND_ROBIN", &[(dead, 1)], "");
     let port = free_port();
     let _wasp = Proxy::start(&hcm(port, vhosts, &extra, &clusters), &[]);
     let r = curl(&[
@@ -504,6 +507,29 @@ fn access_log_in_envoys_default_format() {
         )),
         "{line}"
     );
+    // Local answers carry Envoy's response flags: UF for a connection
+    // refused, NR for no route.
+    assert_eq!(
+        curl(&[&format!("http://127.0.0.1:{port}/down")]).status,
+        503
+    );
+    assert_eq!(
+        curl(&[&format!("http://127.0.0.1:{port}/nowhere")]).status,
+        404
+    );
+    let lines = wasp_tests::eventually(
+        std::time::Duration::from_secs(5),
+        "three access log lines",
+        || {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|s| s.lines().count() == 3)
+        },
+    );
+    let lines: Vec<&str> = lines.lines().collect();
+    assert!(lines[0].contains("\" 200 - "), "{}", lines[0]);
+    assert!(lines[1].contains("\" 503 UF "), "{}", lines[1]);
+    assert!(lines[2].contains("\" 404 NR "), "{}", lines[2]);
 }
 
 /// 100 MiB each way through the proxy, streamed, checked byte for byte:

@@ -370,3 +370,46 @@ fn config_yaml_merges_over_the_config_file() {
         assert_eq!(&line, want);
     }
 }
+
+/// Past the cluster's `max_connections` a client is closed at once and
+/// the overflow counted; a slot is free again once a proxied connection
+/// ends.
+#[test]
+fn max_connections_closes_the_client_past_the_limit() {
+    let b = backend::named("cap");
+    let port = free_port();
+    let cfg = config::tcp_proxy(
+        port,
+        "          cluster: b\n",
+        "",
+        &config::cluster(
+            "b",
+            "ROUND_ROBIN",
+            &[(b.addr, 1)],
+            "    circuit_breakers: { thresholds: [{ max_connections: 1 }] }\n",
+        ),
+    );
+    let wasp = Wasp::start(&cfg, &["--concurrency", "1"]);
+    let connect = || {
+        let c = TcpStream::connect(proxy_addr(port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c
+    };
+    let mut first = connect();
+    let mut hello = [0u8; 4];
+    first.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello, b"cap\n");
+    let mut all = Vec::new();
+    connect().read_to_end(&mut all).expect("closed by wasp");
+    assert!(all.is_empty(), "{all:?}");
+    assert_eq!(wasp.stat("cluster.b.upstream_cx_overflow"), 1);
+    drop(first);
+    eventually(Duration::from_secs(5), "a free slot", || {
+        let mut again = connect();
+        let mut hello = [0u8; 4];
+        again
+            .read_exact(&mut hello)
+            .ok()
+            .map(|()| assert_eq!(&hello, b"cap\n"))
+    });
+}

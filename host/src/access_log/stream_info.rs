@@ -110,8 +110,10 @@ impl ResponseFlags {
     pub const DURATION_TIMEOUT: ResponseFlags = ResponseFlags(1 << 8);
     /// URX: upstream retry limit exceeded.
     pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: ResponseFlags = ResponseFlags(1 << 9);
+    /// UR: upstream remote reset.
+    pub const UPSTREAM_REMOTE_RESET: ResponseFlags = ResponseFlags(1 << 10);
 
-    const NAMES: [(ResponseFlags, &'static str); 10] = [
+    const NAMES: [(ResponseFlags, &'static str); 11] = [
         (Self::NO_HEALTHY_UPSTREAM, "UH"),
         (Self::UPSTREAM_CONNECTION_FAILURE, "UF"),
         (Self::UPSTREAM_REQUEST_TIMEOUT, "UT"),
@@ -122,6 +124,7 @@ impl ResponseFlags {
         (Self::STREAM_IDLE_TIMEOUT, "SI"),
         (Self::DURATION_TIMEOUT, "DT"),
         (Self::UPSTREAM_RETRY_LIMIT_EXCEEDED, "URX"),
+        (Self::UPSTREAM_REMOTE_RESET, "UR"),
     ];
 
     pub fn set(&mut self, flag: ResponseFlags) {

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::pool::{Pools, SendError};
 use super::route::RetryPolicy;
+use crate::access_log::ResponseFlags;
 use crate::cluster::{Breaker, ConnectError, LbContext, WorkerCluster};
 
 pub use super::body::Body;
@@ -118,7 +119,7 @@ impl Upstream {
             if retries < retry.num_retries && time_left && outcome.retriable(retry) {
                 let Some(unit) = self.cluster.try_hold(Breaker::Retries) else {
                     self.cluster.stats.upstream_rq_retry_overflow.inc();
-                    return outcome.into_response();
+                    return flagged(outcome.into_response(), ResponseFlags::UPSTREAM_OVERFLOW);
                 };
                 retrying = Some(unit);
                 retries += 1;
@@ -129,6 +130,13 @@ impl Upstream {
                 && matches!(&outcome, Attempt::Response(r) if !r.status().is_server_error())
             {
                 self.cluster.stats.upstream_rq_retry_success.inc();
+            }
+            // Would have been retried, but the retries are spent.
+            if time_left && outcome.retriable(retry) {
+                return flagged(
+                    outcome.into_response(),
+                    ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED,
+                );
             }
             return outcome.into_response();
         }
@@ -253,6 +261,13 @@ impl Upstream {
     }
 }
 
+/// Adds `flag` to the response flags an access log prints for `r`.
+pub fn flagged<B>(mut r: Response<B>, flag: ResponseFlags) -> Response<B> {
+    let flags = r.extensions_mut().get_or_insert_default::<ResponseFlags>();
+    flags.set(flag);
+    r
+}
+
 /// Set on answers a circuit breaker caused.
 const X_ENVOY_OVERLOADED: http::HeaderName = http::HeaderName::from_static("x-envoy-overloaded");
 
@@ -308,36 +323,50 @@ impl Attempt {
         }
     }
 
-    /// The response the client gets: the upstream's, or Envoy's local one.
+    /// The response the client gets: the upstream's, or Envoy's local one,
+    /// which carries the access log's response flag for its cause.
     fn into_response(self) -> Response<Body> {
-        match self {
-            Attempt::Response(r) => r,
-            Attempt::NoHealthyUpstream => {
-                local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")
-            }
-            Attempt::BadRequest => local(StatusCode::BAD_REQUEST, "bad request path"),
-            Attempt::ConnectFailure => local(
+        const BEFORE_HEADERS: &str =
+            "upstream connect error or disconnect/reset before headers. reset reason: ";
+        let (status, body, flag) = match self {
+            Attempt::Response(r) => return r,
+            Attempt::BadRequest => return local(StatusCode::BAD_REQUEST, "bad request path"),
+            Attempt::NoHealthyUpstream => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                "no healthy upstream".to_string(),
+                ResponseFlags::NO_HEALTHY_UPSTREAM,
             ),
-            Attempt::ConnectTimeout => local(
+            Attempt::ConnectFailure => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "upstream connect error or disconnect/reset before headers. reset reason: connection timeout",
+                format!("{BEFORE_HEADERS}connection failure"),
+                ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
             ),
-            Attempt::Reset => local(
+            Attempt::ConnectTimeout => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "upstream connect error or disconnect/reset before headers. reset reason: remote reset",
+                format!("{BEFORE_HEADERS}connection timeout"),
+                ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
             ),
-            Attempt::Timeout => local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
-            Attempt::Overflow => {
-                let mut r = local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream connect error or disconnect/reset before headers. reset reason: overflow",
-                );
-                r.headers_mut()
-                    .insert(X_ENVOY_OVERLOADED, HeaderValue::from_static("true"));
-                r
-            }
+            Attempt::Reset => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{BEFORE_HEADERS}remote reset"),
+                ResponseFlags::UPSTREAM_REMOTE_RESET,
+            ),
+            Attempt::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream request timeout".to_string(),
+                ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+            ),
+            Attempt::Overflow => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{BEFORE_HEADERS}overflow"),
+                ResponseFlags::UPSTREAM_OVERFLOW,
+            ),
+        };
+        let mut r = local(status, body);
+        if flag == ResponseFlags::UPSTREAM_OVERFLOW {
+            r.headers_mut()
+                .insert(X_ENVOY_OVERLOADED, HeaderValue::from_static("true"));
         }
+        flagged(r, flag)
     }
 }

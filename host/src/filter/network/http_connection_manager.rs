@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::time::Instant;
 
-use crate::access_log::{AccessLog, AccessLogSettings, HttpInfo, StreamInfo};
+use crate::access_log::{AccessLog, AccessLogSettings, HttpInfo, ResponseFlags, StreamInfo};
 use crate::cluster::WorkerClusters;
 use crate::config::path::{index, join};
 use crate::config::{CodecType, HttpConnectionManagerConfig, HttpFilterConfig, ValidationError};
@@ -531,6 +531,9 @@ impl HttpConnectionManager {
         info.bytes_received = length(&http.request_headers);
         info.bytes_sent = length(resp.headers());
         info.upstream_host = resp.extensions().get::<router::UpstreamHost>().map(|u| u.0);
+        if let Some(flags) = resp.extensions().get::<ResponseFlags>() {
+            info.response_flags = *flags;
+        }
         http.response_code = resp.status().as_u16();
         http.response_headers = resp.headers().clone();
         info.http = Some(Box::new(std::mem::take(http)));
@@ -563,7 +566,10 @@ impl HttpConnectionManager {
         let routes = &self.settings.routes;
         let Some(matched) = routes.find(&host, path, req.headers()) else {
             self.stats.no_route.inc();
-            return router::local(StatusCode::NOT_FOUND, "");
+            return router::flagged(
+                router::local(StatusCode::NOT_FOUND, ""),
+                ResponseFlags::NO_ROUTE_FOUND,
+            );
         };
         let route = matched.route;
         let mut resp = match &route.action {

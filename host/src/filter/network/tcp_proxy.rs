@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::access_log::{AccessLog, AccessLogSettings, ResponseFlags, StreamInfo};
-use crate::cluster::{ConnectError, LbContext, WorkerCluster, WorkerClusters, lb};
+use crate::cluster::{Breaker, ConnectError, LbContext, WorkerCluster, WorkerClusters, lb};
 use crate::config::path::{index, join};
 use crate::config::{TcpProxyConfig, ValidationError};
 use crate::stats::{Counter, Scope};
@@ -189,6 +189,14 @@ impl TcpProxy {
                 .then(|| lb::hash_key(info.downstream_remote.ip().to_string().as_bytes())),
         };
 
+        // Past the cluster's max_connections the client is closed, as
+        // Envoy's tcp_proxy closes it; the unit is held while proxying.
+        let Some(_slot) = cluster.try_hold(Breaker::Connections) else {
+            cluster.stats.upstream_cx_overflow.inc();
+            info.response_flags.set(ResponseFlags::UPSTREAM_OVERFLOW);
+            drop(d);
+            return self.finish(info);
+        };
         let mut connected = None;
         for _ in 0..self.settings.max_connect_attempts {
             match cluster.connect(cx).await {

@@ -107,10 +107,9 @@ impl Drop for Conn {
 }
 
 /// One endpoint's connections on one worker: the idle ones, most recently
-/// used last, with when each was checked in (the worker's coarse clock: a
-/// minute's timeout allows half a second); how many are open; and the
-/// requests waiting for one (when the cluster's circuit breaker allows no
-/// more connections).
+/// used last, with when each was checked in (by the worker's coarse clock,
+/// to within half a second); how many are open; and the requests waiting
+/// for one (when the cluster's circuit breaker allows no more connections).
 pub struct Idle {
     conns: RefCell<Vec<(Box<Conn>, Instant)>>,
     /// The cluster's `idle_timeout` (an upstream that closes sooner is
