@@ -800,8 +800,9 @@ impl WorkerCluster {
         })
     }
 
-    /// Counts an attempt's answer: its code, class and time.
-    pub fn charge(&self, status: http::StatusCode, took: Duration) {
+    /// Counts an attempt's answer: its code and class, and for an
+    /// upstream's answer the time it `took`.
+    pub fn charge(&self, status: http::StatusCode, took: Option<Duration>) {
         let scope = self.cluster.scope();
         let code = status.as_u16();
         let class = (code / 100).clamp(1, 5) as usize;
@@ -820,9 +821,11 @@ impl WorkerCluster {
                 c.codes.push((code, counter));
             }
         }
-        c.time
-            .get_or_insert_with(|| scope.histogram("upstream_rq_time"))
-            .record(took.as_millis() as u64);
+        if let Some(took) = took {
+            c.time
+                .get_or_insert_with(|| scope.histogram("upstream_rq_time"))
+                .record(took.as_millis() as u64);
+        }
     }
 
     /// Chooses an endpoint for a new connection or request.

@@ -136,10 +136,12 @@ impl Store {
         metrics
             .entry(full)
             .or_insert_with(|| {
+                let mut tags = scope.tags.clone();
+                let name = response_code_tag(name, &mut tags);
                 Arc::new(Metric {
                     kind,
                     prom_name: prometheus_name(&format!("{}{name}", scope.prom_prefix)),
-                    tags: scope.tags.clone(),
+                    tags,
                     shards: Mutex::new(Vec::new()),
                     histogram_shards: Mutex::new(Vec::new()),
                 })
@@ -212,6 +214,27 @@ impl Store {
                 as i64,
         )
     }
+}
+
+/// Envoy's response code tag extractors: `…_rq_503` is `…_rq` with
+/// `envoy_response_code="503"`, `…_rq_5xx` is `…_rq_xx` with
+/// `envoy_response_code_class="5"`.
+fn response_code_tag<'a>(
+    name: &'a str,
+    tags: &mut Vec<(String, String)>,
+) -> std::borrow::Cow<'a, str> {
+    if let Some((stem, code)) = name.rsplit_once("_rq_") {
+        let b = code.as_bytes();
+        if b.len() == 3 && b.iter().all(u8::is_ascii_digit) {
+            tags.push(("envoy_response_code".into(), code.into()));
+            return format!("{stem}_rq").into();
+        }
+        if b.len() == 3 && b[0].is_ascii_digit() && &b[1..] == b"xx" {
+            tags.push(("envoy_response_code_class".into(), code[..1].into()));
+            return format!("{stem}_rq_xx").into();
+        }
+    }
+    name.into()
 }
 
 /// `envoy_` + the name with everything outside `[a-zA-Z0-9_]` made `_`.
@@ -407,6 +430,27 @@ mod tests {
             vec![("envoy_cluster_name".into(), "web.1".into())]
         );
         assert_eq!(store.value("cluster.web.1.upstream_cx_active"), Some(0));
+        cluster.counter("upstream_rq_503").inc();
+        cluster.counter("upstream_rq_5xx").inc();
+        let samples = store.samples();
+        let prom = |name: &str| {
+            let s = samples.iter().find(|s| s.name == name).unwrap();
+            (s.prom_name.clone(), s.tags.last().unwrap().clone())
+        };
+        assert_eq!(
+            prom("cluster.web.1.upstream_rq_503"),
+            (
+                "envoy_cluster_upstream_rq".into(),
+                ("envoy_response_code".into(), "503".into())
+            )
+        );
+        assert_eq!(
+            prom("cluster.web.1.upstream_rq_5xx"),
+            (
+                "envoy_cluster_upstream_rq_xx".into(),
+                ("envoy_response_code_class".into(), "5".into())
+            )
+        );
     }
 
     #[test]

@@ -189,7 +189,15 @@ fn admin_endpoints_answer_as_envoy_does() {
     let (wc, ec) = (keys(&body(w, "/clusters")), keys(&body(e, "/clusters")));
     for k in wc.keys() {
         assert!(ec.contains_key(k), "/clusters key Envoy does not have: {k}");
+        // The circuit breakers' limits (Envoy's defaults here).
+        if k.contains("::default_priority::") {
+            assert_eq!(wc[k], ec[k], "{k}");
+        }
     }
+    assert!(
+        wc.keys()
+            .any(|k| k.ends_with("::default_priority::max_retries"))
+    );
     let cx_total = wc
         .keys()
         .find(|k| k.ends_with("::cx_total"))

@@ -1099,6 +1099,8 @@ fn circuit_breakers_overflow_as_envoy_does() {
         );
     let overflow =
         "upstream connect error or disconnect/reset before headers. reset reason: overflow";
+    // Each proxy's Prometheus series for the clusters' request stats.
+    let mut series = Vec::new();
     for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
         let port = free_port();
         // One worker: a pool without connections opens one past the limit,
@@ -1179,7 +1181,35 @@ fn circuit_breakers_overflow_as_envoy_does() {
             "{kind:?}: upstream_rq_ by code and class, completed"
         );
         assert!(stat("cx.upstream_rq_pending_total") >= 2, "{kind:?}");
+        let (_, prom) = proxy.get("/stats/prometheus").expect("/stats/prometheus");
+        series.push(
+            prom.lines()
+                .filter(|l| l.starts_with("envoy_cluster_upstream_rq"))
+                .filter_map(|l| l.rsplit_once(' '))
+                .map(|(series, _)| {
+                    // Label order is the exporter's: compare them sorted.
+                    let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+                    let mut labels: Vec<&str> = labels.trim_end_matches('}').split(',').collect();
+                    labels.sort_unstable();
+                    format!("{name}{{{}}}", labels.join(","))
+                })
+                .collect::<std::collections::BTreeSet<_>>(),
+        );
     }
+    // Response codes and classes are labels, as Envoy's tag extractors
+    // make them: `envoy_cluster_upstream_rq{envoy_response_code="503",…}`.
+    let (w, e) = (&series[0], &series[1]);
+    assert!(
+        w.is_subset(e),
+        "series Envoy does not have: {:?}",
+        w.difference(e)
+    );
+    assert!(
+        w.iter()
+            .any(|s| s.starts_with("envoy_cluster_upstream_rq_xx{")
+                && s.contains("envoy_response_code_class=\"5\"")),
+        "{w:?}"
+    );
 }
 
 /// A cluster's `HttpProtocolOptions`, through wasp and Envoy alike:

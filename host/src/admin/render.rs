@@ -127,6 +127,15 @@ pub fn clusters_text(clusters: &ClusterManager) -> String {
         let name = c.name();
         let _ = writeln!(out, "{name}::observability_name::{name}");
         let _ = writeln!(out, "{name}::added_via_api::false");
+        let t = &c.settings.circuit_breakers;
+        for (limit, v) in [
+            ("max_connections", t.max_connections),
+            ("max_pending_requests", t.max_pending_requests),
+            ("max_requests", t.max_requests),
+            ("max_retries", t.max_retries),
+        ] {
+            let _ = writeln!(out, "{name}::default_priority::{limit}::{v}");
+        }
         for e in c.endpoints().all.iter() {
             let a = e.address;
             for (stat, v) in endpoint_counters(e) {
@@ -191,7 +200,19 @@ pub fn clusters_json(clusters: &ClusterManager) -> Value {
                     })
                 })
                 .collect();
-            json!({"name": c.name(), "observability_name": c.name(), "host_statuses": hosts})
+            let t = &c.settings.circuit_breakers;
+            let thresholds = json!([{
+                "max_connections": t.max_connections,
+                "max_pending_requests": t.max_pending_requests,
+                "max_requests": t.max_requests,
+                "max_retries": t.max_retries,
+            }]);
+            json!({
+                "name": c.name(),
+                "observability_name": c.name(),
+                "circuit_breakers": {"thresholds": thresholds},
+                "host_statuses": hosts,
+            })
         })
         .collect();
     json!({ "cluster_statuses": statuses })

@@ -22,11 +22,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request or response body.
 pub enum Body {
-    /// From hyper: an HTTP/2 request or response.
+    /// From hyper: an HTTP/2 client's request.
     Incoming(Incoming),
     /// An HTTP/2 response from an upstream, with its request's unit of
     /// the cluster's `max_requests`.
-    Held(Incoming, Held),
+    UpstreamH2(Incoming, Held),
     /// A request from an HTTP/1.1 client, read off its connection as it
     /// is polled.
     Downstream(RequestBody),
@@ -64,7 +64,9 @@ impl hyper::body::Body for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            Body::Incoming(b) | Body::Held(b, _) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Body::Incoming(b) | Body::UpstreamH2(b, _) => {
+                Pin::new(b).poll_frame(cx).map_err(Into::into)
+            }
             Body::Downstream(b) => b.poll_frame(cx),
             Body::Upstream(b) => b.poll_frame(cx),
             Body::Full(b) => Pin::new(b).poll_frame(cx).map_err(|e| match e {}),
@@ -74,7 +76,7 @@ impl hyper::body::Body for Body {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Body::Incoming(b) | Body::Held(b, _) => b.is_end_stream(),
+            Body::Incoming(b) | Body::UpstreamH2(b, _) => b.is_end_stream(),
             Body::Downstream(b) => b.is_end_stream(),
             Body::Upstream(b) => b.is_end_stream(),
             Body::Full(b) => b.is_end_stream(),
@@ -84,7 +86,7 @@ impl hyper::body::Body for Body {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Body::Incoming(b) | Body::Held(b, _) => b.size_hint(),
+            Body::Incoming(b) | Body::UpstreamH2(b, _) => b.size_hint(),
             Body::Downstream(b) => b.size_hint(),
             Body::Upstream(b) => b.size_hint(),
             Body::Full(b) => b.size_hint(),

@@ -235,7 +235,7 @@ impl Pools {
             .send_request(req)
             .await
             .map_err(|e| SendError::Upstream(e.into()))?;
-        Ok(resp.map(|b| Body::Held(b, held)))
+        Ok(resp.map(|b| Body::UpstreamH2(b, held)))
     }
 
     async fn connect_h2(

@@ -208,13 +208,12 @@ impl Upstream {
             *req.uri_mut() = Uri::from(path);
             *req.version_mut() = http::Version::HTTP_11;
         }
-        let started = Instant::now();
         let Some(held) = self.cluster.try_hold(Breaker::Requests) else {
             stats.upstream_rq_active_overflow.inc();
-            self.cluster
-                .charge(StatusCode::SERVICE_UNAVAILABLE, started.elapsed());
+            self.cluster.charge(StatusCode::SERVICE_UNAVAILABLE, None);
             return Attempt::Overflow;
         };
+        let started = Instant::now();
         stats.upstream_rq_total.inc();
         stats.upstream_rq_active.inc();
         endpoint.stats.rq_total.fetch_add(1, Ordering::Relaxed);
@@ -255,7 +254,8 @@ impl Upstream {
             }
         };
         if let Some(status) = outcome.status() {
-            self.cluster.charge(status, started.elapsed());
+            let took = matches!(outcome, Attempt::Response(_)).then(|| started.elapsed());
+            self.cluster.charge(status, took);
         }
         outcome
     }
