@@ -31,7 +31,7 @@ use crate::config::{
 };
 
 use crate::stats::{Counter, Gauge, Histogram, Scope};
-pub use circuit_breaker::{CircuitBreakers, Thresholds};
+pub use circuit_breaker::{CircuitBreakers, Priority, Thresholds};
 
 pub use endpoint::{Endpoint, EndpointSet};
 pub use lb::{LbContext, LbSettings, LoadBalancer};
@@ -73,8 +73,8 @@ pub struct ClusterSettings {
     /// `cluster_type: envoy.clusters.redis`: the endpoints are seeds, the
     /// members come from CLUSTER SLOTS.
     pub redis_cluster: Option<redis_cluster::RedisClusterSettings>,
-    /// The circuit breakers' limits (`DEFAULT` priority).
-    pub circuit_breakers: Thresholds,
+    /// The circuit breakers' limits, per [`Priority`].
+    pub circuit_breakers: [Thresholds; 2],
 }
 
 /// Which HTTP version a cluster's requests go out in.
@@ -552,7 +552,7 @@ impl Cluster {
             membership_change: scope.counter("membership_change"),
             endpoints: ArcSwap::from_pointee(EndpointSet::default()),
             refresh: tokio::sync::Notify::new(),
-            breakers: CircuitBreakers::new(settings.circuit_breakers, &scope),
+            breakers: CircuitBreakers::new(&settings.circuit_breakers, &scope),
             settings,
             scope,
         };
@@ -890,13 +890,21 @@ pub enum Breaker {
 pub struct Held {
     cluster: Rc<WorkerCluster>,
     breaker: Breaker,
+    priority: Priority,
+}
+
+impl Held {
+    /// The priority of the request it was taken for.
+    pub fn priority(&self) -> Priority {
+        self.priority
+    }
 }
 
 impl WorkerCluster {
-    /// Takes a unit of `breaker` if one is left; `None` is an overflow,
-    /// for the caller to count and answer.
-    pub fn try_hold(self: &Rc<Self>, breaker: Breaker) -> Option<Held> {
-        if !self.resource(breaker).try_acquire() {
+    /// Takes a unit of `priority`'s `breaker` if one is left; `None` is an
+    /// overflow, for the caller to count and answer.
+    pub fn try_hold(self: &Rc<Self>, breaker: Breaker, priority: Priority) -> Option<Held> {
+        if !self.resource(breaker, priority).try_acquire() {
             return None;
         }
         if breaker == Breaker::PendingRequests {
@@ -906,21 +914,23 @@ impl WorkerCluster {
         Some(Held {
             cluster: self.clone(),
             breaker,
+            priority,
         })
     }
 
     /// Takes a unit of `breaker` even past its limit (counted).
-    pub fn hold(self: &Rc<Self>, breaker: Breaker) -> Held {
+    pub fn hold(self: &Rc<Self>, breaker: Breaker, priority: Priority) -> Held {
         debug_assert_ne!(breaker, Breaker::PendingRequests);
-        self.resource(breaker).acquire();
+        self.resource(breaker, priority).acquire();
         Held {
             cluster: self.clone(),
             breaker,
+            priority,
         }
     }
 
-    fn resource(&self, breaker: Breaker) -> &circuit_breaker::Resource {
-        let b = &self.cluster.breakers;
+    fn resource(&self, breaker: Breaker, priority: Priority) -> &circuit_breaker::Resource {
+        let b = self.cluster.breakers.of(priority);
         match breaker {
             Breaker::Connections => &b.connections,
             Breaker::PendingRequests => &b.pending_requests,
@@ -932,7 +942,7 @@ impl WorkerCluster {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.cluster.resource(self.breaker).release();
+        self.cluster.resource(self.breaker, self.priority).release();
         if self.breaker == Breaker::PendingRequests {
             self.cluster.stats.upstream_rq_pending_active.dec();
         }

@@ -1073,17 +1073,23 @@ fn a_client_closing_abandons_its_upstream_request() {
 #[test]
 fn circuit_breakers_overflow_as_envoy_does() {
     let backend = HttpBackend::start("limited");
-    let limited = |name: &str, thresholds: &str| {
+    let limited = |name: &str, thresholds: &[&str]| {
+        let entries: String = thresholds
+            .iter()
+            .map(|t| format!("      - {{ {t} }}\n"))
+            .collect();
         wasp_tests::config::cluster(
             name,
             "ROUND_ROBIN",
             &[(backend.addr, 1)],
-            &format!("    circuit_breakers:\n      thresholds:\n      - {{ {thresholds} }}\n"),
+            &format!("    circuit_breakers:\n      thresholds:\n{entries}"),
         )
     };
-    let clusters = limited("rq", "max_requests: 1")
-        + &limited("cx", "max_connections: 1, max_pending_requests: 1")
-        + &limited("retry", "priority: DEFAULT, max_retries: 0");
+    let clusters = limited(
+        "rq",
+        &["max_requests: 1", "priority: HIGH, max_requests: 1"],
+    ) + &limited("cx", &["max_connections: 1, max_pending_requests: 1"])
+        + &limited("retry", &["priority: DEFAULT, max_retries: 0"]);
     let route = |prefix: &str, action: &str| {
         format!(
             "              - match: {{ prefix: \"{prefix}\" }}\n                route: {{ {action} }}\n"
@@ -1092,6 +1098,7 @@ fn circuit_breakers_overflow_as_envoy_does() {
     let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n"
         .to_string()
         + &route("/rq", "cluster: rq")
+        + &route("/high", "cluster: rq, priority: HIGH")
         + &route("/cx", "cluster: cx")
         + &route(
             "/retry",
@@ -1123,6 +1130,12 @@ fn circuit_breakers_overflow_as_envoy_does() {
         let r = curl(&[&url("/rq")]);
         assert_eq!((r.status, r.body.as_str()), (503, overflow), "{kind:?}");
         assert_eq!(r.header("x-envoy-overloaded"), Some("true"), "{kind:?}");
+        // A HIGH priority route counts against the HIGH thresholds.
+        assert_eq!(
+            curl(&[&url("/high")]).status,
+            200,
+            "{kind:?}: HIGH priority"
+        );
         assert_eq!(slow.join().unwrap().0, 200, "{kind:?}");
         assert_eq!(open, 1, "{kind:?}: rq_open while the request is in flight");
         assert_eq!(curl(&[&url("/rq")]).status, 200, "{kind:?}: closed again");
@@ -1177,7 +1190,7 @@ fn circuit_breakers_overflow_as_envoy_does() {
                 stat("rq.upstream_rq_completed"),
                 stat("retry.upstream_rq_503"),
             ],
-            [2, 2, 1, 1, 3, 1],
+            [3, 3, 1, 1, 4, 1],
             "{kind:?}: upstream_rq_ by code and class, completed"
         );
         assert!(stat("cx.upstream_rq_pending_total") >= 2, "{kind:?}");

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
-use crate::cluster::ClusterManager;
+use crate::cluster::{ClusterManager, Priority};
 use crate::stats::{Kind, Sample};
 
 use super::AdminState;
@@ -127,14 +127,15 @@ pub fn clusters_text(clusters: &ClusterManager) -> String {
         let name = c.name();
         let _ = writeln!(out, "{name}::observability_name::{name}");
         let _ = writeln!(out, "{name}::added_via_api::false");
-        let t = &c.settings.circuit_breakers;
-        for (limit, v) in [
-            ("max_connections", t.max_connections),
-            ("max_pending_requests", t.max_pending_requests),
-            ("max_requests", t.max_requests),
-            ("max_retries", t.max_retries),
-        ] {
-            let _ = writeln!(out, "{name}::default_priority::{limit}::{v}");
+        for (p, t) in Priority::ALL.iter().zip(&c.settings.circuit_breakers) {
+            for (limit, v) in [
+                ("max_connections", t.max_connections),
+                ("max_pending_requests", t.max_pending_requests),
+                ("max_requests", t.max_requests),
+                ("max_retries", t.max_retries),
+            ] {
+                let _ = writeln!(out, "{name}::{}_priority::{limit}::{v}", p.name());
+            }
         }
         for e in c.endpoints().all.iter() {
             let a = e.address;
@@ -200,13 +201,19 @@ pub fn clusters_json(clusters: &ClusterManager) -> Value {
                     })
                 })
                 .collect();
-            let t = &c.settings.circuit_breakers;
-            let thresholds = json!([{
-                "max_connections": t.max_connections,
-                "max_pending_requests": t.max_pending_requests,
-                "max_requests": t.max_requests,
-                "max_retries": t.max_retries,
-            }]);
+            let thresholds: Vec<Value> = Priority::ALL
+                .iter()
+                .zip(&c.settings.circuit_breakers)
+                .map(|(p, t)| {
+                    json!({
+                        "priority": p.name().to_uppercase(),
+                        "max_connections": t.max_connections,
+                        "max_pending_requests": t.max_pending_requests,
+                        "max_requests": t.max_requests,
+                        "max_retries": t.max_retries,
+                    })
+                })
+                .collect();
             json!({
                 "name": c.name(),
                 "observability_name": c.name(),

@@ -14,6 +14,40 @@ use crate::config::path::join;
 use crate::config::{CircuitBreakersConfig, RoutingPriority};
 use crate::stats::{Gauge, Scope};
 
+/// A route's routing priority: each has its own circuit breakers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    #[default]
+    Default,
+    High,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 2] = [Priority::Default, Priority::High];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The name in stats (`circuit_breakers.<name>.`) and in `/clusters`
+    /// (`<name>_priority::`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Priority::Default => "default",
+            Priority::High => "high",
+        }
+    }
+}
+
+impl From<RoutingPriority> for Priority {
+    fn from(p: RoutingPriority) -> Self {
+        match p {
+            RoutingPriority::Default => Priority::Default,
+            RoutingPriority::High => Priority::High,
+        }
+    }
+}
+
 /// The limits of one routing priority, validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Thresholds {
@@ -38,57 +72,64 @@ impl Default for Thresholds {
 }
 
 impl Thresholds {
-    /// The `DEFAULT` priority's thresholds (routes have no other here):
-    /// Envoy's defaults for any field left out. A `HIGH` entry is checked
-    /// and kept out of the way.
+    /// Each priority's thresholds (indexed by [`Priority`]), with Envoy's
+    /// defaults for any priority or field left out.
     pub fn validate(
         c: Option<&CircuitBreakersConfig>,
         path: &str,
-    ) -> Result<Self, ValidationError> {
-        let mut chosen = Thresholds::default();
+    ) -> Result<[Thresholds; 2], ValidationError> {
+        let mut chosen = [Thresholds::default(); 2];
         let mut seen = [false; 2];
         let at = join(path, "circuit_breakers.thresholds");
         for (i, t) in c.iter().flat_map(|c| c.thresholds.iter()).enumerate() {
-            let slot = match t.priority {
-                RoutingPriority::Default => 0,
-                RoutingPriority::High => 1,
-            };
+            let slot = Priority::from(t.priority).index();
             if std::mem::replace(&mut seen[slot], true) {
                 return Err(ValidationError::new(
                     format!("{at}[{i}].priority"),
                     "each priority may have one set of thresholds",
                 ));
             }
-            if slot == 0 {
-                let d = Thresholds::default();
-                chosen = Thresholds {
-                    max_connections: t.max_connections.map_or(d.max_connections, u64::from),
-                    max_pending_requests: t
-                        .max_pending_requests
-                        .map_or(d.max_pending_requests, u64::from),
-                    max_requests: t.max_requests.map_or(d.max_requests, u64::from),
-                    max_retries: t.max_retries.map_or(d.max_retries, u64::from),
-                    track_remaining: t.track_remaining,
-                };
-            }
+            let d = Thresholds::default();
+            chosen[slot] = Thresholds {
+                max_connections: t.max_connections.map_or(d.max_connections, u64::from),
+                max_pending_requests: t
+                    .max_pending_requests
+                    .map_or(d.max_pending_requests, u64::from),
+                max_requests: t.max_requests.map_or(d.max_requests, u64::from),
+                max_retries: t.max_retries.map_or(d.max_retries, u64::from),
+                track_remaining: t.track_remaining,
+            };
         }
         Ok(chosen)
     }
 }
 
-/// A cluster's breakers, shared by its workers.
-pub struct CircuitBreakers {
+/// A cluster's breakers for each priority, shared by its workers.
+pub struct CircuitBreakers([Breakers; 2]);
+
+impl CircuitBreakers {
+    /// Breakers with `limits` (per [`Priority`]), their gauges under
+    /// `circuit_breakers.<priority>.` in the cluster's `scope`.
+    pub fn new(limits: &[Thresholds; 2], scope: &Scope) -> Self {
+        CircuitBreakers(Priority::ALL.map(|p| Breakers::new(limits[p.index()], scope, p)))
+    }
+
+    pub fn of(&self, priority: Priority) -> &Breakers {
+        &self.0[priority.index()]
+    }
+}
+
+/// One priority's breakers.
+pub struct Breakers {
     pub connections: Resource,
     pub pending_requests: Resource,
     pub requests: Resource,
     pub retries: Resource,
 }
 
-impl CircuitBreakers {
-    /// Breakers with `limits`, their gauges under
-    /// `circuit_breakers.default.` in the cluster's `scope`.
-    pub fn new(limits: Thresholds, scope: &Scope) -> Self {
-        let scope = scope.child("circuit_breakers").child("default");
+impl Breakers {
+    fn new(limits: Thresholds, scope: &Scope, priority: Priority) -> Self {
+        let scope = scope.child("circuit_breakers").child(priority.name());
         let resource = |max, open: &str, remaining: &str| Resource {
             max,
             taken: AtomicU64::new(0),
@@ -99,7 +140,7 @@ impl CircuitBreakers {
                 g
             }),
         };
-        CircuitBreakers {
+        Breakers {
             connections: resource(limits.max_connections, "cx_open", "remaining_cx"),
             pending_requests: resource(
                 limits.max_pending_requests,
@@ -182,7 +223,11 @@ mod tests {
             track_remaining: true,
             ..Thresholds::default()
         };
-        let b = CircuitBreakers::new(limits, &store.root().child("cluster").child("c"));
+        let all = CircuitBreakers::new(
+            &[limits, Thresholds::default()],
+            &store.root().child("cluster").child("c"),
+        );
+        let b = all.of(Priority::Default);
         let stat = |n: &str| store.value(&format!("cluster.c.circuit_breakers.default.{n}"));
         assert!(b.requests.try_acquire() && b.requests.try_acquire());
         assert!(!b.requests.try_acquire());
@@ -198,11 +243,12 @@ mod tests {
     fn thresholds_default_to_envoys_and_priorities_are_unique() {
         let parse = |y: &str| -> CircuitBreakersConfig { serde_norway::from_str(y).unwrap() };
         let c = parse("thresholds: [{ max_requests: 5 }, { priority: HIGH, max_requests: 9 }]");
-        let t = Thresholds::validate(Some(&c), "clusters[0]").unwrap();
+        let [d, h] = Thresholds::validate(Some(&c), "clusters[0]").unwrap();
         assert_eq!(
-            (t.max_requests, t.max_connections, t.max_retries),
+            (d.max_requests, d.max_connections, d.max_retries),
             (5, 1024, 3)
         );
+        assert_eq!((h.max_requests, h.max_pending_requests), (9, 1024));
         let c = parse("thresholds: [{ priority: default }, { max_retries: 1 }]");
         let e = Thresholds::validate(Some(&c), "clusters[0]").unwrap_err();
         assert!(e.to_string().contains("thresholds[1].priority"), "{e}");

@@ -190,6 +190,8 @@ pub struct RouteActionConfig {
     pub retry_policy: Option<RetryPolicyConfig>,
     #[serde(default)]
     pub hash_policy: Vec<HashPolicyConfig>,
+    #[serde(default)]
+    pub priority: super::RoutingPriority,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use super::body::{Body, BoxError};
 use super::codec::CountedIo;
 use super::h1::client as h1;
-use crate::cluster::{Breaker, ConnectError, Endpoint, Held, WorkerCluster};
+use crate::cluster::{Breaker, ConnectError, Endpoint, Held, Priority, WorkerCluster};
 
 /// Why a request got no response.
 pub enum SendError {
@@ -133,21 +133,23 @@ impl Pools {
         let mut upload = h1::Upload::new(req);
         // A request not served by an idle connection is pending until it
         // has one, as in Envoy: within `max_pending_requests`.
+        let priority = held.priority();
         let mut pending = None;
         loop {
             let (conn, reused) = match idle.checkout() {
                 Some(conn) => (conn, true),
                 None => {
                     if pending.is_none() {
-                        pending =
-                            Some(self.cluster.try_hold(Breaker::PendingRequests).ok_or_else(
-                                || {
+                        pending = Some(
+                            self.cluster
+                                .try_hold(Breaker::PendingRequests, priority)
+                                .ok_or_else(|| {
                                     self.cluster.stats.upstream_rq_pending_overflow.inc();
                                     SendError::Overflow
-                                },
-                            )?);
+                                })?,
+                        );
                     }
-                    let Some(slot) = self.connection_slot(&idle) else {
+                    let Some(slot) = self.connection_slot(&idle, priority) else {
                         idle.wait_freed().await;
                         continue;
                     };
@@ -180,12 +182,12 @@ impl Pools {
     /// `pool`; `None` if the breaker is open and the pool has connections
     /// to wait for. A pool with none opens one regardless, as Envoy's do,
     /// so that no request waits on connections that do not exist.
-    fn connection_slot(&self, pool: &h1::Idle) -> Option<Held> {
-        if let Some(slot) = self.cluster.try_hold(Breaker::Connections) {
+    fn connection_slot(&self, pool: &h1::Idle, priority: Priority) -> Option<Held> {
+        if let Some(slot) = self.cluster.try_hold(Breaker::Connections, priority) {
             return Some(slot);
         }
         self.cluster.stats.upstream_cx_overflow.inc();
-        (pool.open() == 0).then(|| self.cluster.hold(Breaker::Connections))
+        (pool.open() == 0).then(|| self.cluster.hold(Breaker::Connections, priority))
     }
 
     async fn send_h2(
@@ -221,7 +223,7 @@ impl Pools {
         let mut sender = match current {
             Some(s) => s,
             None => {
-                let s = Box::pin(self.connect_h2(endpoint)).await?;
+                let s = Box::pin(self.connect_h2(endpoint, held.priority())).await?;
                 if !spent(1) {
                     self.h2
                         .borrow_mut()
@@ -241,6 +243,7 @@ impl Pools {
     async fn connect_h2(
         &self,
         endpoint: &Arc<Endpoint>,
+        priority: Priority,
     ) -> Result<http2::SendRequest<Body>, SendError> {
         let stats = &self.cluster.stats;
         let io = TokioIo::new(CountedIo::new(
@@ -258,10 +261,10 @@ impl Pools {
         // says no more (counted), as a pool's first connection always is.
         let slot = self
             .cluster
-            .try_hold(Breaker::Connections)
+            .try_hold(Breaker::Connections, priority)
             .unwrap_or_else(|| {
                 self.cluster.stats.upstream_cx_overflow.inc();
-                self.cluster.hold(Breaker::Connections)
+                self.cluster.hold(Breaker::Connections, priority)
             });
         let opened = Opened::new(&self.cluster, endpoint, slot);
         let address = endpoint.address;

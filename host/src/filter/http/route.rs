@@ -119,6 +119,8 @@ pub struct Forward {
     pub host_rewrite: Option<String>,
     /// `auto_host_rewrite`: Host becomes the chosen endpoint's hostname.
     pub auto_host_rewrite: bool,
+    /// `priority`: whose circuit breakers the requests count against.
+    pub priority: crate::cluster::Priority,
     pub timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
     pub hash_policy: Vec<HashPolicy>,
@@ -614,6 +616,7 @@ fn forward(
         regex_rewrite,
         host_rewrite: a.host_rewrite_literal.clone(),
         auto_host_rewrite: a.auto_host_rewrite,
+        priority: a.priority.into(),
         timeout,
         retry,
         hash_policy,

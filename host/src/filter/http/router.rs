@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::pool::{Pools, SendError};
 use super::route::RetryPolicy;
 use crate::access_log::ResponseFlags;
-use crate::cluster::{Breaker, ConnectError, LbContext, WorkerCluster};
+use crate::cluster::{Breaker, ConnectError, LbContext, Priority, WorkerCluster};
 
 pub use super::body::Body;
 
@@ -41,6 +41,18 @@ pub fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 /// says so, since an extension costs two allocations per response).
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamHost(pub std::net::SocketAddr);
+
+/// What a route says about how its requests are sent, besides timeouts
+/// and retries.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sending {
+    /// For consistent-hash balancers (`hash_policy`).
+    pub hash: Option<u64>,
+    /// `auto_host_rewrite`: Host becomes the chosen endpoint's hostname.
+    pub auto_host: bool,
+    /// Which circuit breakers the request counts against.
+    pub priority: Priority,
+}
 
 /// One worker's sender for one cluster.
 pub struct Upstream {
@@ -73,15 +85,11 @@ impl Upstream {
         req: &mut Request<Body>,
         timeout: Option<Duration>,
         retry: Option<&RetryPolicy>,
-        hash: Option<u64>,
-        auto_host: bool,
+        how: Sending,
     ) -> Response<Body> {
         match retry {
-            None => self
-                .attempt(req, timeout, hash, auto_host)
-                .await
-                .into_response(),
-            Some(retry) => Box::pin(self.retried(req, timeout, retry, hash, auto_host)).await,
+            None => self.attempt(req, timeout, how).await.into_response(),
+            Some(retry) => Box::pin(self.retried(req, timeout, retry, how)).await,
         }
     }
 
@@ -90,8 +98,7 @@ impl Upstream {
         req: &mut Request<Body>,
         timeout: Option<Duration>,
         retry: &RetryPolicy,
-        hash: Option<u64>,
-        auto_host: bool,
+        how: Sending,
     ) -> Response<Body> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let body = std::mem::replace(req.body_mut(), Body::empty());
@@ -112,12 +119,12 @@ impl Upstream {
                 (Some(p), Some(r)) => Some(p.min(r)),
                 (p, r) => p.or(r),
             };
-            let outcome = self.attempt(&mut attempt, per_try, hash, auto_host).await;
+            let outcome = self.attempt(&mut attempt, per_try, how).await;
             let time_left = remaining.is_none_or(|r| !r.is_zero())
                 && deadline.is_none_or(|d| Instant::now() < d);
             drop(retrying.take());
             if retries < retry.num_retries && time_left && outcome.retriable(retry) {
-                let Some(unit) = self.cluster.try_hold(Breaker::Retries) else {
+                let Some(unit) = self.cluster.try_hold(Breaker::Retries, how.priority) else {
                     self.cluster.stats.upstream_rq_retry_overflow.inc();
                     return flagged(outcome.into_response(), ResponseFlags::UPSTREAM_OVERFLOW);
                 };
@@ -147,7 +154,7 @@ impl Upstream {
     /// async client, an unreachable or empty cluster is a 503 answer.
     pub async fn call(&self, req: Request<Full<Bytes>>) -> Option<Response<Body>> {
         match self
-            .attempt(&mut req.map(Body::Full), None, None, false)
+            .attempt(&mut req.map(Body::Full), None, Sending::default())
             .await
         {
             a @ (Attempt::Response(_)
@@ -163,15 +170,14 @@ impl Upstream {
         &self,
         req: &mut Request<Body>,
         timeout: Option<Duration>,
-        hash: Option<u64>,
-        auto_host: bool,
+        how: Sending,
     ) -> Attempt {
         let stats = &self.cluster.stats;
-        let Some(endpoint) = self.cluster.choose(LbContext { hash }) else {
+        let Some(endpoint) = self.cluster.choose(LbContext { hash: how.hash }) else {
             stats.upstream_cx_none_healthy.inc();
             return Attempt::NoHealthyUpstream;
         };
-        if auto_host && !endpoint.hostname.is_empty() {
+        if how.auto_host && !endpoint.hostname.is_empty() {
             if let Ok(v) = HeaderValue::from_str(&endpoint.hostname) {
                 req.headers_mut().insert(http::header::HOST, v);
             }
@@ -208,7 +214,7 @@ impl Upstream {
             *req.uri_mut() = Uri::from(path);
             *req.version_mut() = http::Version::HTTP_11;
         }
-        let Some(held) = self.cluster.try_hold(Breaker::Requests) else {
+        let Some(held) = self.cluster.try_hold(Breaker::Requests, how.priority) else {
             stats.upstream_rq_active_overflow.inc();
             self.cluster.charge(StatusCode::SERVICE_UNAVAILABLE, None);
             return Attempt::Overflow;

@@ -625,13 +625,13 @@ impl HttpConnectionManager {
                     req.headers_mut()
                         .insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, v.clone());
                 }
-                let forwarded = std::pin::pin!(upstream.forward(
-                    req,
-                    fwd.timeout,
-                    fwd.retry.as_ref(),
+                let how = router::Sending {
                     hash,
-                    fwd.auto_host_rewrite,
-                ));
+                    auto_host: fwd.auto_host_rewrite,
+                    priority: fwd.priority,
+                };
+                let forwarded =
+                    std::pin::pin!(upstream.forward(req, fwd.timeout, fwd.retry.as_ref(), how));
                 let mut resp = match deadline {
                     Some(d) if fwd.timeout.is_none_or(|t| t > d) => {
                         match tokio::time::timeout(d, forwarded).await {

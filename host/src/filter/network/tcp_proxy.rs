@@ -16,7 +16,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::access_log::{AccessLog, AccessLogSettings, ResponseFlags, StreamInfo};
-use crate::cluster::{Breaker, ConnectError, LbContext, WorkerCluster, WorkerClusters, lb};
+use crate::cluster::{
+    Breaker, ConnectError, LbContext, Priority, WorkerCluster, WorkerClusters, lb,
+};
 use crate::config::path::{index, join};
 use crate::config::{TcpProxyConfig, ValidationError};
 use crate::stats::{Counter, Scope};
@@ -191,7 +193,7 @@ impl TcpProxy {
 
         // Past the cluster's max_connections the client is closed, as
         // Envoy's tcp_proxy closes it; the unit is held while proxying.
-        let Some(_slot) = cluster.try_hold(Breaker::Connections) else {
+        let Some(_slot) = cluster.try_hold(Breaker::Connections, Priority::Default) else {
             cluster.stats.upstream_cx_overflow.inc();
             info.response_flags.set(ResponseFlags::UPSTREAM_OVERFLOW);
             drop(d);
