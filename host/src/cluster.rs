@@ -743,6 +743,11 @@ pub struct ClusterStats {
     /// Requests that waited for a connection.
     pub upstream_rq_pending_total: Counter,
     pub upstream_rq_pending_active: Gauge,
+    /// HTTP connections opened, by version, and closed for having carried
+    /// max_requests_per_connection requests.
+    pub upstream_cx_http1_total: Counter,
+    pub upstream_cx_http2_total: Counter,
+    pub upstream_cx_max_requests: Counter,
     pub upstream_cx_connect_ms: Histogram,
     pub upstream_cx_length_ms: Histogram,
     /// What [`WorkerCluster::charge`] counts.
@@ -784,6 +789,9 @@ impl ClusterStats {
             upstream_rq_retry_overflow: scope.counter("upstream_rq_retry_overflow"),
             upstream_rq_pending_total: scope.counter("upstream_rq_pending_total"),
             upstream_rq_pending_active: scope.gauge("upstream_rq_pending_active"),
+            upstream_cx_http1_total: scope.counter("upstream_cx_http1_total"),
+            upstream_cx_http2_total: scope.counter("upstream_cx_http2_total"),
+            upstream_cx_max_requests: scope.counter("upstream_cx_max_requests"),
             upstream_cx_connect_ms: scope.histogram("upstream_cx_connect_ms"),
             upstream_cx_length_ms: scope.histogram("upstream_cx_length_ms"),
             charged: RefCell::default(),

@@ -1272,14 +1272,31 @@ fn upstream_http_protocol_options_as_envoy_applies_them() {
             assert_eq!(r.status, 200, "{kind:?}");
             assert_eq!(r.json()["version"], version, "{kind:?} {flag}");
         }
+        assert_eq!(
+            [
+                proxy.stat("cluster.follow.upstream_cx_http1_total"),
+                proxy.stat("cluster.follow.upstream_cx_http2_total"),
+            ],
+            [1, 1],
+            "{kind:?}"
+        );
 
         for _ in 0..4 {
             assert_eq!(curl(&[&url("/capped")]).status, 200, "{kind:?}");
         }
         assert_eq!(
-            proxy.stat("cluster.capped.upstream_cx_total"),
-            2,
+            [
+                proxy.stat("cluster.capped.upstream_cx_total"),
+                proxy.stat("cluster.capped.upstream_cx_http1_total"),
+            ],
+            [2, 2],
             "{kind:?}: 4 requests, 2 a connection"
+        );
+        // The second is retired once its response is complete.
+        wasp_tests::eventually(
+            std::time::Duration::from_secs(5),
+            "upstream_cx_max_requests",
+            || (proxy.stat("cluster.capped.upstream_cx_max_requests") == 2).then_some(()),
         );
 
         assert_eq!(curl(&[&url("/idle")]).status, 200, "{kind:?}");

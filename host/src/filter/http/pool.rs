@@ -68,6 +68,12 @@ impl Opened {
         }
     }
 
+    /// Counts the connection as closed for having carried
+    /// max_requests_per_connection requests.
+    pub fn retired(&self) {
+        self.cluster.stats.upstream_cx_max_requests.inc();
+    }
+
     /// Counts bytes read from the upstream.
     pub fn received(&self, bytes: usize) {
         self.cluster
@@ -157,6 +163,8 @@ impl Pools {
                     // otherwise be part of every request's.
                     let io = Box::pin(self.connect(endpoint)).await?;
                     let opened = Opened::new(&self.cluster, endpoint, slot);
+                    self.cluster.stats.upstream_cx_http2_total.inc();
+                    self.cluster.stats.upstream_cx_http1_total.inc();
                     (h1::Conn::new(io, opened, &idle), false)
                 }
             };
@@ -214,6 +222,7 @@ impl Pools {
                     let s = s.clone();
                     if spent(*streams) {
                         h2.remove(&endpoint.address);
+                        self.cluster.stats.upstream_cx_max_requests.inc();
                     }
                     Some(s)
                 }
@@ -224,7 +233,9 @@ impl Pools {
             Some(s) => s,
             None => {
                 let s = Box::pin(self.connect_h2(endpoint, held.priority())).await?;
-                if !spent(1) {
+                if spent(1) {
+                    self.cluster.stats.upstream_cx_max_requests.inc();
+                } else {
                     self.h2
                         .borrow_mut()
                         .insert(endpoint.address, (s.clone(), 1));

@@ -175,7 +175,7 @@ impl Idle {
 
     fn checkin(&self, conn: Box<Conn>) {
         if self.max_requests.is_some_and(|max| conn.requests >= max) {
-            drop(conn);
+            conn.opened.retired();
             return;
         }
         let now = clock::coarse_now();
