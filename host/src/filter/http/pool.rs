@@ -1,5 +1,5 @@
 //! One worker's upstream HTTP connections, per endpoint: a stack of idle
-//! HTTP/1.1 keep-alive connections ([`h1::Idle`]), or one multiplexed
+//! HTTP/1.1 keep-alive connections ([`h1::EndpointPool`]), or one multiplexed
 //! HTTP/2 connection.
 //!
 //! Everything here lives on the worker (`Rc`, `RefCell`, `spawn_local`):
@@ -41,7 +41,7 @@ type ByEndpoint<T> = HashMap<SocketAddr, T, foldhash::fast::RandomState>;
 /// A worker's connections to every endpoint of one cluster.
 pub struct Pools {
     cluster: Rc<WorkerCluster>,
-    h1: RefCell<ByEndpoint<Rc<h1::Idle>>>,
+    h1: RefCell<ByEndpoint<Rc<h1::EndpointPool>>>,
     /// Each endpoint's HTTP/2 connection, with the streams it has carried.
     h2: RefCell<ByEndpoint<(http2::SendRequest<Body>, u32)>>,
 }
@@ -134,7 +134,11 @@ impl Pools {
             .h1
             .borrow_mut()
             .entry(endpoint.address)
-            .or_insert_with(|| Rc::new(h1::Idle::new(&self.cluster.cluster.settings.upstream_http)))
+            .or_insert_with(|| {
+                Rc::new(h1::EndpointPool::new(
+                    &self.cluster.cluster.settings.upstream_http,
+                ))
+            })
             .clone();
         let mut upload = h1::Upload::new(req);
         // A request not served by an idle connection is pending until it
@@ -190,7 +194,7 @@ impl Pools {
     /// `pool`; `None` if the breaker is open and the pool has connections
     /// to wait for. A pool with none opens one regardless, as Envoy's do,
     /// so that no request waits on connections that do not exist.
-    fn connection_slot(&self, pool: &h1::Idle, priority: Priority) -> Option<Held> {
+    fn connection_slot(&self, pool: &h1::EndpointPool, priority: Priority) -> Option<Held> {
         if let Some(slot) = self.cluster.try_hold(Breaker::Connections, priority) {
             return Some(slot);
         }

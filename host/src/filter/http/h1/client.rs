@@ -4,10 +4,10 @@
 //! hyper's client runs each connection as a task of its own and passes
 //! requests and responses to it through channels: per request two task
 //! switches and a channel round trip on top of the work itself. Here a
-//! [`Conn`] is plain data owned by whoever uses it: the [`Idle`] stack
-//! while it waits, the request's future until the response head is in,
-//! then the response body ([`UpstreamBody`]), which puts it back on the
-//! stack the moment the response is complete.
+//! [`Conn`] is plain data owned by whoever uses it: its [`EndpointPool`]'s
+//! idle stack while it waits, the request's future until the response
+//! head is in, then the response body ([`UpstreamBody`]), which puts it
+//! back on the stack the moment the response is complete.
 //!
 //! It speaks what the router sends: origin-form requests whose hop-by-hop
 //! headers are gone, framed by content-length or chunked. Responses are
@@ -56,7 +56,7 @@ pub struct Conn {
     opened: Opened,
     /// The pool it belongs to, told when it closes (weak: the pool's idle
     /// stack holds connections).
-    home: Weak<Idle>,
+    home: Weak<EndpointPool>,
     /// Requests it has carried.
     requests: u32,
 }
@@ -64,7 +64,7 @@ pub struct Conn {
 impl Conn {
     /// Boxed: it moves between the idle stack, requests and response
     /// bodies, and a box moves as one pointer.
-    pub fn new(io: TcpStream, opened: Opened, home: &Rc<Idle>) -> Box<Self> {
+    pub fn new(io: TcpStream, opened: Opened, home: &Rc<EndpointPool>) -> Box<Self> {
         home.open.set(home.open.get() + 1);
         Box::new(Conn {
             io,
@@ -110,7 +110,7 @@ impl Drop for Conn {
 /// used last, with when each was checked in (by the worker's coarse clock,
 /// to within half a second); how many are open; and the requests waiting
 /// for one (when the cluster's circuit breaker allows no more connections).
-pub struct Idle {
+pub struct EndpointPool {
     conns: RefCell<Vec<(Box<Conn>, Instant)>>,
     /// The cluster's `idle_timeout` (an upstream that closes sooner is
     /// noticed when the connection is checked out, or its request is
@@ -125,9 +125,9 @@ pub struct Idle {
     freed: tokio::sync::Notify,
 }
 
-impl Idle {
+impl EndpointPool {
     pub fn new(settings: &UpstreamHttp) -> Self {
-        Idle {
+        EndpointPool {
             conns: RefCell::default(),
             idle_timeout: settings.idle_timeout,
             max_requests: settings.max_requests_per_connection,
@@ -349,7 +349,7 @@ pub struct Failed {
 pub async fn exchange(
     mut conn: Box<Conn>,
     mut upload: Upload,
-    home: &Rc<Idle>,
+    home: &Rc<EndpointPool>,
 ) -> Result<Response<Body>, Failed> {
     conn.requests += 1;
     let mut send_error = None;
@@ -503,7 +503,7 @@ pub struct UpstreamBody {
     upload: Option<Box<Upload>>,
     decoder: Decoder,
     keep_alive: bool,
-    home: Rc<Idle>,
+    home: Rc<EndpointPool>,
 }
 
 impl UpstreamBody {
