@@ -29,9 +29,9 @@ use crate::config::path::{index, join};
 use crate::config::{
     ClusterConfig, DiscoveryType, DnsLookupFamily, LbPolicy, LocalityConfig, ValidationError,
 };
-
 use crate::stats::{Counter, Gauge, Histogram, Scope};
-pub use circuit_breaker::{CircuitBreakers, Priority, Thresholds};
+
+pub use circuit_breaker::{Breaker, CircuitBreakers, Held, Priority, Thresholds};
 
 pub use endpoint::{Endpoint, EndpointSet};
 pub use lb::{LbContext, LbSettings, LoadBalancer};
@@ -734,8 +734,9 @@ pub struct ClusterStats {
     pub upstream_rq_timeout: Counter,
     pub upstream_rq_retry: Counter,
     pub upstream_rq_retry_success: Counter,
-    /// Circuit breaker overflows: a connection not opened, a request
-    /// refused while pending or for too many in flight, a retry not made.
+    /// Circuit breaker overflows (counted by `try_hold`): a connection
+    /// not opened, a request refused while pending or for too many in
+    /// flight, a retry not made.
     pub upstream_cx_overflow: Counter,
     pub upstream_rq_pending_overflow: Counter,
     pub upstream_rq_active_overflow: Counter,
@@ -881,79 +882,6 @@ impl WorkerCluster {
             .cx_connect_fail
             .fetch_add(1, Ordering::Relaxed);
         Err(error)
-    }
-}
-
-/// Which of a cluster's circuit breakers a [`Held`] unit is of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Breaker {
-    Connections,
-    PendingRequests,
-    Requests,
-    Retries,
-}
-
-/// A unit of one of a cluster's circuit breakers, given back when
-/// dropped.
-pub struct Held {
-    cluster: Rc<WorkerCluster>,
-    breaker: Breaker,
-    priority: Priority,
-}
-
-impl Held {
-    /// The priority of the request it was taken for.
-    pub fn priority(&self) -> Priority {
-        self.priority
-    }
-}
-
-impl WorkerCluster {
-    /// Takes a unit of `priority`'s `breaker` if one is left; `None` is an
-    /// overflow, for the caller to count and answer.
-    pub fn try_hold(self: &Rc<Self>, breaker: Breaker, priority: Priority) -> Option<Held> {
-        if !self.resource(breaker, priority).try_acquire() {
-            return None;
-        }
-        if breaker == Breaker::PendingRequests {
-            self.stats.upstream_rq_pending_total.inc();
-            self.stats.upstream_rq_pending_active.inc();
-        }
-        Some(Held {
-            cluster: self.clone(),
-            breaker,
-            priority,
-        })
-    }
-
-    /// Takes a unit of `breaker` even past its limit (counted).
-    pub fn hold(self: &Rc<Self>, breaker: Breaker, priority: Priority) -> Held {
-        debug_assert_ne!(breaker, Breaker::PendingRequests);
-        self.resource(breaker, priority).acquire();
-        Held {
-            cluster: self.clone(),
-            breaker,
-            priority,
-        }
-    }
-
-    fn resource(&self, breaker: Breaker, priority: Priority) -> &circuit_breaker::Resource {
-        let b = self.cluster.breakers.of(priority);
-        match breaker {
-            Breaker::Connections => &b.connections,
-            Breaker::PendingRequests => &b.pending_requests,
-            Breaker::Requests => &b.requests,
-            Breaker::Retries => &b.retries,
-        }
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.cluster.resource(self.breaker, self.priority).release();
-        if self.breaker == Breaker::PendingRequests {
-            self.cluster.stats.upstream_rq_pending_active.dec();
-        }
     }
 }
 

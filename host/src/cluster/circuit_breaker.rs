@@ -3,13 +3,15 @@
 //! retries in flight, counted for every worker together (as Envoy's
 //! resource manager counts them) with one atomic counter each.
 //!
-//! Taking a unit that is over its limit is refused; the caller answers
-//! as Envoy does (a 503 with `x-envoy-overloaded`, or no retry) and counts
-//! the overflow.
+//! A unit is taken with [`WorkerCluster::try_hold`] and given back when
+//! its [`Held`] guard drops. Taking one past the limit is refused and
+//! counted as Envoy counts it (`upstream_cx_overflow`, ...); the caller
+//! answers as Envoy does (a 503 with `x-envoy-overloaded`, or no retry).
 
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::ValidationError;
+use super::{ValidationError, WorkerCluster};
 use crate::config::path::join;
 use crate::config::{CircuitBreakersConfig, RoutingPriority};
 use crate::stats::{Gauge, Scope};
@@ -114,17 +116,23 @@ impl CircuitBreakers {
         CircuitBreakers(Priority::ALL.map(|p| Breakers::new(limits[p.index()], scope, p)))
     }
 
-    pub fn of(&self, priority: Priority) -> &Breakers {
-        &self.0[priority.index()]
+    fn get(&self, breaker: Breaker, priority: Priority) -> &Resource {
+        let b = &self.0[priority.index()];
+        match breaker {
+            Breaker::Connections => &b.connections,
+            Breaker::PendingRequests => &b.pending_requests,
+            Breaker::Requests => &b.requests,
+            Breaker::Retries => &b.retries,
+        }
     }
 }
 
 /// One priority's breakers.
-pub struct Breakers {
-    pub connections: Resource,
-    pub pending_requests: Resource,
-    pub requests: Resource,
-    pub retries: Resource,
+struct Breakers {
+    connections: Resource,
+    pending_requests: Resource,
+    requests: Resource,
+    retries: Resource,
 }
 
 impl Breakers {
@@ -154,7 +162,7 @@ impl Breakers {
 }
 
 /// One limited resource: how many units are taken of at most `max`.
-pub struct Resource {
+struct Resource {
     max: u64,
     taken: AtomicU64,
     /// 1 while the breaker is open (every unit taken), as Envoy's gauge.
@@ -165,13 +173,14 @@ pub struct Resource {
 
 impl Resource {
     /// Whether a unit could be taken now.
-    pub fn available(&self) -> bool {
+    #[cfg(test)]
+    fn available(&self) -> bool {
         self.taken.load(Ordering::Relaxed) < self.max
     }
 
     /// Takes a unit if one is left. Each taken unit must be given back
     /// with [`Resource::release`] (the guards that hold them do).
-    pub fn try_acquire(&self) -> bool {
+    fn try_acquire(&self) -> bool {
         let taken = self
             .taken
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
@@ -188,12 +197,12 @@ impl Resource {
 
     /// Takes a unit even past the limit (a pool's first connection, which
     /// Envoy always allows so that a pool cannot wait forever).
-    pub fn acquire(&self) {
+    fn acquire(&self) {
         let before = self.taken.fetch_add(1, Ordering::Relaxed);
         self.changed(before + 1);
     }
 
-    pub fn release(&self) {
+    fn release(&self) {
         let before = self.taken.fetch_sub(1, Ordering::Relaxed);
         self.changed(before - 1);
     }
@@ -206,6 +215,82 @@ impl Resource {
         }
         if let Some(r) = &self.remaining {
             r.set(self.max.saturating_sub(taken) as i64);
+        }
+    }
+}
+
+/// Which of a cluster's circuit breakers a [`Held`] unit is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Breaker {
+    Connections,
+    PendingRequests,
+    Requests,
+    Retries,
+}
+
+/// A unit of one of a cluster's circuit breakers, given back when
+/// dropped.
+pub struct Held {
+    cluster: Rc<WorkerCluster>,
+    breaker: Breaker,
+    priority: Priority,
+}
+
+impl Held {
+    /// The priority of the request it was taken for.
+    pub fn priority(&self) -> Priority {
+        self.priority
+    }
+}
+
+impl WorkerCluster {
+    /// Takes a unit of `priority`'s `breaker` if one is left; `None` is an
+    /// overflow, counted here, for the caller to answer.
+    pub fn try_hold(self: &Rc<Self>, breaker: Breaker, priority: Priority) -> Option<Held> {
+        let stats = &self.stats;
+        if !self.cluster.breakers.get(breaker, priority).try_acquire() {
+            match breaker {
+                Breaker::Connections => stats.upstream_cx_overflow.inc(),
+                Breaker::PendingRequests => stats.upstream_rq_pending_overflow.inc(),
+                Breaker::Requests => stats.upstream_rq_active_overflow.inc(),
+                Breaker::Retries => stats.upstream_rq_retry_overflow.inc(),
+            }
+            return None;
+        }
+        if breaker == Breaker::PendingRequests {
+            stats.upstream_rq_pending_total.inc();
+            stats.upstream_rq_pending_active.inc();
+        }
+        Some(Held {
+            cluster: self.clone(),
+            breaker,
+            priority,
+        })
+    }
+
+    /// Takes a unit of `breaker` even past its limit, after
+    /// [`WorkerCluster::try_hold`] counted the overflow.
+    pub fn hold(self: &Rc<Self>, breaker: Breaker, priority: Priority) -> Held {
+        debug_assert_ne!(breaker, Breaker::PendingRequests);
+        self.cluster.breakers.get(breaker, priority).acquire();
+        Held {
+            cluster: self.clone(),
+            breaker,
+            priority,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let resource = self
+            .cluster
+            .cluster
+            .breakers
+            .get(self.breaker, self.priority);
+        resource.release();
+        if self.breaker == Breaker::PendingRequests {
+            self.cluster.stats.upstream_rq_pending_active.dec();
         }
     }
 }
@@ -227,7 +312,7 @@ mod tests {
             &[limits, Thresholds::default()],
             &store.root().child("cluster").child("c"),
         );
-        let b = all.of(Priority::Default);
+        let b = &all.0[Priority::Default.index()];
         let stat = |n: &str| store.value(&format!("cluster.c.circuit_breakers.default.{n}"));
         assert!(b.requests.try_acquire() && b.requests.try_acquire());
         assert!(!b.requests.try_acquire());

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, Version};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -57,7 +57,16 @@ pub struct Opened {
 }
 
 impl Opened {
-    fn new(cluster: &Rc<WorkerCluster>, endpoint: &Arc<Endpoint>, slot: Held) -> Self {
+    fn new(
+        cluster: &Rc<WorkerCluster>,
+        endpoint: &Arc<Endpoint>,
+        slot: Held,
+        version: Version,
+    ) -> Self {
+        match version {
+            Version::HTTP_2 => cluster.stats.upstream_cx_http2_total.inc(),
+            _ => cluster.stats.upstream_cx_http1_total.inc(),
+        }
         cluster.stats.upstream_cx_active.inc();
         endpoint.stats.cx_active.fetch_add(1, Ordering::Relaxed);
         Opened {
@@ -127,10 +136,10 @@ impl Pools {
         held: Held,
     ) -> Result<Response<Body>, SendError> {
         // The router set the version the cluster's settings call for.
-        if req.version() == http::Version::HTTP_2 {
+        if req.version() == Version::HTTP_2 {
             return self.send_h2(endpoint, req, held).await;
         }
-        let idle = self
+        let pool = self
             .h1
             .borrow_mut()
             .entry(endpoint.address)
@@ -146,34 +155,29 @@ impl Pools {
         let priority = held.priority();
         let mut pending = None;
         loop {
-            let (conn, reused) = match idle.checkout() {
+            let (conn, reused) = match pool.checkout() {
                 Some(conn) => (conn, true),
                 None => {
                     if pending.is_none() {
                         pending = Some(
                             self.cluster
                                 .try_hold(Breaker::PendingRequests, priority)
-                                .ok_or_else(|| {
-                                    self.cluster.stats.upstream_rq_pending_overflow.inc();
-                                    SendError::Overflow
-                                })?,
+                                .ok_or(SendError::Overflow)?,
                         );
                     }
-                    let Some(slot) = self.connection_slot(&idle, priority) else {
-                        idle.wait_freed().await;
+                    let Some(slot) = self.connection_slot(&pool, priority) else {
+                        pool.wait_freed().await;
                         continue;
                     };
                     // Boxed: a connect's future is large and would
                     // otherwise be part of every request's.
                     let io = Box::pin(self.connect(endpoint)).await?;
-                    let opened = Opened::new(&self.cluster, endpoint, slot);
-                    self.cluster.stats.upstream_cx_http2_total.inc();
-                    self.cluster.stats.upstream_cx_http1_total.inc();
-                    (h1::Conn::new(io, opened, &idle), false)
+                    let opened = Opened::new(&self.cluster, endpoint, slot, Version::HTTP_11);
+                    (h1::Conn::new(io, opened, &pool), false)
                 }
             };
             pending = None;
-            match h1::exchange(conn, upload, &idle).await {
+            match h1::exchange(conn, upload, &pool).await {
                 Ok(mut resp) => {
                     if let Body::Upstream(b) = resp.body_mut() {
                         b.hold(held);
@@ -195,11 +199,11 @@ impl Pools {
     /// to wait for. A pool with none opens one regardless, as Envoy's do,
     /// so that no request waits on connections that do not exist.
     fn connection_slot(&self, pool: &h1::EndpointPool, priority: Priority) -> Option<Held> {
-        if let Some(slot) = self.cluster.try_hold(Breaker::Connections, priority) {
-            return Some(slot);
-        }
-        self.cluster.stats.upstream_cx_overflow.inc();
-        (pool.open() == 0).then(|| self.cluster.hold(Breaker::Connections, priority))
+        self.cluster
+            .try_hold(Breaker::Connections, priority)
+            .or_else(|| {
+                (pool.open() == 0).then(|| self.cluster.hold(Breaker::Connections, priority))
+            })
     }
 
     async fn send_h2(
@@ -277,11 +281,8 @@ impl Pools {
         let slot = self
             .cluster
             .try_hold(Breaker::Connections, priority)
-            .unwrap_or_else(|| {
-                self.cluster.stats.upstream_cx_overflow.inc();
-                self.cluster.hold(Breaker::Connections, priority)
-            });
-        let opened = Opened::new(&self.cluster, endpoint, slot);
+            .unwrap_or_else(|| self.cluster.hold(Breaker::Connections, priority));
+        let opened = Opened::new(&self.cluster, endpoint, slot, Version::HTTP_2);
         let address = endpoint.address;
         tokio::task::spawn_local(async move {
             if let Err(e) = conn.await {

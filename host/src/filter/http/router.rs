@@ -122,10 +122,10 @@ impl Upstream {
             let outcome = self.attempt(&mut attempt, per_try, how).await;
             let time_left = remaining.is_none_or(|r| !r.is_zero())
                 && deadline.is_none_or(|d| Instant::now() < d);
+            let retriable = time_left && outcome.retriable(retry);
             drop(retrying.take());
-            if retries < retry.num_retries && time_left && outcome.retriable(retry) {
+            if retriable && retries < retry.num_retries {
                 let Some(unit) = self.cluster.try_hold(Breaker::Retries, how.priority) else {
-                    self.cluster.stats.upstream_rq_retry_overflow.inc();
                     return flagged(outcome.into_response(), ResponseFlags::UPSTREAM_OVERFLOW);
                 };
                 retrying = Some(unit);
@@ -139,7 +139,7 @@ impl Upstream {
                 self.cluster.stats.upstream_rq_retry_success.inc();
             }
             // Would have been retried, but the retries are spent.
-            if time_left && outcome.retriable(retry) {
+            if retriable {
                 return flagged(
                     outcome.into_response(),
                     ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED,
@@ -215,7 +215,6 @@ impl Upstream {
             *req.version_mut() = http::Version::HTTP_11;
         }
         let Some(held) = self.cluster.try_hold(Breaker::Requests, how.priority) else {
-            stats.upstream_rq_active_overflow.inc();
             self.cluster.charge(StatusCode::SERVICE_UNAVAILABLE, None);
             return Attempt::Overflow;
         };

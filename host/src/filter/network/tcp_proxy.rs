@@ -194,7 +194,6 @@ impl TcpProxy {
         // Past the cluster's max_connections the client is closed, as
         // Envoy's tcp_proxy closes it; the unit is held while proxying.
         let Some(_slot) = cluster.try_hold(Breaker::Connections, Priority::Default) else {
-            cluster.stats.upstream_cx_overflow.inc();
             info.response_flags.set(ResponseFlags::UPSTREAM_OVERFLOW);
             drop(d);
             return self.finish(info);
