@@ -1292,6 +1292,11 @@ fn upstream_http_protocol_options_as_envoy_applies_them() {
             [2, 2],
             "{kind:?}: 4 requests, 2 a connection"
         );
+        assert_eq!(
+            proxy.stat("cluster.capped.upstream_cx_http2_total"),
+            0,
+            "{kind:?}: HTTP/1.1 connections only"
+        );
         // The second is retired once its response is complete.
         wasp_tests::eventually(
             std::time::Duration::from_secs(5),
