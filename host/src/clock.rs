@@ -1,13 +1,19 @@
 //! Time a worker reads many times a second but needs only roughly: the
-//! `date` header's text and a coarse monotonic instant.
+//! `date` header's text and a coarse monotonic instant; and the timeouts
+//! it sets on every request.
 //!
 //! Both are refreshed by each worker's ticker ([`tick`], every
 //! [`TICK`]), as Envoy's per-thread cached date provider is, so that the
 //! hot path reads a thread-local instead of the clock. A thread without a
 //! ticker (tests, tools) reads the clock each time instead.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
+
+use tokio::time::Sleep;
 
 /// How often a worker refreshes its cached time: the staleness allowed.
 pub const TICK: Duration = Duration::from_millis(500);
@@ -49,9 +55,158 @@ fn date_text(now: SystemTime) -> DateText {
     text
 }
 
+/// `fut`'s output, or [`Elapsed`] if `deadline` comes first.
+///
+/// `tokio::time::timeout` puts a new timer in the runtime's wheel on every
+/// call and takes it out again when dropped; a proxied request that sets
+/// a 15 s route timeout and is answered in a millisecond pays for both,
+/// every time. These timers are kept for the next timeout on the thread
+/// instead, still in the wheel: moving a registered timer's deadline later
+/// is one compare-and-swap in tokio (the wheel looks at it again only
+/// when its old deadline comes). A kept timer that does fire wakes the
+/// task that used it last, once, for nothing.
+pub async fn timeout_at<F: Future>(
+    deadline: tokio::time::Instant,
+    fut: F,
+) -> Result<F::Output, Elapsed> {
+    let mut timer = Spare::take(deadline);
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        timer.timer().poll(cx).map(|()| Err(Elapsed))
+    })
+    .await
+}
+
+/// A deadline passed before the work it bounded was done.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Elapsed;
+
+/// At most this many timers kept per thread.
+const MAX_SPARE_TIMERS: usize = 256;
+
+thread_local! {
+    /// The timers kept, and the runtime whose wheel they are in: a thread
+    /// may run one runtime after another (tests do), and a timer is
+    /// useless to any runtime but its own.
+    static SPARE_TIMERS: RefCell<(Option<tokio::runtime::Id>, Vec<Pin<Box<Sleep>>>)> =
+        const { RefCell::new((None, Vec::new())) };
+}
+
+/// A timer taken for one timeout, kept again when it is dropped.
+struct Spare(Option<Pin<Box<Sleep>>>);
+
+impl Spare {
+    fn take(deadline: tokio::time::Instant) -> Spare {
+        let runtime = tokio::runtime::Handle::current().id();
+        let kept = SPARE_TIMERS.with_borrow_mut(|(kept_for, spare)| {
+            if *kept_for != Some(runtime) {
+                spare.clear();
+                *kept_for = Some(runtime);
+            }
+            spare.pop()
+        });
+        Spare(Some(match kept {
+            Some(mut timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        }))
+    }
+
+    fn timer(&mut self) -> Pin<&mut Sleep> {
+        self.0.as_mut().expect("taken only when dropped").as_mut()
+    }
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        let Some(timer) = self.0.take().filter(|t| !t.is_elapsed()) else {
+            return;
+        };
+        SPARE_TIMERS.with_borrow_mut(|(_, spare)| {
+            if spare.len() < MAX_SPARE_TIMERS {
+                spare.push(timer);
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    }
+
+    fn spares() -> usize {
+        SPARE_TIMERS.with_borrow(|(_, spare)| spare.len())
+    }
+
+    #[test]
+    fn timeouts_keep_their_timers_and_still_fire() {
+        std::thread::spawn(|| {
+            runtime().block_on(async {
+                let now = tokio::time::Instant::now;
+                let done = timeout_at(now() + Duration::from_secs(15), async { 7 }).await;
+                assert_eq!(done, Ok(7));
+                assert_eq!(spares(), 1, "kept for the next timeout");
+                // The kept timer, moved later, fires at its new deadline.
+                let started = now();
+                let late = timeout_at(
+                    started + Duration::from_secs(20),
+                    std::future::pending::<()>(),
+                );
+                assert_eq!(late.await, Err(Elapsed));
+                assert_eq!(started.elapsed(), Duration::from_secs(20));
+                assert_eq!(spares(), 0, "a timer that fired is not kept");
+                // Moved earlier, it fires at the earlier deadline.
+                let _ = timeout_at(now() + Duration::from_secs(30), async {}).await;
+                let started = now();
+                let early = timeout_at(
+                    started + Duration::from_secs(1),
+                    std::future::pending::<()>(),
+                );
+                assert_eq!(early.await, Err(Elapsed));
+                assert_eq!(started.elapsed(), Duration::from_secs(1));
+            });
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_timer_kept_from_a_runtime_that_shut_down_is_not_reused() {
+        std::thread::spawn(|| {
+            runtime().block_on(async {
+                let _ = timeout_at(
+                    tokio::time::Instant::now() + Duration::from_secs(15),
+                    async {},
+                )
+                .await;
+            });
+            assert_eq!(spares(), 1);
+            runtime().block_on(async {
+                let started = tokio::time::Instant::now();
+                let late = timeout_at(
+                    started + Duration::from_secs(2),
+                    std::future::pending::<()>(),
+                );
+                assert_eq!(late.await, Err(Elapsed));
+                assert_eq!(started.elapsed(), Duration::from_secs(2));
+            });
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn a_thread_without_a_ticker_reads_the_clock() {

@@ -225,7 +225,9 @@ impl Upstream {
         endpoint.stats.rq_active.fetch_add(1, Ordering::Relaxed);
         let sent = std::pin::pin!(self.pools.send(&endpoint, req, held));
         let result = match timeout {
-            Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
+            Some(t) => crate::clock::timeout_at(started + t, sent)
+                .await
+                .map_err(|_| ()),
             None => Ok(sent.await),
         };
         stats.upstream_rq_active.dec();

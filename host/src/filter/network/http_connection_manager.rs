@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::time::Instant;
 
 use crate::access_log::{AccessLog, AccessLogSettings, HttpInfo, ResponseFlags, StreamInfo};
+use crate::clock;
 use crate::cluster::WorkerClusters;
 use crate::config::path::{index, join};
 use crate::config::{CodecType, HttpConnectionManagerConfig, HttpFilterConfig, ValidationError};
@@ -422,7 +423,7 @@ impl HttpConnectionManager {
             let filtered = Box::pin(self.filtered(req, conn));
             match deadline {
                 None => filtered.await,
-                Some(limit) => match tokio::time::timeout(limit, filtered).await {
+                Some(limit) => match clock::timeout_at(started + limit, filtered).await {
                     Ok(r) => r,
                     Err(_) => Ok(stream_timeout().map(ResponseBody::from)),
                 },
@@ -634,7 +635,7 @@ impl HttpConnectionManager {
                     std::pin::pin!(upstream.forward(req, fwd.timeout, fwd.retry.as_ref(), how));
                 let mut resp = match deadline {
                     Some(d) if fwd.timeout.is_none_or(|t| t > d) => {
-                        match tokio::time::timeout(d, forwarded).await {
+                        match clock::timeout_at(sent + d, forwarded).await {
                             Ok(r) => r,
                             Err(_) => return stream_timeout(),
                         }

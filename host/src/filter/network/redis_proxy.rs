@@ -912,7 +912,8 @@ async fn await_reply(
 ) -> ReplyResult {
     let rx = pending?;
     stats.upstream_rq_active.inc();
-    let result = match tokio::time::timeout(op_timeout, rx).await {
+    let deadline = tokio::time::Instant::now() + op_timeout;
+    let result = match crate::clock::timeout_at(deadline, rx).await {
         Ok(Ok(r)) => r,
         Ok(Err(_)) => Err(UpstreamError::Failure),
         Err(_) => {

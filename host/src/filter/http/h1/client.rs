@@ -31,8 +31,8 @@ use tokio::net::TcpStream;
 use super::super::body::{Body, BoxError};
 use super::super::pool::Opened;
 use super::{
-    Chunk, Decoded, Decoder, Error, Fields, MAX_HEADERS, content_length, encode_chunk,
-    encode_field, encode_last_chunk, header_map, spans,
+    Chunk, Decoded, Decoder, Error, MAX_HEADERS, encode_chunk, encode_field, encode_last_chunk,
+    header_map, spans,
 };
 use crate::clock;
 use crate::cluster::{Held, UpstreamHttp};
@@ -460,8 +460,8 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Head>, E
     let mut fields_at = [[0; 4]; MAX_HEADERS];
     let count = spans(read, parsed.headers, &mut fields_at);
     let head = read.split_to(len).freeze();
-    let mut headers = header_map(&head, &fields_at[..count])?;
-    let fields = Fields::of(&headers);
+    let (mut headers, fields) = header_map(&head, &fields_at[..count])?;
+    let persistent = fields.persistent(version);
     let decoder = if head_request || matches!(status.as_u16(), 100..=199 | 204 | 304) {
         Decoder::Length(0)
     } else if let Some(chunked) = fields.chunked {
@@ -472,15 +472,11 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Head>, E
         } else {
             Decoder::Eof
         }
-    } else if fields.content_length {
-        match content_length(&headers)? {
-            Some(n) => Decoder::Length(n),
-            None => Decoder::Eof,
-        }
+    } else if let Some(length) = fields.content_length {
+        Decoder::Length(length?)
     } else {
         Decoder::Eof
     };
-    let persistent = fields.persistent(&headers, version);
     let keep_alive = persistent && !matches!(decoder, Decoder::Eof);
     Ok(Some(Head {
         status,

@@ -34,25 +34,6 @@ pub enum Error {
     RequestBody(BoxError),
 }
 
-/// A message's length from its content-length fields: all must agree.
-pub(super) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let n = std::str::from_utf8(part.trim_ascii())
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(Error::Malformed("invalid content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Error::Malformed("conflicting content-length"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(length)
-}
-
 /// Reads what `io` has into `read`, at least `want` bytes' room (within
 /// limits). Room is made only once the socket is readable: while a
 /// message is in flight its head may still share the buffer, and
@@ -125,68 +106,101 @@ pub fn recycle(mut headers: HeaderMap) {
     });
 }
 
-/// The header map of a frozen head, its values sharing the head's bytes.
-fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, Error> {
+/// The header map of a frozen head, its values sharing the head's bytes,
+/// and what its fields say about framing and persistence.
+fn header_map(head: &Bytes, spans: &[Span]) -> Result<(HeaderMap, Fields), Error> {
+    let mut fields = Fields::default();
     let mut headers = SPARE_MAPS.with_borrow_mut(Vec::pop).unwrap_or_default();
     headers.reserve(spans.len() + ADDED_FIELDS);
     for span in spans {
         let [n0, n1, v0, v1] = span.map(|o| o as usize);
         let name = HeaderName::from_bytes(&head[n0..n1])
             .map_err(|_| Error::Malformed("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
-            .map_err(|_| Error::Malformed("invalid header value"))?;
+        // SAFETY: the contract is not about memory: a `HeaderValue` must
+        // hold only bytes its checked constructors accept (tab, 0x20-0x7e,
+        // 0x80-0xff), which is exactly the set httparse allows in a field
+        // value (its HEADER_VALUE_MAP) and has checked already. Debug
+        // builds check again.
+        #[allow(unsafe_code)]
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(v0..v1)) };
+        fields.note(&name, &value);
         headers.append(name, value);
     }
-    Ok(headers)
+    Ok((headers, fields))
 }
 
-/// What a head's fields say about framing and persistence, found in one
-/// pass over them (a hashed lookup for each would cost more).
+/// What a head's fields say about framing and persistence, noted as the
+/// head's map is built (a hashed lookup for each would cost more).
 #[derive(Default)]
 struct Fields {
     /// Whether the last transfer coding is chunked, if there is one.
     chunked: Option<bool>,
-    content_length: bool,
-    connection: bool,
+    /// The content-length fields' value, if there are any: all must agree.
+    content_length: Option<Result<u64, Error>>,
+    /// Which tokens the connection fields list.
+    close: bool,
+    keep_alive: bool,
     host: bool,
     expect_continue: bool,
 }
 
 impl Fields {
-    fn of(headers: &HeaderMap) -> Self {
-        let mut f = Fields::default();
-        for (name, value) in headers {
-            if name == TRANSFER_ENCODING {
-                f.chunked = Some(ends_chunked(value));
-            } else if name == CONTENT_LENGTH {
-                f.content_length = true;
-            } else if name == CONNECTION {
-                f.connection = true;
-            } else if name == HOST {
-                f.host = true;
-            } else if name == EXPECT {
-                f.expect_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
-            }
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
+        if name == TRANSFER_ENCODING {
+            self.chunked = Some(ends_chunked(value));
+        } else if name == CONTENT_LENGTH {
+            self.content_length = Some(match self.content_length.take() {
+                Some(Err(e)) => Err(e),
+                Some(Ok(n)) => agreed_length(value, Some(n)),
+                None => agreed_length(value, None),
+            });
+        } else if name == CONNECTION {
+            self.close |= lists(value, b"close");
+            self.keep_alive |= lists(value, b"keep-alive");
+        } else if name == HOST {
+            self.host = true;
+        } else if name == EXPECT {
+            self.expect_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         }
-        f
     }
 
     /// Whether the connection stays open after this message.
-    fn persistent(&self, headers: &HeaderMap, version: Version) -> bool {
+    fn persistent(&self, version: Version) -> bool {
         match version {
-            Version::HTTP_10 => self.connection && has_token(headers, b"keep-alive"),
-            _ => !(self.connection && has_token(headers, b"close")),
+            Version::HTTP_10 => self.keep_alive,
+            _ => !self.close,
         }
     }
 }
 
+/// The length a content-length field gives, which must be `known` if
+/// an earlier one gave that (a list is allowed when all its parts agree).
+fn agreed_length(value: &HeaderValue, mut known: Option<u64>) -> Result<u64, Error> {
+    for part in value.as_bytes().split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        let n = (!part.is_empty())
+            .then(|| {
+                part.iter().try_fold(0u64, |n, &b| {
+                    let digit = b.checked_sub(b'0').filter(|d| *d < 10)?;
+                    n.checked_mul(10)?.checked_add(u64::from(digit))
+                })
+            })
+            .flatten()
+            .ok_or(Error::Malformed("invalid content-length"))?;
+        if known.is_some_and(|l| l != n) {
+            return Err(Error::Malformed("conflicting content-length"));
+        }
+        known = Some(n);
+    }
+    known.ok_or(Error::Malformed("invalid content-length"))
+}
+
 /// Whether a `connection` field lists `token`.
-fn has_token(headers: &HeaderMap, token: &[u8]) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-    })
+fn lists(value: &HeaderValue, token: &[u8]) -> bool {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Whether the last transfer coding of a `transfer-encoding` field is
@@ -365,11 +379,81 @@ mod tests {
         let room = old.capacity();
         recycle(old);
         let head = Bytes::from_static(b"x-a: 1\r\n");
-        let map = header_map(&head, &[[0, 3, 5, 6]]).unwrap();
+        let (map, _) = header_map(&head, &[[0, 3, 5, 6]]).unwrap();
         assert_eq!(map.len(), 1);
         assert_eq!(map["x-a"], "1");
         assert!(map.get(HOST).is_none());
         assert_eq!(map.capacity(), room, "the spare map, not a new one");
+    }
+
+    /// The fields noted of a head with these name/value pairs.
+    fn noted(fields: &[(&str, &str)]) -> Fields {
+        let mut noted = Fields::default();
+        for (n, v) in fields {
+            noted.note(
+                &HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                &HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        noted
+    }
+
+    #[test]
+    fn content_lengths_must_agree_and_be_digits() {
+        let length = |f: &[(&str, &str)]| {
+            noted(f)
+                .content_length
+                .map(|l| l.map_err(|e| e.to_string()))
+        };
+        assert_eq!(length(&[]), None);
+        assert_eq!(length(&[("Content-Length", "23")]), Some(Ok(23)));
+        assert_eq!(
+            length(&[("content-length", " 7 , 7"), ("content-length", "7")]),
+            Some(Ok(7))
+        );
+        assert_eq!(
+            length(&[("content-length", "18446744073709551615")]),
+            Some(Ok(u64::MAX))
+        );
+        for bad in ["", "-1", "+1", "1e3", "0x10", "18446744073709551616", "1,"] {
+            assert_eq!(
+                length(&[("content-length", bad)]),
+                Some(Err("malformed message: invalid content-length".into())),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            length(&[("content-length", "1"), ("content-length", "2")]),
+            Some(Err("malformed message: conflicting content-length".into()))
+        );
+        assert_eq!(
+            length(&[("content-length", "x"), ("content-length", "2")]),
+            Some(Err("malformed message: invalid content-length".into())),
+            "the first error stands"
+        );
+    }
+
+    #[test]
+    fn connection_tokens_decide_persistence() {
+        let persistent = |f: &[(&str, &str)], v| noted(f).persistent(v);
+        assert!(persistent(&[], Version::HTTP_11));
+        assert!(!persistent(
+            &[("connection", "Keep-Alive, CLOSE")],
+            Version::HTTP_11
+        ));
+        assert!(!persistent(
+            &[("connection", "upgrade"), ("connection", "close")],
+            Version::HTTP_11
+        ));
+        assert!(!persistent(&[], Version::HTTP_10));
+        assert!(persistent(
+            &[("connection", " keep-alive ")],
+            Version::HTTP_10
+        ));
+        assert!(!persistent(
+            &[("connection", "keep-alive-ish")],
+            Version::HTTP_10
+        ));
     }
 
     /// Decodes `wire` fed in pieces of `step` bytes.

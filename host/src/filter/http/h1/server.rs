@@ -34,8 +34,8 @@ use tokio::net::TcpStream;
 
 use super::super::body::{Body, BoxError, ResponseBody};
 use super::{
-    Chunk, Decoded, Decoder, Error, Fields, MAX_HEADERS, content_length, encode_chunk,
-    encode_field, encode_last_chunk, has_token, header_map, spans,
+    Chunk, Decoded, Decoder, Error, MAX_HEADERS, encode_chunk, encode_field, encode_last_chunk,
+    header_map, lists, spans,
 };
 use crate::stats::Counter;
 
@@ -372,25 +372,21 @@ fn parse_head(read: &mut BytesMut, settings: &Settings) -> Result<Option<Head>, 
     let count = spans(read, parsed.headers, &mut fields_at);
     let head = read.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_span)).map_err(|_| BAD_REQUEST)?;
-    let mut headers = header_map(&head, &fields_at[..count]).map_err(|_| BAD_REQUEST)?;
-    let fields = Fields::of(&headers);
-    let body = match fields.chunked {
+    let (mut headers, fields) = header_map(&head, &fields_at[..count]).map_err(|_| BAD_REQUEST)?;
+    let keep_alive = fields.persistent(version);
+    let body = match (fields.chunked, fields.content_length) {
         // A length and a coding together could be read two ways: refused,
         // as Envoy does.
-        Some(_) if fields.content_length => return Err(BAD_REQUEST),
-        Some(true) => Decoder::Chunked(Chunk::Size),
-        Some(false) => {
+        (Some(_), Some(_)) => return Err(BAD_REQUEST),
+        (Some(true), None) => Decoder::Chunked(Chunk::Size),
+        (Some(false), None) => {
             return Err(Refusal::Answer(
                 StatusCode::NOT_IMPLEMENTED,
                 "Not Implemented",
             ));
         }
-        None if fields.content_length => Decoder::Length(
-            content_length(&headers)
-                .map_err(|_| BAD_REQUEST)?
-                .unwrap_or(0),
-        ),
-        None => Decoder::Length(0),
+        (None, Some(length)) => Decoder::Length(length.map_err(|_| BAD_REQUEST)?),
+        (None, None) => Decoder::Length(0),
     };
     if !fields.host {
         match version {
@@ -403,7 +399,6 @@ fn parse_head(read: &mut BytesMut, settings: &Settings) -> Result<Option<Head>, 
             },
         }
     }
-    let keep_alive = fields.persistent(&headers, version);
     // wasp answers `Expect: 100-continue` itself (Envoy's default), so
     // the upstream does not see it.
     let expect_continue = fields.expect_continue;
@@ -492,7 +487,7 @@ async fn respond(
     let (mut declared, mut has_date) = (None, false);
     for (name, value) in &parts.headers {
         if name == CONNECTION {
-            keep_alive &= !has_token(&parts.headers, b"close");
+            keep_alive &= !lists(value, b"close");
             continue;
         }
         if name == TRANSFER_ENCODING {
