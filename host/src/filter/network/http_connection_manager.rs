@@ -761,18 +761,27 @@ fn request_id() -> HeaderValue {
 /// A random (version 4) UUID, as Envoy's x-request-id, written out
 /// without the formatting machinery (this runs for every request).
 fn uuid_v4() -> [u8; 36] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    // 122 random bits, then the version (4) and variant (10) bits.
-    let bits = (u128::from(fastrand::u64(..)) << 64 | u128::from(fastrand::u64(..)))
-        & !(0xf000 << 64 | 0xc000 << 48)
-        | (0x4000 << 64 | 0x8000 << 48);
-    let mut out = [b'-'; 36];
-    let mut nibble = 32;
-    for (i, o) in out.iter_mut().enumerate() {
-        if !matches!(i, 8 | 13 | 18 | 23) {
-            nibble -= 1;
-            *o = HEX[(bits >> (nibble * 4)) as usize & 0xf];
+    /// Each byte's two hex digits.
+    const HEX: [[u8; 2]; 256] = {
+        let digits = b"0123456789abcdef";
+        let mut table = [[0; 2]; 256];
+        let mut b = 0;
+        while b < 256 {
+            table[b] = [digits[b >> 4], digits[b & 0xf]];
+            b += 1;
         }
+        table
+    };
+    let mut bytes =
+        (u128::from(fastrand::u64(..)) << 64 | u128::from(fastrand::u64(..))).to_be_bytes();
+    // 122 random bits, then the version (4) and variant (10) bits.
+    bytes[6] = bytes[6] & 0x0f | 0x40;
+    bytes[8] = bytes[8] & 0x3f | 0x80;
+    let mut out = [b'-'; 36];
+    // Where each byte's digits go: groups of 4, 2, 2, 2 and 6 bytes.
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+    for (b, at) in bytes.iter().zip(AT) {
+        out[at..at + 2].copy_from_slice(&HEX[usize::from(*b)]);
     }
     out
 }
