@@ -15,6 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::time::Sleep;
 
+use crate::spare::Spares;
+
 /// How often a worker refreshes its cached time: the staleness allowed.
 pub const TICK: Duration = Duration::from_millis(500);
 
@@ -85,14 +87,20 @@ pub async fn timeout_at<F: Future>(
 pub struct Elapsed;
 
 /// At most this many timers kept per thread.
-const MAX_SPARE_TIMERS: usize = 256;
+const MAX_SPARE_TIMERS: usize = 4096;
 
 thread_local! {
     /// The timers kept, and the runtime whose wheel they are in: a thread
     /// may run one runtime after another (tests do), and a timer is
     /// useless to any runtime but its own.
-    static SPARE_TIMERS: RefCell<(Option<tokio::runtime::Id>, Vec<Pin<Box<Sleep>>>)> =
-        const { RefCell::new((None, Vec::new())) };
+    static SPARE_TIMERS: RefCell<(Option<tokio::runtime::Id>, Spares<Pin<Box<Sleep>>>)> =
+        const { RefCell::new((None, Spares::new(MAX_SPARE_TIMERS))) };
+}
+
+/// Gives back the timers this thread's requests did not need lately (see
+/// [`crate::spare`]).
+pub fn trim_spares() {
+    SPARE_TIMERS.with_borrow_mut(|(_, spare)| spare.trim());
 }
 
 /// A timer taken for one timeout, kept again when it is dropped.
@@ -106,7 +114,7 @@ impl Spare {
                 spare.clear();
                 *kept_for = Some(runtime);
             }
-            spare.pop()
+            spare.take()
         });
         Spare(Some(match kept {
             Some(mut timer) => {
@@ -127,11 +135,7 @@ impl Drop for Spare {
         let Some(timer) = self.0.take().filter(|t| !t.is_elapsed()) else {
             return;
         };
-        SPARE_TIMERS.with_borrow_mut(|(_, spare)| {
-            if spare.len() < MAX_SPARE_TIMERS {
-                spare.push(timer);
-            }
-        });
+        SPARE_TIMERS.with_borrow_mut(|(_, spare)| spare.keep(timer));
     }
 }
 

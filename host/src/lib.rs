@@ -42,6 +42,7 @@ pub mod config;
 pub mod filter;
 pub mod listener;
 pub mod server;
+pub mod spare;
 pub mod stats;
 pub mod wasm;
 pub mod worker;

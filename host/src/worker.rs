@@ -80,6 +80,7 @@ async fn tick_clock() {
     loop {
         tick.tick().await;
         clock::tick();
+        crate::spare::trim();
     }
 }
 

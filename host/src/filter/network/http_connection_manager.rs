@@ -704,15 +704,23 @@ fn remove_hop_by_hop(headers: &mut http::HeaderMap) {
     }
 }
 
-/// A duration in whole milliseconds as a header value; the common small
-/// ones without allocating.
+/// A duration in whole milliseconds as a header value, without
+/// allocating below a second (the text of each is written once per
+/// process).
 fn milliseconds(d: std::time::Duration) -> HeaderValue {
-    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    /// "0" to "999", one after another.
+    static DIGITS: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
+        let text: String = (0..1000).map(|n: u32| n.to_string()).collect();
+        Box::leak(text.into_boxed_str())
+    });
     let ms = d.as_millis() as u64;
-    match SMALL.get(ms as usize) {
-        Some(s) => HeaderValue::from_static(s),
-        None => HeaderValue::from(ms),
-    }
+    let (at, len) = match ms as usize {
+        n @ 0..10 => (n, 1),
+        n @ 10..100 => (10 + (n - 10) * 2, 2),
+        n @ 100..1000 => (190 + (n - 100) * 3, 3),
+        _ => return HeaderValue::from(ms),
+    };
+    HeaderValue::from_static(&DIGITS[at..at + len])
 }
 
 /// What a stream stopped by a wasm filter answers: its reply, or a reset.
@@ -788,6 +796,14 @@ fn uuid_v4() -> [u8; 36] {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn milliseconds_are_whole_numbers() {
+        for ms in [0, 7, 9, 10, 42, 99, 100, 512, 999, 1000, 123_456] {
+            let v = super::milliseconds(std::time::Duration::from_micros(ms * 1000 + 999));
+            assert_eq!(v.to_str().unwrap(), ms.to_string());
+        }
+    }
+
     #[test]
     fn request_ids_are_version_4_uuids() {
         let a = super::uuid_v4();

@@ -36,6 +36,7 @@ use super::{
 };
 use crate::clock;
 use crate::cluster::{Held, UpstreamHttp};
+use crate::spare::Spares;
 
 /// Most bytes of a response head or trailer block (Envoy's limit).
 const MAX_HEAD: usize = 60 * 1024;
@@ -209,7 +210,9 @@ impl Upload {
     pub fn new(req: &mut Request<Body>) -> Self {
         let body = std::mem::replace(req.body_mut(), Body::empty());
         let (method, headers) = (req.method(), req.headers());
-        let mut out = SPARE_HEAD.take();
+        let mut out = SPARE_HEADS
+            .with_borrow_mut(Spares::take)
+            .unwrap_or_default();
         out.reserve(512);
         out.extend_from_slice(method.as_str().as_bytes());
         out.push(b' ');
@@ -318,17 +321,20 @@ impl Upload {
 }
 
 thread_local! {
-    /// A request head buffer to reuse: one is in use per request, and the
-    /// next request can take it back instead of allocating.
-    static SPARE_HEAD: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// Request head buffers to reuse: one is in use per request in flight.
+    static SPARE_HEADS: RefCell<Spares<Vec<u8>>> = const { RefCell::new(Spares::new(1024)) };
+}
+
+pub(super) fn trim_spares() {
+    SPARE_HEADS.with_borrow_mut(Spares::trim);
 }
 
 impl Drop for Upload {
     fn drop(&mut self) {
         let mut out = std::mem::take(&mut self.out);
-        if out.capacity() <= 64 * 1024 {
+        if (1..=64 * 1024).contains(&out.capacity()) {
             out.clear();
-            SPARE_HEAD.set(out);
+            SPARE_HEADS.with_borrow_mut(|spare| spare.keep(out));
         }
     }
 }

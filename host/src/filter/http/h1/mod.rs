@@ -13,6 +13,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Version};
 
 use super::body::BoxError;
+use crate::spare::Spares;
 
 pub mod client;
 pub mod server;
@@ -84,12 +85,12 @@ thread_local! {
     /// request builds two: reusing them took the allocator's share of a
     /// proxied request from ~1,900 instructions to ~300 (callgrind,
     /// under wrk).
-    static SPARE_MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+    static SPARE_MAPS: RefCell<Spares<HeaderMap>> = const { RefCell::new(Spares::new(MAX_SPARE_MAPS)) };
 }
 
-/// At most this many spare maps per thread, each with room for at most
-/// [`MAX_SPARE_CAPACITY`] fields: a few hundred KiB at worst.
-const MAX_SPARE_MAPS: usize = 64;
+/// At most this many spare maps per thread (two per request in flight),
+/// each with room for at most [`MAX_SPARE_CAPACITY`] fields.
+const MAX_SPARE_MAPS: usize = 2048;
 const MAX_SPARE_CAPACITY: usize = 48;
 
 /// Takes a finished message's header map for reuse by the next head parsed.
@@ -99,18 +100,21 @@ pub fn recycle(mut headers: HeaderMap) {
         return;
     }
     headers.clear();
-    SPARE_MAPS.with_borrow_mut(|spare| {
-        if spare.len() < MAX_SPARE_MAPS {
-            spare.push(headers);
-        }
-    });
+    SPARE_MAPS.with_borrow_mut(|spare| spare.keep(headers));
+}
+
+/// Gives back to the allocator the maps and buffers this thread's
+/// requests did not need lately (see [`crate::spare`]).
+pub fn trim_spares() {
+    SPARE_MAPS.with_borrow_mut(Spares::trim);
+    client::trim_spares();
 }
 
 /// The header map of a frozen head, its values sharing the head's bytes,
 /// and what its fields say about framing and persistence.
 fn header_map(head: &Bytes, spans: &[Span]) -> Result<(HeaderMap, Fields), Error> {
     let mut fields = Fields::default();
-    let mut headers = SPARE_MAPS.with_borrow_mut(Vec::pop).unwrap_or_default();
+    let mut headers = SPARE_MAPS.with_borrow_mut(Spares::take).unwrap_or_default();
     headers.reserve(spans.len() + ADDED_FIELDS);
     for span in spans {
         let [n0, n1, v0, v1] = span.map(|o| o as usize);
