@@ -93,9 +93,11 @@ thread_local! {
     /// The timers kept, and the runtime whose wheel they are in: a thread
     /// may run one runtime after another (tests do), and a timer is
     /// useless to any runtime but its own.
-    static SPARE_TIMERS: RefCell<(Option<tokio::runtime::Id>, Spares<Pin<Box<Sleep>>>)> =
+    static SPARE_TIMERS: RefCell<(Option<tokio::runtime::Id>, Spares<Timer>)> =
         const { RefCell::new((None, Spares::new(MAX_SPARE_TIMERS))) };
 }
+
+type Timer = Pin<Box<Sleep>>;
 
 /// Gives back the timers this thread's requests did not need lately (see
 /// [`crate::spare`]).
@@ -104,7 +106,7 @@ pub fn trim_spares() {
 }
 
 /// A timer taken for one timeout, kept again when it is dropped.
-struct Spare(Option<Pin<Box<Sleep>>>);
+struct Spare(Option<Timer>);
 
 impl Spare {
     fn take(deadline: tokio::time::Instant) -> Spare {
@@ -160,10 +162,18 @@ mod tests {
         std::thread::spawn(|| {
             runtime().block_on(async {
                 let now = tokio::time::Instant::now;
-                let done = timeout_at(now() + Duration::from_secs(15), async { 7 }).await;
-                assert_eq!(done, Ok(7));
+                // Pending once, so that the timer is polled into the wheel.
+                let once = async {
+                    tokio::task::yield_now().await;
+                    7
+                };
+                assert_eq!(
+                    timeout_at(now() + Duration::from_secs(15), once).await,
+                    Ok(7)
+                );
                 assert_eq!(spares(), 1, "kept for the next timeout");
-                // The kept timer, moved later, fires at its new deadline.
+                // The kept timer, moved later in the wheel, fires at its new
+                // deadline and not at the old one.
                 let started = now();
                 let late = timeout_at(
                     started + Duration::from_secs(20),
