@@ -745,10 +745,11 @@ pub struct ClusterStats {
     pub upstream_rq_pending_total: Counter,
     pub upstream_rq_pending_active: Gauge,
     /// HTTP connections opened, by version, and closed for having carried
-    /// max_requests_per_connection requests.
+    /// max_requests_per_connection requests or for idling idle_timeout.
     pub upstream_cx_http1_total: Counter,
     pub upstream_cx_http2_total: Counter,
     pub upstream_cx_max_requests: Counter,
+    pub upstream_cx_idle_timeout: Counter,
     pub upstream_cx_connect_ms: Histogram,
     pub upstream_cx_length_ms: Histogram,
     /// What [`WorkerCluster::charge`] counts.
@@ -793,6 +794,7 @@ impl ClusterStats {
             upstream_cx_http1_total: scope.counter("upstream_cx_http1_total"),
             upstream_cx_http2_total: scope.counter("upstream_cx_http2_total"),
             upstream_cx_max_requests: scope.counter("upstream_cx_max_requests"),
+            upstream_cx_idle_timeout: scope.counter("upstream_cx_idle_timeout"),
             upstream_cx_connect_ms: scope.histogram("upstream_cx_connect_ms"),
             upstream_cx_length_ms: scope.histogram("upstream_cx_length_ms"),
             charged: RefCell::default(),

@@ -1228,7 +1228,8 @@ fn circuit_breakers_overflow_as_envoy_does() {
 /// A cluster's `HttpProtocolOptions`, through wasp and Envoy alike:
 /// `use_downstream_protocol_config` speaks the client's version upstream,
 /// `max_requests_per_connection` retires a connection after that many
-/// requests, and `idle_timeout` one left unused that long.
+/// requests, and `idle_timeout` one left unused that long (HTTP/1.1 or
+/// HTTP/2).
 #[test]
 fn upstream_http_protocol_options_as_envoy_applies_them() {
     let backend = HttpBackend::start("options");
@@ -1251,9 +1252,12 @@ fn upstream_http_protocol_options_as_envoy_applies_them() {
     ) + &cluster(
         "idle",
         "        common_http_protocol_options: { idle_timeout: 0.5s }\n        explicit_http_config: { http_protocol_options: {} }\n",
+    ) + &cluster(
+        "h2idle",
+        "        common_http_protocol_options: { idle_timeout: 0.5s }\n        explicit_http_config: { http2_protocol_options: {} }\n",
     );
     let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n".to_string()
-        + &["follow", "capped", "idle"]
+        + &["follow", "capped", "idle", "h2idle"]
             .map(|c| {
                 format!("              - match: {{ prefix: \"/{c}\" }}\n                route: {{ cluster: {c} }}\n")
             })
@@ -1309,9 +1313,39 @@ fn upstream_http_protocol_options_as_envoy_applies_them() {
         std::thread::sleep(std::time::Duration::from_millis(1500));
         assert_eq!(curl(&[&url("/idle")]).status, 200, "{kind:?}");
         assert_eq!(
-            proxy.stat("cluster.idle.upstream_cx_total"),
-            2,
+            [
+                proxy.stat("cluster.idle.upstream_cx_total"),
+                proxy.stat("cluster.idle.upstream_cx_idle_timeout"),
+            ],
+            [2, 1],
             "{kind:?}: reused at once, not after idling"
+        );
+
+        // An HTTP/2 connection idles once its last stream is done.
+        assert_eq!(curl(&[&url("/h2idle")]).status, 200, "{kind:?}");
+        assert_eq!(curl(&[&url("/h2idle")]).status, 200, "{kind:?}");
+        assert_eq!(
+            proxy.stat("cluster.h2idle.upstream_cx_total"),
+            1,
+            "{kind:?}"
+        );
+        wasp_tests::eventually(
+            std::time::Duration::from_secs(5),
+            "an idle HTTP/2 connection closed",
+            || {
+                (proxy.stat("cluster.h2idle.upstream_cx_idle_timeout") == 1
+                    && proxy.stat("cluster.h2idle.upstream_cx_active") == 0)
+                    .then_some(())
+            },
+        );
+        assert_eq!(curl(&[&url("/h2idle")]).status, 200, "{kind:?}");
+        assert_eq!(
+            [
+                proxy.stat("cluster.h2idle.upstream_cx_total"),
+                proxy.stat("cluster.h2idle.upstream_cx_http2_total"),
+            ],
+            [2, 2],
+            "{kind:?}: a new connection after the idle one closed"
         );
     }
 }

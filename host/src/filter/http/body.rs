@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::h1::client::UpstreamBody;
 use super::h1::server::RequestBody;
-use crate::cluster::Held;
+use super::pool::H2Stream;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -24,9 +24,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum Body {
     /// From hyper: an HTTP/2 client's request.
     Incoming(Incoming),
-    /// An HTTP/2 response from an upstream, with its request's unit of
-    /// the cluster's `max_requests`.
-    UpstreamH2(Incoming, Held),
+    /// An HTTP/2 response from an upstream, with what its stream holds
+    /// until the body is done.
+    UpstreamH2(Incoming, H2Stream),
     /// A request from an HTTP/1.1 client, read off its connection as it
     /// is polled.
     Downstream(RequestBody),

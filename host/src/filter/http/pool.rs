@@ -7,7 +7,7 @@
 //! HTTP/1.1 connection is driven by the request using it and goes back on
 //! the stack as soon as its response is complete (see [`h1`]).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -42,8 +42,15 @@ type ByEndpoint<T> = HashMap<SocketAddr, T, foldhash::fast::RandomState>;
 pub struct Pools {
     cluster: Rc<WorkerCluster>,
     h1: RefCell<ByEndpoint<Rc<h1::EndpointPool>>>,
-    /// Each endpoint's HTTP/2 connection, with the streams it has carried.
-    h2: RefCell<ByEndpoint<(http2::SendRequest<Body>, u32)>>,
+    h2: RefCell<ByEndpoint<H2Conn>>,
+}
+
+/// An endpoint's HTTP/2 connection: how requests go on it, how many it has
+/// carried, and its streams in flight.
+struct H2Conn {
+    sender: http2::SendRequest<Body>,
+    carried: u32,
+    streams: Rc<H2Streams>,
 }
 
 /// Keeps Envoy's connection stats for one upstream connection while it is
@@ -81,6 +88,11 @@ impl Opened {
     /// max_requests_per_connection requests.
     pub fn retired(&self) {
         self.cluster.stats.upstream_cx_max_requests.inc();
+    }
+
+    /// Counts the connection as closed for idling `idle_timeout`.
+    pub fn idled(&self) {
+        self.cluster.stats.upstream_cx_idle_timeout.inc();
     }
 
     /// Counts bytes read from the upstream.
@@ -225,45 +237,50 @@ impl Pools {
         let current = {
             let mut h2 = self.h2.borrow_mut();
             match h2.get_mut(&endpoint.address) {
-                Some((s, streams)) if !s.is_closed() => {
-                    *streams += 1;
-                    let s = s.clone();
-                    if spent(*streams) {
+                Some(c) if !c.sender.is_closed() => {
+                    c.carried += 1;
+                    let taken = (c.sender.clone(), c.streams.clone());
+                    if spent(c.carried) {
                         h2.remove(&endpoint.address);
                         self.cluster.stats.upstream_cx_max_requests.inc();
                     }
-                    Some(s)
+                    Some(taken)
                 }
                 _ => None,
             }
         };
-        let mut sender = match current {
-            Some(s) => s,
+        let (mut sender, streams) = match current {
+            Some(taken) => taken,
             None => {
-                let s = Box::pin(self.connect_h2(endpoint, held.priority())).await?;
+                let (sender, streams) =
+                    Box::pin(self.connect_h2(endpoint, held.priority())).await?;
                 if spent(1) {
                     self.cluster.stats.upstream_cx_max_requests.inc();
                 } else {
-                    self.h2
-                        .borrow_mut()
-                        .insert(endpoint.address, (s.clone(), 1));
+                    let conn = H2Conn {
+                        sender: sender.clone(),
+                        carried: 1,
+                        streams: streams.clone(),
+                    };
+                    self.h2.borrow_mut().insert(endpoint.address, conn);
                 }
-                s
+                (sender, streams)
             }
         };
+        let stream = H2Stream::new(held, streams);
         let req = std::mem::replace(req, Request::new(Body::empty()));
         let resp = sender
             .send_request(req)
             .await
             .map_err(|e| SendError::Upstream(e.into()))?;
-        Ok(resp.map(|b| Body::UpstreamH2(b, held)))
+        Ok(resp.map(|b| Body::UpstreamH2(b, stream)))
     }
 
     async fn connect_h2(
         &self,
         endpoint: &Arc<Endpoint>,
         priority: Priority,
-    ) -> Result<http2::SendRequest<Body>, SendError> {
+    ) -> Result<(http2::SendRequest<Body>, Rc<H2Streams>), SendError> {
         let stats = &self.cluster.stats;
         let io = TokioIo::new(CountedIo::new(
             Bytes::new(),
@@ -284,13 +301,47 @@ impl Pools {
             .unwrap_or_else(|| self.cluster.hold(Breaker::Connections, priority));
         let opened = Opened::new(&self.cluster, endpoint, slot, Version::HTTP_2);
         let address = endpoint.address;
+        let streams = Rc::new(H2Streams {
+            active: Cell::new(0),
+            idle_since: Cell::new(Instant::now()),
+        });
+        let watched = streams.clone();
+        let idle_timeout = self.cluster.cluster.settings.upstream_http.idle_timeout;
         tokio::task::spawn_local(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(endpoint = %address, error = %e, "upstream connection ended");
+            let mut conn = std::pin::pin!(conn);
+            loop {
+                // While streams are open it cannot idle out sooner than a
+                // whole timeout from now: look again then.
+                let since = match watched.active.get() {
+                    0 => watched.idle_since.get(),
+                    _ => Instant::now(),
+                };
+                let idle = async {
+                    match since.checked_add(idle_timeout) {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    ended = conn.as_mut() => {
+                        if let Err(e) = ended {
+                            tracing::debug!(endpoint = %address, error = %e, "upstream connection ended");
+                        }
+                        break;
+                    }
+                    () = idle => if watched.active.get() == 0
+                        && watched.idle_since.get().elapsed() >= idle_timeout
+                    {
+                        // Dropping the connection closes it; the pool finds
+                        // its sender closed and opens another when needed.
+                        opened.idled();
+                        break;
+                    },
+                }
             }
             drop(opened);
         });
-        Ok(sender)
+        Ok((sender, streams))
     }
 
     async fn connect(&self, endpoint: &Endpoint) -> Result<TcpStream, SendError> {
@@ -298,6 +349,41 @@ impl Pools {
             .connect_to(endpoint)
             .await
             .map_err(SendError::Connect)
+    }
+}
+
+/// One HTTP/2 connection's streams in flight, and since when it has had
+/// none (an idle connection is one with no streams).
+pub struct H2Streams {
+    active: Cell<u32>,
+    idle_since: Cell<Instant>,
+}
+
+/// What a request's HTTP/2 stream holds until its response body is done:
+/// its unit of the cluster's `max_requests`, and its place among its
+/// connection's streams in flight.
+pub struct H2Stream {
+    _held: Held,
+    streams: Rc<H2Streams>,
+}
+
+impl H2Stream {
+    fn new(held: Held, streams: Rc<H2Streams>) -> Self {
+        streams.active.set(streams.active.get() + 1);
+        H2Stream {
+            _held: held,
+            streams,
+        }
+    }
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        let active = self.streams.active.get() - 1;
+        self.streams.active.set(active);
+        if active == 0 {
+            self.streams.idle_since.set(Instant::now());
+        }
     }
 }
 

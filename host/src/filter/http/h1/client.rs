@@ -166,9 +166,9 @@ impl EndpointPool {
     pub fn checkout(&self) -> Option<Box<Conn>> {
         loop {
             let (conn, since) = self.conns.borrow_mut().pop()?;
-            if clock::coarse_now().saturating_duration_since(since) <= self.idle_timeout
-                && conn.is_usable()
-            {
+            if clock::coarse_now().saturating_duration_since(since) > self.idle_timeout {
+                conn.opened.idled();
+            } else if conn.is_usable() {
                 return Some(conn);
             }
         }
@@ -184,7 +184,7 @@ impl EndpointPool {
         // The oldest are first: close those that have idled too long.
         if let Some(cutoff) = now.checked_sub(self.idle_timeout) {
             let stale = idle.partition_point(|(_, since)| *since < cutoff);
-            idle.drain(..stale);
+            idle.drain(..stale).for_each(|(c, _)| c.opened.idled());
         }
         if idle.len() < MAX_IDLE {
             idle.push((conn, now));
