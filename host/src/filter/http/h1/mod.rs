@@ -37,10 +37,10 @@ pub enum Error {
 
 /// Reads what `io` has into `read`, at least `want` bytes' room (within
 /// limits). When there is not that much room (or 1 KiB for a head), it
-/// is made only once the socket is readable: while a message is in flight its head may still
-/// share the buffer, and reserving then would allocate a new one each
-/// time. When there is, the read goes straight ahead (tokio's read checks
-/// readiness itself; a second check cost ~150 instructions a read).
+/// is made only once the socket is readable: while a message is in
+/// flight its head may still share the buffer, and reserving then would
+/// allocate a new one each time. When there is, the read goes straight
+/// ahead (tokio's read checks readiness itself).
 fn poll_fill(
     io: &mut tokio::net::TcpStream,
     read: &mut BytesMut,
@@ -157,11 +157,8 @@ impl Fields {
         if name == TRANSFER_ENCODING {
             self.chunked = Some(ends_chunked(value));
         } else if name == CONTENT_LENGTH {
-            self.content_length = Some(match self.content_length.take() {
-                Some(Err(e)) => Err(e),
-                Some(Ok(n)) => agreed_length(value, Some(n)),
-                None => agreed_length(value, None),
-            });
+            let known = self.content_length.take().transpose();
+            self.content_length = Some(known.and_then(|known| agreed_length(value, known)));
         } else if name == CONNECTION {
             self.close |= lists(value, b"close");
             self.keep_alive |= lists(value, b"keep-alive");
