@@ -157,6 +157,15 @@ mod tests {
         SPARE_TIMERS.with_borrow(|(_, spare)| spare.len())
     }
 
+    /// Asserts that a timeout of `after` over work that never ends fires
+    /// exactly then.
+    async fn fires_after(after: Duration) {
+        let started = tokio::time::Instant::now();
+        let never = timeout_at(started + after, std::future::pending::<()>());
+        assert_eq!(never.await, Err(Elapsed));
+        assert_eq!(started.elapsed(), after);
+    }
+
     #[test]
     fn timeouts_keep_their_timers_and_still_fire() {
         std::thread::spawn(|| {
@@ -174,23 +183,11 @@ mod tests {
                 assert_eq!(spares(), 1, "kept for the next timeout");
                 // The kept timer, moved later in the wheel, fires at its new
                 // deadline and not at the old one.
-                let started = now();
-                let late = timeout_at(
-                    started + Duration::from_secs(20),
-                    std::future::pending::<()>(),
-                );
-                assert_eq!(late.await, Err(Elapsed));
-                assert_eq!(started.elapsed(), Duration::from_secs(20));
+                fires_after(Duration::from_secs(20)).await;
                 assert_eq!(spares(), 0, "a timer that fired is not kept");
                 // Moved earlier, it fires at the earlier deadline.
                 let _ = timeout_at(now() + Duration::from_secs(30), async {}).await;
-                let started = now();
-                let early = timeout_at(
-                    started + Duration::from_secs(1),
-                    std::future::pending::<()>(),
-                );
-                assert_eq!(early.await, Err(Elapsed));
-                assert_eq!(started.elapsed(), Duration::from_secs(1));
+                fires_after(Duration::from_secs(1)).await;
             });
         })
         .join()
@@ -208,15 +205,7 @@ mod tests {
                 .await;
             });
             assert_eq!(spares(), 1);
-            runtime().block_on(async {
-                let started = tokio::time::Instant::now();
-                let late = timeout_at(
-                    started + Duration::from_secs(2),
-                    std::future::pending::<()>(),
-                );
-                assert_eq!(late.await, Err(Elapsed));
-                assert_eq!(started.elapsed(), Duration::from_secs(2));
-            });
+            runtime().block_on(fires_after(Duration::from_secs(2)));
         })
         .join()
         .unwrap();

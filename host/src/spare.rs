@@ -53,10 +53,12 @@ impl<T> Spares<T> {
         self.low = 0;
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.kept.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.kept.is_empty()
     }
