@@ -236,14 +236,6 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-const HOP_BY_HOP: [HeaderName; 5] = [
-    header::CONNECTION,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::TE,
-    HeaderName::from_static("keep-alive"),
-];
-
 impl HttpConnectionManager {
     pub fn new(
         settings: Arc<HcmSettings>,
@@ -607,7 +599,6 @@ impl HttpConnectionManager {
                     *req.uri_mut() = uri;
                 }
                 let headers = req.headers_mut();
-                remove_hop_by_hop(headers);
                 // The client's Host goes upstream as it came, unless rewritten
                 // (or the client spoke HTTP/2, which has no Host header).
                 let new_host = match fwd.host_rewrite.as_deref() {
@@ -644,7 +635,6 @@ impl HttpConnectionManager {
                 };
                 resp.headers_mut()
                     .insert(X_ENVOY_UPSTREAM_SERVICE_TIME, milliseconds(sent.elapsed()));
-                remove_hop_by_hop(resp.headers_mut());
                 resp
             }
         };
@@ -685,23 +675,6 @@ impl HttpConnectionManager {
 /// stream_idle_timeout) passes before the response head.
 fn stream_timeout() -> Response<Body> {
     router::local(StatusCode::REQUEST_TIMEOUT, "stream timeout")
-}
-
-/// Drops the headers that concern one connection only. One pass over
-/// the (few) headers finds which are there: most messages have none or
-/// one of them, and each `remove` would hash its name.
-fn remove_hop_by_hop(headers: &mut http::HeaderMap) {
-    let mut present = 0u32;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present |= 1 << i;
-        }
-    }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 {
-            headers.remove(name);
-        }
-    }
 }
 
 /// A duration in whole milliseconds as a header value, without

@@ -32,7 +32,7 @@ use super::super::body::{Body, BoxError};
 use super::super::pool::Opened;
 use super::{
     Chunk, Decoded, Decoder, Error, MAX_HEADERS, encode_chunk, encode_field, encode_last_chunk,
-    header_map, spans,
+    header_map, is_connection_field, spans,
 };
 use crate::clock;
 use crate::cluster::{Held, UpstreamHttp};
@@ -219,11 +219,16 @@ impl Upload {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         out.extend_from_slice(path.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut has_length = false;
         for (name, value) in headers {
+            if is_connection_field(name) {
+                continue;
+            }
+            has_length |= name == CONTENT_LENGTH;
             encode_field(&mut out, name, value);
         }
         let mut chunked = false;
-        if !headers.contains_key(CONTENT_LENGTH) {
+        if !has_length {
             match body.size_hint().exact() {
                 Some(0) if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {}
                 Some(n) => {
@@ -699,5 +704,17 @@ mod tests {
             !chunked && head.matches("content-length").count() == 1,
             "{head}"
         );
+        // Connection fields a filter added are not sent.
+        let (head, _, _) = encode(
+            Method::GET,
+            Body::full(""),
+            &[
+                ("connection", "close"),
+                ("keep-alive", "1"),
+                ("te", "trailers"),
+                ("x-a", "1"),
+            ],
+        );
+        assert_eq!(head, "GET /p?q=1 HTTP/1.1\r\nx-a: 1\r\n\r\n");
     }
 }

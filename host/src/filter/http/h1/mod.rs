@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::io;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Version};
 
 use super::body::BoxError;
@@ -131,10 +131,26 @@ fn header_map(head: &Bytes, spans: &[Span]) -> Result<(HeaderMap, Fields), Error
         // builds check again.
         #[allow(unsafe_code)]
         let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(v0..v1)) };
-        fields.note(&name, &value);
-        headers.append(name, value);
+        if fields.note(&name, &value) {
+            headers.append(name, value);
+        }
     }
     Ok((headers, fields))
+}
+
+/// Whether a field is about the connection it came on rather than the
+/// message (RFC 9110 §7.6.1): such fields are never forwarded. A head's
+/// map leaves them out (its [`Fields`] keep what they said), and the
+/// encoders skip any a filter added.
+pub fn is_connection_field(name: &HeaderName) -> bool {
+    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+    name == CONNECTION
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name == TE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
 }
 
 /// What a head's fields say about framing and persistence, noted as the
@@ -153,19 +169,29 @@ struct Fields {
 }
 
 impl Fields {
-    fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
+    /// Notes one field; false if it is not to be kept in the message's
+    /// map: a connection field, or the `Expect: 100-continue` that wasp
+    /// answers itself (Envoy's default), so that the upstream never sees it.
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> bool {
         if name == TRANSFER_ENCODING {
             self.chunked = Some(ends_chunked(value));
+            false
         } else if name == CONTENT_LENGTH {
             let known = self.content_length.take().transpose();
             self.content_length = Some(known.and_then(|known| agreed_length(value, known)));
+            true
         } else if name == CONNECTION {
             self.close |= lists(value, b"close");
             self.keep_alive |= lists(value, b"keep-alive");
+            false
         } else if name == HOST {
             self.host = true;
-        } else if name == EXPECT {
-            self.expect_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+            true
+        } else if name == EXPECT && value.as_bytes().eq_ignore_ascii_case(b"100-continue") {
+            self.expect_continue = true;
+            false
+        } else {
+            !is_connection_field(name)
         }
     }
 

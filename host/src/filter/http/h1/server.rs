@@ -26,7 +26,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HOST, SERVER, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, HOST, SERVER};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 use super::super::body::{Body, BoxError, ResponseBody};
 use super::{
     Chunk, Decoded, Decoder, Error, MAX_HEADERS, encode_chunk, encode_field, encode_last_chunk,
-    header_map, lists, spans,
+    header_map, is_connection_field, lists, spans,
 };
 use crate::stats::Counter;
 
@@ -399,12 +399,7 @@ fn parse_head(read: &mut BytesMut, settings: &Settings) -> Result<Option<Head>, 
             },
         }
     }
-    // wasp answers `Expect: 100-continue` itself (Envoy's default), so
-    // the upstream does not see it.
     let expect_continue = fields.expect_continue;
-    if expect_continue {
-        headers.remove(EXPECT);
-    }
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -486,11 +481,8 @@ async fn respond(
     // (cheaper than a hashed lookup for each).
     let (mut declared, mut has_date) = (None, false);
     for (name, value) in &parts.headers {
-        if name == CONNECTION {
-            keep_alive &= !lists(value, b"close");
-            continue;
-        }
-        if name == TRANSFER_ENCODING {
+        if is_connection_field(name) {
+            keep_alive &= name != CONNECTION || !lists(value, b"close");
             continue;
         }
         if name == CONTENT_LENGTH {
@@ -724,7 +716,21 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert!(h.expect_continue && !h.request.headers().contains_key(EXPECT));
+        assert!(h.expect_continue && !h.request.headers().contains_key(http::header::EXPECT));
+        // Connection fields are noted, not kept: none is forwarded.
+        let h = parse(
+            b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close, x-hop\r\nKeep-Alive: 5\r\n\
+              Transfer-Encoding: chunked\r\nTE: trailers\r\nUpgrade: h2c\r\n\
+              Proxy-Connection: close\r\nX-Hop: kept\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (h.body, h.keep_alive),
+            (Decoder::Chunked(Chunk::Size), false)
+        );
+        let names: Vec<_> = h.request.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["host", "x-hop"]);
         assert!(
             parse(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
                 .unwrap()
