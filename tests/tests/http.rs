@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use wasp_tests::http_backend::{HttpBackend, curl};
+use wasp_tests::http_backend::{CurlResponse, HttpBackend, curl};
 use wasp_tests::{Proxy, free_port};
 
 /// The classic v2 front-proxy example: `envoy.http_connection_manager` with
@@ -274,9 +274,15 @@ fn a_cluster_without_healthy_endpoints_answers_503() {
     let port = free_port();
     let vhosts = &catch_all("cluster: empty");
     let clusters = "  - name: empty\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment: { cluster_name: empty }\n";
+    let envoy_port = free_port();
     let _wasp = Proxy::start(&hcm(port, vhosts, "", clusters), &[]);
-    let r = curl(&[&format!("http://127.0.0.1:{port}/")]);
-    assert_eq!((r.status, r.body.as_str()), (503, "no healthy upstream"));
+    let _envoy = Proxy::envoy(&hcm(envoy_port, vhosts, "", clusters), &[]);
+    for port in [port, envoy_port] {
+        let r = curl(&[&format!("http://127.0.0.1:{port}/")]);
+        assert_eq!((r.status, r.body.as_str()), (503, "no healthy upstream"));
+        // A local reply: no upstream, so no upstream service time.
+        assert_eq!(r.header("x-envoy-upstream-service-time"), None, "{port}");
+    }
 }
 
 /// The front proxy in v3 form (Envoy 1.40 no longer reads `config:` and
@@ -317,6 +323,8 @@ fn front_proxy_answers_match_envoy() {
                 (e.status, &e.version),
                 "{path} h2={h2}"
             );
+            let timed = |r: &CurlResponse| r.header("x-envoy-upstream-service-time").is_some();
+            assert_eq!(timed(&w), timed(&e), "{path} h2={h2}");
             if w.status == 200 {
                 let (wj, ej) = (w.json(), e.json());
                 for k in ["name", "path", "method", "version"] {

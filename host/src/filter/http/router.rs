@@ -86,10 +86,15 @@ impl Upstream {
         timeout: Option<Duration>,
         retry: Option<&RetryPolicy>,
         how: Sending,
+        sent: Instant,
     ) -> Response<Body> {
+        let began = Began {
+            request: sent,
+            attempt: sent,
+        };
         match retry {
-            None => self.attempt(req, timeout, how).await.into_response(),
-            Some(retry) => Box::pin(self.retried(req, timeout, retry, how)).await,
+            None => self.attempt(req, timeout, how, began).await.into_response(),
+            Some(retry) => Box::pin(self.retried(req, timeout, retry, how, sent)).await,
         }
     }
 
@@ -99,8 +104,9 @@ impl Upstream {
         timeout: Option<Duration>,
         retry: &RetryPolicy,
         how: Sending,
+        sent: Instant,
     ) -> Response<Body> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.map(|t| sent + t);
         let body = std::mem::replace(req.body_mut(), Body::empty());
         let body = match Limited::new(body, MAX_RETRY_BODY).collect().await {
             Ok(b) => b.to_bytes(),
@@ -119,7 +125,11 @@ impl Upstream {
                 (Some(p), Some(r)) => Some(p.min(r)),
                 (p, r) => p.or(r),
             };
-            let outcome = self.attempt(&mut attempt, per_try, how).await;
+            let began = Began {
+                request: sent,
+                attempt: if retries == 0 { sent } else { Instant::now() },
+            };
+            let outcome = self.attempt(&mut attempt, per_try, how, began).await;
             let time_left = remaining.is_none_or(|r| !r.is_zero())
                 && deadline.is_none_or(|d| Instant::now() < d);
             let retriable = time_left && outcome.retriable(retry);
@@ -154,7 +164,12 @@ impl Upstream {
     /// async client, an unreachable or empty cluster is a 503 answer.
     pub async fn call(&self, req: Request<Full<Bytes>>) -> Option<Response<Body>> {
         match self
-            .attempt(&mut req.map(Body::Full), None, Sending::default())
+            .attempt(
+                &mut req.map(Body::Full),
+                None,
+                Sending::default(),
+                Began::now(),
+            )
             .await
         {
             a @ (Attempt::Response(_)
@@ -171,6 +186,7 @@ impl Upstream {
         req: &mut Request<Body>,
         timeout: Option<Duration>,
         how: Sending,
+        began: Began,
     ) -> Attempt {
         let stats = &self.cluster.stats;
         let Some(endpoint) = self.cluster.choose(LbContext { hash: how.hash }) else {
@@ -218,23 +234,31 @@ impl Upstream {
             self.cluster.charge(StatusCode::SERVICE_UNAVAILABLE, None);
             return Attempt::Overflow;
         };
-        let started = Instant::now();
         stats.upstream_rq_total.inc();
         stats.upstream_rq_active.inc();
         endpoint.stats.rq_total.fetch_add(1, Ordering::Relaxed);
         endpoint.stats.rq_active.fetch_add(1, Ordering::Relaxed);
         let sent = std::pin::pin!(self.pools.send(&endpoint, req, held));
         let result = match timeout {
-            Some(t) => crate::clock::timeout_at(started + t, sent)
+            Some(t) => crate::clock::timeout_at(began.attempt + t, sent)
                 .await
                 .map_err(|_| ()),
             None => Ok(sent.await),
         };
         stats.upstream_rq_active.dec();
         endpoint.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
+        // When the response head came (one clock read for both figures).
+        let mut took = None;
         let outcome = match result {
             Ok(Ok(mut resp)) => {
                 endpoint.stats.rq_success.fetch_add(1, Ordering::Relaxed);
+                let now = Instant::now();
+                took = Some(now - began.attempt);
+                // Upstream answers only, as in Envoy: not local replies.
+                resp.headers_mut().insert(
+                    X_ENVOY_UPSTREAM_SERVICE_TIME,
+                    milliseconds(now - began.request),
+                );
                 if self.tag_upstream_host {
                     resp.extensions_mut().insert(UpstreamHost(endpoint.address));
                 }
@@ -261,7 +285,6 @@ impl Upstream {
             }
         };
         if let Some(status) = outcome.status() {
-            let took = matches!(outcome, Attempt::Response(_)).then(|| started.elapsed());
             self.cluster.charge(status, took);
         }
         outcome
@@ -273,6 +296,46 @@ pub fn flagged<B>(mut r: Response<B>, flag: ResponseFlags) -> Response<B> {
     let flags = r.extensions_mut().get_or_insert_default::<ResponseFlags>();
     flags.set(flag);
     r
+}
+
+/// When a request reached the router, and when its current try began
+/// (the same for the first try: one clock read).
+#[derive(Clone, Copy)]
+struct Began {
+    request: Instant,
+    attempt: Instant,
+}
+
+impl Began {
+    fn now() -> Self {
+        let now = Instant::now();
+        Began {
+            request: now,
+            attempt: now,
+        }
+    }
+}
+
+const X_ENVOY_UPSTREAM_SERVICE_TIME: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-upstream-service-time");
+
+/// A duration in whole milliseconds as a header value, without
+/// allocating below a second (the text of each is written once per
+/// process).
+fn milliseconds(d: std::time::Duration) -> HeaderValue {
+    /// "0" to "999", one after another.
+    static DIGITS: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
+        let text: String = (0..1000).map(|n: u32| n.to_string()).collect();
+        Box::leak(text.into_boxed_str())
+    });
+    let ms = d.as_millis() as u64;
+    let (at, len) = match ms as usize {
+        n @ 0..10 => (n, 1),
+        n @ 10..100 => (10 + (n - 10) * 2, 2),
+        n @ 100..1000 => (190 + (n - 100) * 3, 3),
+        _ => return HeaderValue::from(ms),
+    };
+    HeaderValue::from_static(&DIGITS[at..at + len])
 }
 
 /// Set on answers a circuit breaker caused.
@@ -375,5 +438,16 @@ impl Attempt {
                 .insert(X_ENVOY_OVERLOADED, HeaderValue::from_static("true"));
         }
         flagged(r, flag)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn milliseconds_are_whole_numbers() {
+        for ms in [0, 7, 9, 10, 42, 99, 100, 512, 999, 1000, 123_456] {
+            let v = super::milliseconds(std::time::Duration::from_micros(ms * 1000 + 999));
+            assert_eq!(v.to_str().unwrap(), ms.to_string());
+        }
     }
 }

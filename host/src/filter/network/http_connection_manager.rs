@@ -230,8 +230,6 @@ pub struct HttpConnectionManager {
 // on every request.
 const X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
     HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
-const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
-    HeaderName::from_static("x-envoy-upstream-service-time");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -622,9 +620,14 @@ impl HttpConnectionManager {
                     auto_host: fwd.auto_host_rewrite,
                     priority: fwd.priority,
                 };
-                let forwarded =
-                    std::pin::pin!(upstream.forward(req, fwd.timeout, fwd.retry.as_ref(), how));
-                let mut resp = match deadline {
+                let forwarded = std::pin::pin!(upstream.forward(
+                    req,
+                    fwd.timeout,
+                    fwd.retry.as_ref(),
+                    how,
+                    sent
+                ));
+                match deadline {
                     Some(d) if fwd.timeout.is_none_or(|t| t > d) => {
                         match clock::timeout_at(sent + d, forwarded).await {
                             Ok(r) => r,
@@ -632,10 +635,7 @@ impl HttpConnectionManager {
                         }
                     }
                     _ => forwarded.await,
-                };
-                resp.headers_mut()
-                    .insert(X_ENVOY_UPSTREAM_SERVICE_TIME, milliseconds(sent.elapsed()));
-                resp
+                }
             }
         };
         // Most specific last, so a route's value wins over its virtual host's.
@@ -675,25 +675,6 @@ impl HttpConnectionManager {
 /// stream_idle_timeout) passes before the response head.
 fn stream_timeout() -> Response<Body> {
     router::local(StatusCode::REQUEST_TIMEOUT, "stream timeout")
-}
-
-/// A duration in whole milliseconds as a header value, without
-/// allocating below a second (the text of each is written once per
-/// process).
-fn milliseconds(d: std::time::Duration) -> HeaderValue {
-    /// "0" to "999", one after another.
-    static DIGITS: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
-        let text: String = (0..1000).map(|n: u32| n.to_string()).collect();
-        Box::leak(text.into_boxed_str())
-    });
-    let ms = d.as_millis() as u64;
-    let (at, len) = match ms as usize {
-        n @ 0..10 => (n, 1),
-        n @ 10..100 => (10 + (n - 10) * 2, 2),
-        n @ 100..1000 => (190 + (n - 100) * 3, 3),
-        _ => return HeaderValue::from(ms),
-    };
-    HeaderValue::from_static(&DIGITS[at..at + len])
 }
 
 /// What a stream stopped by a wasm filter answers: its reply, or a reset.
@@ -769,14 +750,6 @@ fn uuid_v4() -> [u8; 36] {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn milliseconds_are_whole_numbers() {
-        for ms in [0, 7, 9, 10, 42, 99, 100, 512, 999, 1000, 123_456] {
-            let v = super::milliseconds(std::time::Duration::from_micros(ms * 1000 + 999));
-            assert_eq!(v.to_str().unwrap(), ms.to_string());
-        }
-    }
-
     #[test]
     fn request_ids_are_version_4_uuids() {
         let a = super::uuid_v4();
