@@ -1081,23 +1081,37 @@ fn a_client_closing_abandons_its_upstream_request() {
 #[test]
 fn circuit_breakers_overflow_as_envoy_does() {
     let backend = HttpBackend::start("limited");
-    let limited = |name: &str, thresholds: &[&str]| {
-        let entries: String = thresholds
+    let entries = |key: &str, thresholds: &[&str]| {
+        let listed: String = thresholds
             .iter()
             .map(|t| format!("      - {{ {t} }}\n"))
             .collect();
+        format!("      {key}:\n{listed}")
+    };
+    let breakers = |name: &str, listed: &str| {
         wasp_tests::config::cluster(
             name,
             "ROUND_ROBIN",
             &[(backend.addr, 1)],
-            &format!("    circuit_breakers:\n      thresholds:\n{entries}"),
+            &format!("    circuit_breakers:\n{listed}"),
         )
     };
+    let limited =
+        |name: &str, thresholds: &[&str]| breakers(name, &entries("thresholds", thresholds));
     let clusters = limited(
         "rq",
         &["max_requests: 1", "priority: HIGH, max_requests: 1"],
     ) + &limited("cx", &["max_connections: 1, max_pending_requests: 1"])
-        + &limited("retry", &["priority: DEFAULT, max_retries: 0"]);
+        // The first entry for a priority is the one used.
+        + &limited("retry", &["priority: DEFAULT, max_retries: 0", "max_retries: 5"])
+        // A budget replaces max_retries: none at all, or Envoy's default
+        // (20% of the requests in flight, at least 3).
+        + &limited(
+            "budget",
+            &["max_retries: 5, retry_budget: { budget_percent: { value: 0 }, min_retry_concurrency: 0 }"],
+        )
+        + &limited("budget_ok", &["max_retries: 0, retry_budget: {}"])
+        + &breakers("host", &entries("per_host_thresholds", &["max_connections: 1"]));
     let route = |prefix: &str, action: &str| {
         format!(
             "              - match: {{ prefix: \"{prefix}\" }}\n                route: {{ {action} }}\n"
@@ -1111,7 +1125,16 @@ fn circuit_breakers_overflow_as_envoy_does() {
         + &route(
             "/retry",
             "cluster: retry, retry_policy: { retry_on: 5xx, num_retries: 2 }",
-        );
+        )
+        + &route(
+            "/budget_ok",
+            "cluster: budget_ok, retry_policy: { retry_on: 5xx, num_retries: 2 }",
+        )
+        + &route(
+            "/budget",
+            "cluster: budget, retry_policy: { retry_on: 5xx, num_retries: 2 }",
+        )
+        + &route("/host", "cluster: host");
     let overflow =
         "upstream connect error or disconnect/reset before headers. reset reason: overflow";
     // Each proxy's Prometheus series for the clusters' request stats.
@@ -1164,15 +1187,34 @@ fn circuit_breakers_overflow_as_envoy_does() {
             "{kind:?}: the pending request waited only {waited:?}"
         );
 
-        // max_retries: 0: the upstream's own 503 comes back, not retried.
-        let r = curl(&[&url("/retry?status=503")]);
-        assert_eq!(r.status, 503, "{kind:?}");
+        // Per host, max_connections: 1: the second request waits for the
+        // one connection rather than opening another.
+        let first = in_background(url("/host?delay_ms=1500"));
+        pause();
+        let (status, waited) = in_background(url("/host")).join().unwrap();
+        assert_eq!((first.join().unwrap().0, status), (200, 200), "{kind:?}");
         assert!(
-            r.body.contains("\"name\":\"limited\""),
-            "{kind:?}: {}",
-            r.body
+            waited >= std::time::Duration::from_millis(800),
+            "{kind:?}: per host, the second request waited only {waited:?}"
         );
-        assert_eq!(r.header("x-envoy-overloaded"), None, "{kind:?}");
+
+        // max_retries: 0, or a budget of none: the upstream's own 503
+        // comes back, not retried.
+        for path in ["/retry?status=503", "/budget?status=503"] {
+            let r = curl(&[&url(path)]);
+            assert_eq!(r.status, 503, "{kind:?} {path}");
+            assert!(
+                r.body.contains("\"name\":\"limited\""),
+                "{kind:?}: {}",
+                r.body
+            );
+            assert_eq!(r.header("x-envoy-overloaded"), None, "{kind:?}");
+        }
+        assert_eq!(
+            curl(&[&url("/budget_ok?status=503")]).status,
+            503,
+            "{kind:?}"
+        );
 
         let stat = |name: &str| proxy.stat(&format!("cluster.{name}"));
         assert_eq!(
@@ -1183,10 +1225,17 @@ fn circuit_breakers_overflow_as_envoy_does() {
                 stat("retry.upstream_rq_retry_overflow"),
                 stat("retry.upstream_rq_retry"),
                 stat("rq.circuit_breakers.default.rq_open"),
+                stat("budget.upstream_rq_retry_overflow"),
+                stat("budget.upstream_rq_retry"),
+                stat("budget_ok.upstream_rq_retry_overflow"),
+                stat("budget_ok.upstream_rq_retry"),
+                stat("host.upstream_cx_total"),
             ],
-            [1, 1, 1, 1, 0, 0],
-            "{kind:?}: rq active and cx pending overflows, cx connections, retry overflows and retries, rq_open"
+            [1, 1, 1, 1, 0, 0, 1, 0, 0, 2, 1],
+            "{kind:?}: rq active and cx pending overflows, cx connections, retry overflows and retries, rq_open, \
+             the budgets' overflows and retries, per-host connections"
         );
+        assert!(stat("host.upstream_cx_overflow") >= 1, "{kind:?}");
         assert!(stat("cx.upstream_cx_overflow") >= 1, "{kind:?}");
         // Every answer is charged to its cluster, the overflows' too.
         assert_eq!(

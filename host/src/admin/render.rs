@@ -132,7 +132,7 @@ pub fn clusters_text(clusters: &ClusterManager) -> String {
                 ("max_connections", t.max_connections),
                 ("max_pending_requests", t.max_pending_requests),
                 ("max_requests", t.max_requests),
-                ("max_retries", t.max_retries),
+                ("max_retries", t.retries_at_rest()),
             ] {
                 let _ = writeln!(out, "{name}::{}_priority::{limit}::{v}", p.name());
             }
@@ -210,7 +210,7 @@ pub fn clusters_json(clusters: &ClusterManager) -> Value {
                         "max_connections": t.max_connections,
                         "max_pending_requests": t.max_pending_requests,
                         "max_requests": t.max_requests,
-                        "max_retries": t.max_retries,
+                        "max_retries": t.retries_at_rest(),
                     })
                 })
                 .collect();

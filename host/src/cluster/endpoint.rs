@@ -21,6 +21,9 @@ pub struct Endpoint {
     pub stats: EndpointStats,
     /// Cleared by active health checking.
     pub healthy: AtomicBool,
+    /// Connections open or opening to it from every worker: what
+    /// `per_host_thresholds`' max_connections limits.
+    pub connections: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +54,7 @@ impl Endpoint {
             locality,
             stats: EndpointStats::default(),
             healthy: AtomicBool::new(true),
+            connections: AtomicU64::new(0),
         }
     }
 

@@ -74,6 +74,10 @@ pub struct HttpVersionsConfig {
 pub struct CircuitBreakersConfig {
     #[serde(default)]
     pub thresholds: Vec<ThresholdsConfig>,
+    /// Limits on each endpoint (Envoy reads only `max_connections` and
+    /// `max_requests` of them).
+    #[serde(default)]
+    pub per_host_thresholds: Vec<ThresholdsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -85,8 +89,26 @@ pub struct ThresholdsConfig {
     pub max_pending_requests: Option<u32>,
     pub max_requests: Option<u32>,
     pub max_retries: Option<u32>,
+    pub retry_budget: Option<RetryBudgetConfig>,
     #[serde(default)]
     pub track_remaining: bool,
+}
+
+/// Retries in flight limited to a share of the requests in flight
+/// (instead of `max_retries`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetConfig {
+    pub budget_percent: Option<PercentConfig>,
+    pub min_retry_concurrency: Option<u32>,
+}
+
+/// Envoy's `type.v3.Percent`.
+#[derive(Debug, Clone, Copy, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PercentConfig {
+    #[serde(default)]
+    pub value: f64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]

@@ -59,15 +59,37 @@ pub struct Opened {
     cluster: Rc<WorkerCluster>,
     endpoint: Arc<Endpoint>,
     at: Instant,
-    /// Its unit of the cluster's `max_connections`.
-    _slot: Held,
+    _slot: Slot,
+}
+
+/// A connection's units of the cluster's and of its endpoint's
+/// `max_connections`, taken before it opens and given back when it closes.
+struct Slot {
+    _cluster: Held,
+    endpoint: Arc<Endpoint>,
+}
+
+impl Slot {
+    fn new(cluster: Held, endpoint: &Arc<Endpoint>) -> Self {
+        endpoint.connections.fetch_add(1, Ordering::Relaxed);
+        Slot {
+            _cluster: cluster,
+            endpoint: endpoint.clone(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.endpoint.connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Opened {
     fn new(
         cluster: &Rc<WorkerCluster>,
         endpoint: &Arc<Endpoint>,
-        slot: Held,
+        slot: Slot,
         version: Version,
     ) -> Self {
         match version {
@@ -177,7 +199,7 @@ impl Pools {
                                 .ok_or(SendError::Overflow)?,
                         );
                     }
-                    let Some(slot) = self.connection_slot(&pool, priority) else {
+                    let Some(slot) = self.connection_slot(endpoint, &pool, priority) else {
                         pool.wait_freed().await;
                         continue;
                     };
@@ -206,16 +228,31 @@ impl Pools {
         }
     }
 
-    /// A unit of the cluster's `max_connections` for a new connection of
-    /// `pool`; `None` if the breaker is open and the pool has connections
-    /// to wait for. A pool with none opens one regardless, as Envoy's do,
-    /// so that no request waits on connections that do not exist.
-    fn connection_slot(&self, pool: &h1::EndpointPool, priority: Priority) -> Option<Held> {
-        self.cluster
-            .try_hold(Breaker::Connections, priority)
-            .or_else(|| {
-                (pool.open() == 0).then(|| self.cluster.hold(Breaker::Connections, priority))
-            })
+    /// Units of the cluster's and the endpoint's `max_connections` for a
+    /// new connection of `pool` to `endpoint`; `None` if either breaker is
+    /// open and the pool has connections to wait for. A pool with none
+    /// opens one regardless, as Envoy's do, so that no request waits on
+    /// connections that do not exist.
+    fn connection_slot(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        pool: &h1::EndpointPool,
+        priority: Priority,
+    ) -> Option<Slot> {
+        let limits = &self.cluster.cluster.settings.circuit_breakers[priority.index()];
+        let host_full = limits
+            .max_host_connections
+            .is_some_and(|max| endpoint.connections.load(Ordering::Relaxed) >= max);
+        let held = if host_full {
+            self.cluster.stats.upstream_cx_overflow.inc();
+            None
+        } else {
+            self.cluster.try_hold(Breaker::Connections, priority)
+        };
+        let held = held.or_else(|| {
+            (pool.open() == 0).then(|| self.cluster.hold(Breaker::Connections, priority))
+        })?;
+        Some(Slot::new(held, endpoint))
     }
 
     async fn send_h2(
@@ -295,11 +332,16 @@ impl Pools {
             .map_err(|e| SendError::Upstream(e.into()))?;
         // One connection per endpoint: it is opened even when the breaker
         // says no more (counted), as a pool's first connection always is.
-        let slot = self
+        let held = self
             .cluster
             .try_hold(Breaker::Connections, priority)
             .unwrap_or_else(|| self.cluster.hold(Breaker::Connections, priority));
-        let opened = Opened::new(&self.cluster, endpoint, slot, Version::HTTP_2);
+        let opened = Opened::new(
+            &self.cluster,
+            endpoint,
+            Slot::new(held, endpoint),
+            Version::HTTP_2,
+        );
         let address = endpoint.address;
         let streams = Rc::new(H2Streams {
             active: Cell::new(0),
