@@ -1367,7 +1367,16 @@ fn upstream_http_protocol_options_as_envoy_applies_them() {
 
         assert_eq!(curl(&[&url("/idle")]).status, 200, "{kind:?}");
         assert_eq!(curl(&[&url("/idle")]).status, 200, "{kind:?}");
-        std::thread::sleep(std::time::Duration::from_millis(1500));
+        // Closed once idle that long, whether or not a request comes.
+        wasp_tests::eventually(
+            std::time::Duration::from_secs(5),
+            "an idle HTTP/1.1 connection closed",
+            || {
+                (proxy.stat("cluster.idle.upstream_cx_idle_timeout") == 1
+                    && proxy.stat("cluster.idle.upstream_cx_active") == 0)
+                    .then_some(())
+            },
+        );
         assert_eq!(curl(&[&url("/idle")]).status, 200, "{kind:?}");
         assert_eq!(
             [

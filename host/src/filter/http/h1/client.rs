@@ -117,6 +117,9 @@ pub struct EndpointPool {
     /// noticed when the connection is checked out, or its request is
     /// sent again on another).
     idle_timeout: Duration,
+    /// Whether a task is closing idle connections as they time out
+    /// ([`sweep`]): one per pool while it has idle connections.
+    sweeping: Cell<bool>,
     /// The cluster's `max_requests_per_connection`.
     max_requests: Option<u32>,
     open: Cell<usize>,
@@ -131,6 +134,7 @@ impl EndpointPool {
         EndpointPool {
             conns: RefCell::default(),
             idle_timeout: settings.idle_timeout,
+            sweeping: Cell::new(false),
             max_requests: settings.max_requests_per_connection,
             open: Cell::default(),
             waiting: Cell::default(),
@@ -174,23 +178,52 @@ impl EndpointPool {
         }
     }
 
-    fn checkin(&self, conn: Box<Conn>) {
+    fn checkin(self: &Rc<Self>, conn: Box<Conn>) {
         if self.max_requests.is_some_and(|max| conn.requests >= max) {
             conn.opened.retired();
             return;
         }
         let now = clock::coarse_now();
+        self.close_idle(now);
         let mut idle = self.conns.borrow_mut();
-        // The oldest are first: close those that have idled too long.
-        if let Some(cutoff) = now.checked_sub(self.idle_timeout) {
-            let stale = idle.partition_point(|(_, since)| *since < cutoff);
-            idle.drain(..stale).for_each(|(c, _)| c.opened.idled());
-        }
         if idle.len() < MAX_IDLE {
             idle.push((conn, now));
         }
         drop(idle);
+        if self.idle_timeout != Duration::MAX && !self.sweeping.replace(true) {
+            tokio::task::spawn_local(sweep(Rc::downgrade(self)));
+        }
         self.freed();
+    }
+
+    /// Closes the connections that have idled `idle_timeout` by `now`
+    /// (the oldest are first).
+    fn close_idle(&self, now: Instant) {
+        if let Some(cutoff) = now.checked_sub(self.idle_timeout) {
+            let mut idle = self.conns.borrow_mut();
+            let stale = idle.partition_point(|(_, since)| *since < cutoff);
+            idle.drain(..stale).for_each(|(c, _)| c.opened.idled());
+        }
+    }
+}
+
+/// Closes a pool's idle connections as each reaches its `idle_timeout`,
+/// as Envoy's timers do, so that an upstream is not held open by a pool
+/// no request comes to. Sleeps until the oldest one's time; ends when
+/// none is idle (the next check-in starts another) or the pool is gone.
+async fn sweep(pool: Weak<EndpointPool>) {
+    loop {
+        let due = {
+            let Some(pool) = pool.upgrade() else { return };
+            let oldest = pool.conns.borrow().first().map(|(_, since)| *since);
+            match oldest.and_then(|since| since.checked_add(pool.idle_timeout)) {
+                Some(due) => due,
+                None => return pool.sweeping.set(false),
+            }
+        };
+        tokio::time::sleep_until(due.into()).await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.close_idle(Instant::now());
     }
 }
 
