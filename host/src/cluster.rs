@@ -29,6 +29,7 @@ use crate::config::path::{index, join};
 use crate::config::{
     ClusterConfig, DiscoveryType, DnsLookupFamily, LbPolicy, LocalityConfig, ValidationError,
 };
+use crate::filter::http::h2::Http2Settings;
 use crate::stats::{Counter, Gauge, Histogram, Scope};
 
 pub use circuit_breaker::{Breaker, CircuitBreakers, Held, Priority, Thresholds};
@@ -90,6 +91,8 @@ pub enum UpstreamProtocol {
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamHttp {
     pub protocol: UpstreamProtocol,
+    /// `http2_protocol_options`' settings, for HTTP/2 connections.
+    pub http2: Http2Settings,
     /// How long a connection may sit unused before it is closed (Envoy's
     /// default: an hour).
     pub idle_timeout: Duration,
@@ -100,11 +103,13 @@ pub struct UpstreamHttp {
 impl UpstreamHttp {
     fn new(
         protocol: UpstreamProtocol,
+        http2: Http2Settings,
         idle_timeout: Option<Duration>,
         max_requests_per_connection: Option<u32>,
     ) -> Self {
         UpstreamHttp {
             protocol,
+            http2,
             // Zero turns the timeout off, in Envoy as here.
             idle_timeout: match idle_timeout {
                 None => Duration::from_secs(3600),
@@ -113,6 +118,13 @@ impl UpstreamHttp {
             },
             max_requests_per_connection: max_requests_per_connection.filter(|&n| n > 0),
         }
+    }
+
+    /// Whether a connection that has carried `requests` takes no more
+    /// (max_requests_per_connection).
+    pub fn spent(&self, requests: u32) -> bool {
+        self.max_requests_per_connection
+            .is_some_and(|max| requests >= max)
     }
 
     /// Whether a request from a client speaking `downstream` goes out in
@@ -269,12 +281,17 @@ impl ClusterConfig {
         }
         let Some(t) = typed else {
             let common = self.common_http_protocol_options.as_ref();
+            let http2 = match &self.http2_protocol_options {
+                Some(h2) => Http2Settings::validate(h2, &join(path, "http2_protocol_options"))?,
+                None => Http2Settings::default(),
+            };
             return Ok(UpstreamHttp::new(
                 if self.http2_protocol_options.is_some() {
                     UpstreamProtocol::Http2
                 } else {
                     UpstreamProtocol::Http1
                 },
+                http2,
                 common.and_then(|c| c.idle_timeout).map(|d| d.0),
                 self.max_requests_per_connection
                     .or(common.and_then(|c| c.max_requests_per_connection)),
@@ -311,9 +328,16 @@ impl ClusterConfig {
             }
             _ => UpstreamProtocol::Http1,
         };
+        let http2 = match &versions.http2_protocol_options {
+            Some(h2) => {
+                Http2Settings::validate(h2, &format!("{at}.{chosen}.http2_protocol_options"))?
+            }
+            None => Http2Settings::default(),
+        };
         let common = t.common_http_protocol_options.as_ref();
         Ok(UpstreamHttp::new(
             protocol,
+            http2,
             common.and_then(|c| c.idle_timeout).map(|d| d.0),
             common.and_then(|c| c.max_requests_per_connection),
         ))

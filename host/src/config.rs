@@ -46,8 +46,9 @@ pub use health_check::{
 };
 pub use http_connection_manager::{
     ClusterWeightConfig, CodecType, DirectResponseActionConfig, HashPolicyConfig,
-    HeaderMatcherConfig, HeaderValueOptionConfig, HttpConnectionManagerConfig, HttpFilterConfig,
-    HttpProtocolOptionsConfig, RedirectActionConfig, RedirectResponseCode, RegexMatcherConfig,
+    HeaderMatcherConfig, HeaderValueOptionConfig, Http2ProtocolOptionsConfig,
+    HttpConnectionManagerConfig, HttpFilterConfig, HttpProtocolOptionsConfig,
+    KeepaliveSettingsConfig, RedirectActionConfig, RedirectResponseCode, RegexMatcherConfig,
     RetryPolicyConfig, RouteActionConfig, RouteConfigurationConfig, RouteEntryConfig,
     RouteMatchConfig, RouteWeightedClustersConfig, StringMatcherConfig, VirtualHostConfig,
 };

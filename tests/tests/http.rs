@@ -1415,3 +1415,75 @@ fn upstream_http_protocol_options_as_envoy_applies_them() {
         );
     }
 }
+
+/// `http2_protocol_options`, through wasp and Envoy alike: downstream, the
+/// SETTINGS a client is sent; upstream, `max_concurrent_streams: 1` opens
+/// a connection for each stream in flight.
+#[test]
+fn http2_protocol_options_as_envoy_applies_them() {
+    let backend = HttpBackend::start("streams");
+    let clusters = wasp_tests::config::cluster(
+        "one_stream",
+        "ROUND_ROBIN",
+        &[(backend.addr, 1)],
+        "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: { max_concurrent_streams: 1 } }\n",
+    );
+    let vhosts = &catch_all("cluster: one_stream");
+    let downstream = "          http2_protocol_options: { max_concurrent_streams: 7, initial_stream_window_size: 131072 }\n";
+    for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
+        let port = free_port();
+        let config = hcm(port, vhosts, downstream, &clusters);
+        let proxy = Proxy::launch(kind, &config, &["--concurrency", "1"]);
+        let settings = server_settings(port);
+        assert_eq!(
+            (settings.get(&3), settings.get(&4)),
+            (Some(&7), Some(&131_072)),
+            "{kind:?}: MAX_CONCURRENT_STREAMS and INITIAL_WINDOW_SIZE in {settings:?}"
+        );
+        let url = format!("http://127.0.0.1:{port}/?delay_ms=800");
+        let slow: Vec<_> = (0..3)
+            .map(|_| {
+                let url = url.clone();
+                std::thread::spawn(move || curl(&["--http2-prior-knowledge", &url]).status)
+            })
+            .collect();
+        for s in slow {
+            assert_eq!(s.join().unwrap(), 200, "{kind:?}");
+        }
+        assert_eq!(
+            [
+                proxy.stat("cluster.one_stream.upstream_cx_total"),
+                proxy.stat("cluster.one_stream.upstream_cx_http2_total"),
+            ],
+            [3, 3],
+            "{kind:?}: one upstream connection per stream in flight"
+        );
+    }
+}
+
+/// The SETTINGS an HTTP/2 server at `port` sends first (identifier to
+/// value), read with a hand-made client preface.
+fn server_settings(port: u16) -> std::collections::HashMap<u16, u32> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    // The preface, then an empty SETTINGS frame.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).unwrap();
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    assert_eq!(head[3], 4, "the server's first frame is SETTINGS");
+    let mut payload = vec![0; len];
+    s.read_exact(&mut payload).unwrap();
+    payload
+        .chunks_exact(6)
+        .map(|e| {
+            (
+                u16::from_be_bytes([e[0], e[1]]),
+                u32::from_be_bytes([e[2], e[3], e[4], e[5]]),
+            )
+        })
+        .collect()
+}

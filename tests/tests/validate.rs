@@ -251,3 +251,40 @@ fn upstream_http_protocol_options_are_checked() {
         "cannot be used with the cluster's own",
     );
 }
+
+#[test]
+fn http2_protocol_options_are_checked() {
+    let with = |options: &str| {
+        format!("    lb_policy: ROUND_ROBIN\n    http2_protocol_options: {{ {options} }}\n")
+    };
+    let at = "static_resources.clusters[0].http2_protocol_options";
+    rejects(
+        "    lb_policy: ROUND_ROBIN\n",
+        &with("allow_connect: true"),
+        &format!("{at}.allow_connect"),
+        19,
+        "CONNECT over HTTP/2 is not supported",
+    );
+    rejects(
+        "    lb_policy: ROUND_ROBIN\n",
+        &with("initial_stream_window_size: 100"),
+        &format!("{at}.initial_stream_window_size"),
+        19,
+        "must be between 65535 and 2147483647",
+    );
+    rejects(
+        "    lb_policy: ROUND_ROBIN\n",
+        &with("max_concurrent_streams: 0"),
+        &format!("{at}.max_concurrent_streams"),
+        19,
+        "must be at least 1",
+    );
+    // Not applied, so not accepted.
+    rejects(
+        "    lb_policy: ROUND_ROBIN\n",
+        &with("max_outbound_frames: 10"),
+        at,
+        19,
+        "unknown field `max_outbound_frames`",
+    );
+}

@@ -1,8 +1,9 @@
 use serde::Deserialize;
 
+use super::extension::Empty;
 use super::{
     AddressConfig, ClusterTypeConfig, Duration, Extension, HealthCheckConfig,
-    HttpProtocolOptionsConfig,
+    Http2ProtocolOptionsConfig, HttpProtocolOptionsConfig,
 };
 
 /// Envoy's `Cluster`: a named set of endpoints and how to pick one.
@@ -26,8 +27,10 @@ pub struct ClusterConfig {
     pub maglev_lb_config: Option<MaglevLbConfig>,
     pub least_request_lb_config: Option<LeastRequestLbConfig>,
     /// Read by the HTTP router; a TCP cluster ignores it, as Envoy does.
-    pub http2_protocol_options: Option<serde_json::Value>,
-    pub http_protocol_options: Option<serde_json::Value>,
+    pub http2_protocol_options: Option<Http2ProtocolOptionsConfig>,
+    /// Of Envoy's upstream HTTP/1.1 options, none is applied: an empty
+    /// map only.
+    pub http_protocol_options: Option<Empty>,
     /// v2's place for what `HttpProtocolOptions` now holds.
     pub common_http_protocol_options: Option<HttpProtocolOptionsConfig>,
     pub max_requests_per_connection: Option<u32>,
@@ -61,8 +64,8 @@ pub struct UpstreamHttpProtocolOptionsConfig {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct HttpVersionsConfig {
-    pub http_protocol_options: Option<serde_json::Value>,
-    pub http2_protocol_options: Option<serde_json::Value>,
+    pub http_protocol_options: Option<Empty>,
+    pub http2_protocol_options: Option<Http2ProtocolOptionsConfig>,
     pub http3_protocol_options: Option<serde_json::Value>,
     pub alternate_protocols_cache_options: Option<serde_json::Value>,
 }

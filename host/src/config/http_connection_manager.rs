@@ -26,6 +26,32 @@ pub struct HttpConnectionManagerConfig {
     pub max_request_headers_kb: Option<u32>,
     pub common_http_protocol_options: Option<HttpProtocolOptionsConfig>,
     pub http_protocol_options: Option<Http1ProtocolOptionsConfig>,
+    pub http2_protocol_options: Option<Http2ProtocolOptionsConfig>,
+}
+
+/// Envoy's `Http2ProtocolOptions`, downstream (the connection manager's)
+/// or upstream (a cluster's): the settings hyper's HTTP/2 connections
+/// take. The flood limits Envoy adds are not here: the h2 crate has its
+/// own.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Http2ProtocolOptionsConfig {
+    pub hpack_table_size: Option<u32>,
+    pub max_concurrent_streams: Option<u32>,
+    pub initial_stream_window_size: Option<u32>,
+    pub initial_connection_window_size: Option<u32>,
+    pub connection_keepalive: Option<KeepaliveSettingsConfig>,
+    #[serde(default)]
+    pub allow_connect: bool,
+}
+
+/// HTTP/2 PINGs on an open connection: one each `interval`, and the
+/// connection closed if an answer takes longer than `timeout`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepaliveSettingsConfig {
+    pub interval: Option<Duration>,
+    pub timeout: Duration,
 }
 
 /// Envoy's `Http1ProtocolOptions` for downstream connections, of which

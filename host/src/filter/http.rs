@@ -4,6 +4,7 @@
 pub mod body;
 pub mod codec;
 pub mod h1;
+pub mod h2;
 pub mod pool;
 pub mod route;
 pub mod router;

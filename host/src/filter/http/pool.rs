@@ -42,7 +42,7 @@ type ByEndpoint<T> = HashMap<SocketAddr, T, foldhash::fast::RandomState>;
 pub struct Pools {
     cluster: Rc<WorkerCluster>,
     h1: RefCell<ByEndpoint<Rc<h1::EndpointPool>>>,
-    h2: RefCell<ByEndpoint<H2Conn>>,
+    h2: RefCell<ByEndpoint<Vec<H2Conn>>>,
 }
 
 /// An endpoint's HTTP/2 connection: how requests go on it, how many it has
@@ -261,37 +261,11 @@ impl Pools {
         req: &mut Request<Body>,
         held: Held,
     ) -> Result<Response<Body>, SendError> {
-        // A connection that has carried max_requests_per_connection streams
-        // takes no new ones: it leaves the pool (and closes once its
-        // streams are done), and the next request opens another.
-        let max = self
-            .cluster
-            .cluster
-            .settings
-            .upstream_http
-            .max_requests_per_connection;
-        let spent = |streams: u32| max.is_some_and(|m| streams >= m);
-        let current = {
-            let mut h2 = self.h2.borrow_mut();
-            match h2.get_mut(&endpoint.address) {
-                Some(c) if !c.sender.is_closed() => {
-                    c.carried += 1;
-                    let taken = (c.sender.clone(), c.streams.clone());
-                    if spent(c.carried) {
-                        h2.remove(&endpoint.address);
-                        self.cluster.stats.upstream_cx_max_requests.inc();
-                    }
-                    Some(taken)
-                }
-                _ => None,
-            }
-        };
-        let (mut sender, streams) = match current {
-            Some(taken) => taken,
-            None => {
-                let (sender, streams) =
-                    Box::pin(self.connect_h2(endpoint, held.priority())).await?;
-                if spent(1) {
+        let (mut sender, streams) = match self.h2_with_room(endpoint, held.priority()) {
+            Ok(conn) => conn,
+            Err(slot) => {
+                let (sender, streams) = Box::pin(self.connect_h2(endpoint, slot)).await?;
+                if self.cluster.cluster.settings.upstream_http.spent(1) {
                     self.cluster.stats.upstream_cx_max_requests.inc();
                 } else {
                     let conn = H2Conn {
@@ -299,7 +273,8 @@ impl Pools {
                         carried: 1,
                         streams: streams.clone(),
                     };
-                    self.h2.borrow_mut().insert(endpoint.address, conn);
+                    let mut h2 = self.h2.borrow_mut();
+                    h2.entry(endpoint.address).or_default().push(conn);
                 }
                 (sender, streams)
             }
@@ -313,10 +288,58 @@ impl Pools {
         Ok(resp.map(|b| Body::UpstreamH2(b, stream)))
     }
 
-    async fn connect_h2(
+    /// An open HTTP/2 connection to `endpoint` for one more stream: the
+    /// first with room under both wasp's `max_concurrent_streams` and the
+    /// upstream's, as Envoy picks. When all are full, the unit of
+    /// `max_connections` to open another; when the breaker allows none,
+    /// the least busy (hyper holds the stream until the upstream takes
+    /// it). The first connection is opened regardless, as a pool's first
+    /// always is.
+    fn h2_with_room(
         &self,
         endpoint: &Arc<Endpoint>,
         priority: Priority,
+    ) -> Result<(http2::SendRequest<Body>, Rc<H2Streams>), Slot> {
+        let settings = &self.cluster.cluster.settings.upstream_http;
+        let own_max = settings
+            .http2
+            .max_concurrent_streams
+            .map_or(usize::MAX, |m| m as usize);
+        let mut h2 = self.h2.borrow_mut();
+        let conns = h2.entry(endpoint.address).or_default();
+        conns.retain(|c| !c.sender.is_closed());
+        let room =
+            |c: &H2Conn| (c.streams.active.get() as usize) < own_max.min(c.streams.peer_max.get());
+        let at = match conns.iter().position(room) {
+            Some(at) => at,
+            None => match self.cluster.try_hold(Breaker::Connections, priority) {
+                Some(held) => return Err(Slot::new(held, endpoint)),
+                None if conns.is_empty() => {
+                    let held = self.cluster.hold(Breaker::Connections, priority);
+                    return Err(Slot::new(held, endpoint));
+                }
+                None => (0..conns.len())
+                    .min_by_key(|&at| conns[at].streams.active.get())
+                    .unwrap_or(0),
+            },
+        };
+        let c = &mut conns[at];
+        c.carried += 1;
+        let taken = (c.sender.clone(), c.streams.clone());
+        // A connection that has carried max_requests_per_connection streams
+        // takes no new ones: it leaves the pool (and closes once its
+        // streams are done), and the next request opens another.
+        if settings.spent(c.carried) {
+            conns.remove(at);
+            self.cluster.stats.upstream_cx_max_requests.inc();
+        }
+        Ok(taken)
+    }
+
+    async fn connect_h2(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        slot: Slot,
     ) -> Result<(http2::SendRequest<Body>, Rc<H2Streams>), SendError> {
         let stats = &self.cluster.stats;
         let io = TokioIo::new(CountedIo::new(
@@ -325,27 +348,24 @@ impl Pools {
             stats.upstream_cx_rx_bytes_total.clone(),
             stats.upstream_cx_tx_bytes_total.clone(),
         ));
-        let (sender, conn) = http2::Builder::new(LocalExec)
-            .timer(TokioTimer::new())
+        let mut builder = http2::Builder::new(LocalExec);
+        builder.timer(TokioTimer::new());
+        self.cluster
+            .cluster
+            .settings
+            .upstream_http
+            .http2
+            .client(&mut builder);
+        let (sender, conn) = builder
             .handshake(io)
             .await
             .map_err(|e| SendError::Upstream(e.into()))?;
-        // One connection per endpoint: it is opened even when the breaker
-        // says no more (counted), as a pool's first connection always is.
-        let held = self
-            .cluster
-            .try_hold(Breaker::Connections, priority)
-            .unwrap_or_else(|| self.cluster.hold(Breaker::Connections, priority));
-        let opened = Opened::new(
-            &self.cluster,
-            endpoint,
-            Slot::new(held, endpoint),
-            Version::HTTP_2,
-        );
+        let opened = Opened::new(&self.cluster, endpoint, slot, Version::HTTP_2);
         let address = endpoint.address;
         let streams = Rc::new(H2Streams {
             active: Cell::new(0),
             idle_since: Cell::new(Instant::now()),
+            peer_max: Cell::new(conn.current_max_send_streams()),
         });
         let watched = streams.clone();
         let idle_timeout = self.cluster.cluster.settings.upstream_http.idle_timeout;
@@ -364,8 +384,14 @@ impl Pools {
                         None => std::future::pending().await,
                     }
                 };
+                // The upstream's stream limit, as its SETTINGS give it.
+                let polled = std::future::poll_fn(|cx| {
+                    let ended = conn.as_mut().poll(cx);
+                    watched.peer_max.set(conn.current_max_send_streams());
+                    ended
+                });
                 tokio::select! {
-                    ended = conn.as_mut() => {
+                    ended = polled => {
                         if let Err(e) = ended {
                             tracing::debug!(endpoint = %address, error = %e, "upstream connection ended");
                         }
@@ -399,6 +425,8 @@ impl Pools {
 pub struct H2Streams {
     active: Cell<u32>,
     idle_since: Cell<Instant>,
+    /// How many streams the upstream allows at once.
+    peer_max: Cell<usize>,
 }
 
 /// What a request's HTTP/2 stream holds until its response body is done:

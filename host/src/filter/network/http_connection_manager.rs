@@ -29,6 +29,7 @@ use crate::config::{CodecType, HttpConnectionManagerConfig, HttpFilterConfig, Va
 use crate::filter::http::body::{BoxError, ResponseBody};
 use crate::filter::http::codec::{Codec, CountedIo, detect};
 use crate::filter::http::h1;
+use crate::filter::http::h2::Http2Settings;
 use crate::filter::http::pool::LocalExec;
 use crate::filter::http::route::{Action, RouteTable, redirect_location};
 use crate::filter::http::router::{self, Body, Upstream};
@@ -62,6 +63,8 @@ pub struct HcmSettings {
     /// the Host given to those without one.
     pub accept_http_10: bool,
     pub default_host_for_http_10: Option<HeaderValue>,
+    /// `http2_protocol_options`, for HTTP/2 clients.
+    pub http2: Http2Settings,
     /// Clusters routes forward to.
     pub clusters: Vec<String>,
     pub access_logs: Vec<AccessLogSettings>,
@@ -190,6 +193,10 @@ impl HcmSettings {
             .min(),
             max_request_headers_bytes: c.max_request_headers_kb.unwrap_or(60) as usize * 1024,
             accept_http_10: http1.is_some_and(|o| o.accept_http_10),
+            http2: match &c.http2_protocol_options {
+                Some(h2) => Http2Settings::validate(h2, &join(path, "http2_protocol_options"))?,
+                None => Http2Settings::default(),
+            },
             default_host_for_http_10,
             clusters,
             access_logs,
@@ -341,17 +348,18 @@ impl HttpConnectionManager {
                     let (hcm, info, last) = (hcm.clone(), info.clone(), last_request.clone());
                     async move { hcm.handle(req.map(Body::Incoming), &info, &last).await }
                 });
-                let conn = hyper::server::conn::http2::Builder::new(LocalExec)
-                    .timer(TokioTimer::new())
-                    .serve_connection(
-                        TokioIo::new(CountedIo::new(
-                            read.freeze(),
-                            io,
-                            self.stats.downstream_cx_rx_bytes_total.clone(),
-                            self.stats.downstream_cx_tx_bytes_total.clone(),
-                        )),
-                        service,
-                    );
+                let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
+                builder.timer(TokioTimer::new());
+                self.settings.http2.server(&mut builder);
+                let conn = builder.serve_connection(
+                    TokioIo::new(CountedIo::new(
+                        read.freeze(),
+                        io,
+                        self.stats.downstream_cx_rx_bytes_total.clone(),
+                        self.stats.downstream_cx_tx_bytes_total.clone(),
+                    )),
+                    service,
+                );
                 tokio::pin!(conn);
                 let result = tokio::select! {
                     r = conn.as_mut() => r,
