@@ -239,20 +239,25 @@ impl Pools {
         pool: &h1::EndpointPool,
         priority: Priority,
     ) -> Option<Slot> {
+        let held = self.try_connection(endpoint, priority).or_else(|| {
+            (pool.open() == 0).then(|| self.cluster.hold(Breaker::Connections, priority))
+        })?;
+        Some(Slot::new(held, endpoint))
+    }
+
+    /// A unit of the cluster's `max_connections` for one more connection
+    /// to `endpoint`, unless that or the endpoint's own limit
+    /// (`per_host_thresholds`) is reached: an overflow, counted.
+    fn try_connection(&self, endpoint: &Endpoint, priority: Priority) -> Option<Held> {
         let limits = &self.cluster.cluster.settings.circuit_breakers[priority.index()];
         let host_full = limits
             .max_host_connections
             .is_some_and(|max| endpoint.connections.load(Ordering::Relaxed) >= max);
-        let held = if host_full {
+        if host_full {
             self.cluster.stats.upstream_cx_overflow.inc();
-            None
-        } else {
-            self.cluster.try_hold(Breaker::Connections, priority)
-        };
-        let held = held.or_else(|| {
-            (pool.open() == 0).then(|| self.cluster.hold(Breaker::Connections, priority))
-        })?;
-        Some(Slot::new(held, endpoint))
+            return None;
+        }
+        self.cluster.try_hold(Breaker::Connections, priority)
     }
 
     async fn send_h2(
@@ -290,10 +295,10 @@ impl Pools {
 
     /// An open HTTP/2 connection to `endpoint` for one more stream: the
     /// first with room under both wasp's `max_concurrent_streams` and the
-    /// upstream's, as Envoy picks. When all are full, the unit of
-    /// `max_connections` to open another; when the breaker allows none,
-    /// the least busy (hyper holds the stream until the upstream takes
-    /// it). The first connection is opened regardless, as a pool's first
+    /// upstream's, as Envoy picks. When all are full, the units of
+    /// `max_connections` to open another; when a breaker allows none, the
+    /// least busy (hyper holds the stream until the upstream takes it).
+    /// The first connection is opened regardless, as a pool's first
     /// always is.
     fn h2_with_room(
         &self,
@@ -312,7 +317,7 @@ impl Pools {
             |c: &H2Conn| (c.streams.active.get() as usize) < own_max.min(c.streams.peer_max.get());
         let at = match conns.iter().position(room) {
             Some(at) => at,
-            None => match self.cluster.try_hold(Breaker::Connections, priority) {
+            None => match self.try_connection(endpoint, priority) {
                 Some(held) => return Err(Slot::new(held, endpoint)),
                 None if conns.is_empty() => {
                     let held = self.cluster.hold(Breaker::Connections, priority);

@@ -75,7 +75,8 @@ impl Upstream {
     /// waits for the response head, within `timeout` over all attempts,
     /// retrying as `retry` says (on another endpoint, if the balancer picks
     /// one). A retried request's body is buffered first, up to
-    /// [`MAX_RETRY_BODY`].
+    /// [`MAX_RETRY_BODY`]. `sent` is when the router took the request:
+    /// `timeout` and `x-envoy-upstream-service-time` count from it.
     ///
     /// The request is lent, not given: moving a `Request` through each
     /// layer (and the future of each) cost a 272-byte copy apiece. Its
