@@ -1487,3 +1487,47 @@ fn server_settings(port: u16) -> std::collections::HashMap<u16, u32> {
         })
         .collect()
 }
+
+/// `common_http_protocol_options.max_requests_per_connection` downstream,
+/// through wasp and Envoy alike: after two requests an HTTP/1.1 connection
+/// is closed (its second answer says so), so a client's third request goes
+/// on a new connection. (Envoy 1.40 does not limit HTTP/2 connections by
+/// it, and neither does wasp.)
+#[test]
+fn downstream_max_requests_per_connection_as_envoy() {
+    let backend = HttpBackend::start("capped");
+    let clusters = wasp_tests::config::cluster("capped", "ROUND_ROBIN", &[(backend.addr, 1)], "");
+    let extra = "          common_http_protocol_options: { max_requests_per_connection: 2 }\n";
+    for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
+        let port = free_port();
+        let config = hcm(port, &catch_all("cluster: capped"), extra, &clusters);
+        let proxy = Proxy::launch(kind, &config, &["--concurrency", "1"]);
+        let url = format!("http://127.0.0.1:{port}/");
+        let raw = std::process::Command::new("curl")
+            .args(["-s", "-i", "--http1.1", &url, &url, &url])
+            .output()
+            .expect("curl");
+        let heads: Vec<String> = String::from_utf8_lossy(&raw.stdout)
+            .split("HTTP/1.1 ")
+            .skip(1)
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        assert_eq!(heads.len(), 3, "{kind:?}: {heads:?}");
+        assert!(
+            heads.iter().all(|h| h.starts_with("200")),
+            "{kind:?}: {heads:?}"
+        );
+        assert!(
+            heads[1].contains("connection: close") && !heads[0].contains("connection: close"),
+            "{kind:?}: the second answer closes: {heads:?}"
+        );
+        assert_eq!(
+            [
+                proxy.stat("http.edge.downstream_cx_total"),
+                proxy.stat("http.edge.downstream_cx_max_requests_reached"),
+            ],
+            [2, 1],
+            "{kind:?}: connections, and those closed at the limit"
+        );
+    }
+}

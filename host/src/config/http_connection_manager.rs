@@ -65,7 +65,7 @@ pub struct Http1ProtocolOptionsConfig {
 }
 
 /// Envoy's `HttpProtocolOptions` (`common_http_protocol_options`), of
-/// which wasp has a connection's `idle_timeout` and, upstream,
+/// which wasp has a connection's `idle_timeout` and
 /// `max_requests_per_connection`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

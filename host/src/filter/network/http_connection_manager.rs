@@ -59,6 +59,10 @@ pub struct HcmSettings {
     /// stream idle timeout is 5 minutes).
     pub response_deadline: Option<Duration>,
     pub max_request_headers_bytes: usize,
+    /// After this many requests an HTTP/1.x connection is closed
+    /// (`connection: close` on the last answer). Envoy (1.40) does not
+    /// limit an HTTP/2 connection's streams by it, and neither does wasp.
+    pub max_requests_per_connection: Option<u32>,
     /// Whether HTTP/1.0 requests are served rather than answered 426, and
     /// the Host given to those without one.
     pub accept_http_10: bool,
@@ -192,6 +196,11 @@ impl HcmSettings {
             .filter(|d| !d.is_zero())
             .min(),
             max_request_headers_bytes: c.max_request_headers_kb.unwrap_or(60) as usize * 1024,
+            max_requests_per_connection: c
+                .common_http_protocol_options
+                .as_ref()
+                .and_then(|o| o.max_requests_per_connection)
+                .filter(|&n| n > 0),
             accept_http_10: http1.is_some_and(|o| o.accept_http_10),
             http2: match &c.http2_protocol_options {
                 Some(h2) => Http2Settings::validate(h2, &join(path, "http2_protocol_options"))?,
@@ -212,6 +221,7 @@ struct HttpStats {
     downstream_cx_tx_bytes_total: Counter,
     downstream_cx_active: Gauge,
     downstream_cx_idle_timeout: Counter,
+    downstream_cx_max_requests_reached: Counter,
     downstream_rq_total: Counter,
     downstream_rq_active: Gauge,
     downstream_rq_completed: Counter,
@@ -268,6 +278,7 @@ impl HttpConnectionManager {
             downstream_cx_tx_bytes_total: scope.counter("downstream_cx_tx_bytes_total"),
             downstream_cx_active: scope.gauge("downstream_cx_active"),
             downstream_cx_idle_timeout: scope.counter("downstream_cx_idle_timeout"),
+            downstream_cx_max_requests_reached: scope.counter("downstream_cx_max_requests_reached"),
             downstream_rq_total: scope.counter("downstream_rq_total"),
             downstream_rq_active: scope.gauge("downstream_rq_active"),
             downstream_rq_completed: scope.counter("downstream_rq_completed"),
@@ -290,8 +301,10 @@ impl HttpConnectionManager {
                 server_name: settings.server_name.clone(),
                 accept_http_10: settings.accept_http_10,
                 default_host_for_http_10: settings.default_host_for_http_10.clone(),
+                max_requests: settings.max_requests_per_connection,
                 rx_bytes: http_stats.downstream_cx_rx_bytes_total.clone(),
                 tx_bytes: http_stats.downstream_cx_tx_bytes_total.clone(),
+                max_requests_reached: http_stats.downstream_cx_max_requests_reached.clone(),
             },
             stats: http_stats,
             settings,

@@ -51,9 +51,13 @@ pub struct Settings {
     /// Host given to those without one (`default_host_for_http_10`).
     pub accept_http_10: bool,
     pub default_host_for_http_10: Option<HeaderValue>,
+    /// Requests a connection serves before it is closed
+    /// (`max_requests_per_connection`), counted in `max_requests_reached`.
+    pub max_requests: Option<u32>,
     /// Bytes read from and written to clients (this worker's shards).
     pub rx_bytes: Counter,
     pub tx_bytes: Counter,
+    pub max_requests_reached: Counter,
 }
 
 /// Response bytes gathered before they are written; a frame this large
@@ -296,7 +300,13 @@ pub async fn serve<H, F>(
             return;
         };
         let draining = poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
-        let keep_alive = head.keep_alive && !draining;
+        let last = settings
+            .max_requests
+            .is_some_and(|max| request >= u64::from(max));
+        if last && head.keep_alive {
+            settings.max_requests_reached.inc();
+        }
+        let keep_alive = head.keep_alive && !draining && !last;
         let written = respond(&conn, &mut out, resp, head_request, version, keep_alive).await;
         conn.continue_left.set(0);
         // The connection is good for another request only if this one's
@@ -640,8 +650,10 @@ mod tests {
             server_name: HeaderValue::from_static("wasp"),
             accept_http_10,
             default_host_for_http_10: default_host.map(HeaderValue::from_static),
+            max_requests: None,
             rx_bytes: Counter::default(),
             tx_bytes: Counter::default(),
+            max_requests_reached: Counter::default(),
         }
     }
 
