@@ -835,9 +835,9 @@ impl WorkerCluster {
         })
     }
 
-    /// Counts an attempt's answer: its code and class, and for an
-    /// upstream's answer the time it `took`.
-    pub fn charge(&self, status: http::StatusCode, took: Option<Duration>) {
+    /// Counts an attempt's answer: its code and class (its time is
+    /// recorded when the response ends, [`WorkerCluster::record_rq_time`]).
+    pub fn charge(&self, status: http::StatusCode) {
         let scope = self.cluster.scope();
         let code = status.as_u16();
         let class = (code / 100).clamp(1, 5) as usize;
@@ -856,11 +856,18 @@ impl WorkerCluster {
                 c.codes.push((code, counter));
             }
         }
-        if let Some(took) = took {
-            c.time
-                .get_or_insert_with(|| scope.histogram("upstream_rq_time"))
-                .record(took.as_millis() as u64);
-        }
+    }
+
+    /// Records a response's time, from its request's sending to its end
+    /// (`upstream_rq_time`).
+    pub fn record_rq_time(&self, took: Duration) {
+        let scope = self.cluster.scope();
+        self.stats
+            .charged
+            .borrow_mut()
+            .time
+            .get_or_insert_with(|| scope.histogram("upstream_rq_time"))
+            .record(took.as_millis() as u64);
     }
 
     /// Chooses an endpoint for a new connection or request.

@@ -1531,3 +1531,55 @@ fn downstream_max_requests_per_connection_as_envoy() {
         );
     }
 }
+
+/// A request is in flight upstream (`upstream_rq_active`, what a
+/// least-request balancer reads) until its response has ended, not just
+/// its head, through wasp and Envoy alike: here a response that streams
+/// back a request body still being sent.
+#[test]
+fn upstream_requests_are_active_until_their_response_ends() {
+    use std::io::{Read, Write};
+    let backend = HttpBackend::start("streaming");
+    let clusters =
+        wasp_tests::config::cluster("streaming", "ROUND_ROBIN", &[(backend.addr, 1)], "");
+    for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
+        let port = free_port();
+        let config = hcm(port, &catch_all("cluster: streaming"), "", &clusters);
+        let proxy = Proxy::launch(kind, &config, &["--concurrency", "1"]);
+        let active = || proxy.stat("cluster.streaming.upstream_rq_active");
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        s.write_all(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
+        .unwrap();
+        // The head and the first chunk come back while the request goes on.
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains("hello") {
+            let mut buf = [0; 1024];
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "{kind:?}: closed early");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        assert!(seen.starts_with(b"HTTP/1.1 200"), "{kind:?}");
+        assert_eq!(active(), 1, "{kind:?}: in flight while the body streams");
+        s.write_all(b"0\r\n\r\n").unwrap();
+        while !seen.ends_with(b"0\r\n\r\n") {
+            let mut buf = [0; 1024];
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "{kind:?}: closed early");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        wasp_tests::eventually(
+            std::time::Duration::from_secs(5),
+            "the request no longer in flight",
+            || (active() == 0).then_some(()),
+        );
+        assert_eq!(
+            proxy.stat("cluster.streaming.upstream_rq_completed"),
+            1,
+            "{kind:?}"
+        );
+    }
+}

@@ -62,6 +62,62 @@ pub struct Opened {
     _slot: Slot,
 }
 
+/// A request to an endpoint from when it is sent until its response is
+/// complete (or it fails): its unit of the cluster's `max_requests`, and
+/// its place in the cluster's and the endpoint's requests in flight
+/// (`upstream_rq_active`, which a least-request balancer reads). A
+/// response's time (`upstream_rq_time`) runs to its end, as in Envoy.
+pub struct InFlight {
+    held: Held,
+    cluster: Rc<WorkerCluster>,
+    endpoint: Arc<Endpoint>,
+    began: Instant,
+    answered: bool,
+}
+
+impl InFlight {
+    /// Counts a request to `endpoint` in flight from `began`.
+    pub fn new(
+        held: Held,
+        cluster: &Rc<WorkerCluster>,
+        endpoint: &Arc<Endpoint>,
+        began: Instant,
+    ) -> Self {
+        cluster.stats.upstream_rq_active.inc();
+        endpoint.stats.rq_active.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            held,
+            cluster: cluster.clone(),
+            endpoint: endpoint.clone(),
+            began,
+            answered: false,
+        }
+    }
+
+    fn priority(&self) -> Priority {
+        self.held.priority()
+    }
+
+    /// Marks the response head as come: its time is recorded at the end.
+    fn answered(mut self) -> Self {
+        self.answered = true;
+        self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.cluster.stats.upstream_rq_active.dec();
+        self.endpoint
+            .stats
+            .rq_active
+            .fetch_sub(1, Ordering::Relaxed);
+        if self.answered {
+            self.cluster.record_rq_time(self.began.elapsed());
+        }
+    }
+}
+
 /// A connection's units of the cluster's and of its endpoint's
 /// `max_connections`, taken before it opens and given back when it closes.
 struct Slot {
@@ -160,18 +216,18 @@ impl Pools {
 
     /// Sends `req` to `endpoint` over a pooled connection or a new one.
     /// On HTTP/1.1 the URI is sent as it is (origin form, with the Host
-    /// header); on HTTP/2 it must carry scheme and authority. `held`, the
+    /// header); on HTTP/2 it must carry scheme and authority. `request`, the
     /// request's unit of the cluster's `max_requests`, is kept until the
     /// response is complete.
     pub async fn send(
         &self,
         endpoint: &Arc<Endpoint>,
         req: &mut Request<Body>,
-        held: Held,
+        request: InFlight,
     ) -> Result<Response<Body>, SendError> {
         // The router set the version the cluster's settings call for.
         if req.version() == Version::HTTP_2 {
-            return self.send_h2(endpoint, req, held).await;
+            return self.send_h2(endpoint, req, request).await;
         }
         let pool = self
             .h1
@@ -186,7 +242,7 @@ impl Pools {
         let mut upload = h1::Upload::new(req);
         // A request not served by an idle connection is pending until it
         // has one, as in Envoy: within `max_pending_requests`.
-        let priority = held.priority();
+        let priority = request.priority();
         let mut pending = None;
         loop {
             let (conn, reused) = match pool.checkout() {
@@ -214,7 +270,7 @@ impl Pools {
             match h1::exchange(conn, upload, &pool).await {
                 Ok(mut resp) => {
                     if let Body::Upstream(b) = resp.body_mut() {
-                        b.hold(held);
+                        b.hold(request.answered());
                     }
                     return Ok(resp);
                 }
@@ -264,9 +320,9 @@ impl Pools {
         &self,
         endpoint: &Arc<Endpoint>,
         req: &mut Request<Body>,
-        held: Held,
+        request: InFlight,
     ) -> Result<Response<Body>, SendError> {
-        let (mut sender, streams) = match self.h2_with_room(endpoint, held.priority()) {
+        let (mut sender, streams) = match self.h2_with_room(endpoint, request.priority()) {
             Ok(conn) => conn,
             Err(slot) => {
                 let (sender, streams) = Box::pin(self.connect_h2(endpoint, slot)).await?;
@@ -284,12 +340,13 @@ impl Pools {
                 (sender, streams)
             }
         };
-        let stream = H2Stream::new(held, streams);
+        let mut stream = H2Stream::new(request, streams);
         let req = std::mem::replace(req, Request::new(Body::empty()));
         let resp = sender
             .send_request(req)
             .await
             .map_err(|e| SendError::Upstream(e.into()))?;
+        stream.request.answered = true;
         Ok(resp.map(|b| Body::UpstreamH2(b, stream)))
     }
 
@@ -435,20 +492,16 @@ pub struct H2Streams {
 }
 
 /// What a request's HTTP/2 stream holds until its response body is done:
-/// its unit of the cluster's `max_requests`, and its place among its
-/// connection's streams in flight.
+/// the request in flight, and its place among its connection's streams.
 pub struct H2Stream {
-    _held: Held,
+    request: InFlight,
     streams: Rc<H2Streams>,
 }
 
 impl H2Stream {
-    fn new(held: Held, streams: Rc<H2Streams>) -> Self {
+    fn new(request: InFlight, streams: Rc<H2Streams>) -> Self {
         streams.active.set(streams.active.get() + 1);
-        H2Stream {
-            _held: held,
-            streams,
-        }
+        H2Stream { request, streams }
     }
 }
 

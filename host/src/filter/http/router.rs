@@ -15,7 +15,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use tokio::time::Instant;
 
-use super::pool::{Pools, SendError};
+use super::pool::{InFlight, Pools, SendError};
 use super::route::RetryPolicy;
 use crate::access_log::ResponseFlags;
 use crate::cluster::{Breaker, ConnectError, LbContext, Priority, WorkerCluster};
@@ -232,33 +232,26 @@ impl Upstream {
             *req.version_mut() = http::Version::HTTP_11;
         }
         let Some(held) = self.cluster.try_hold(Breaker::Requests, how.priority) else {
-            self.cluster.charge(StatusCode::SERVICE_UNAVAILABLE, None);
+            self.cluster.charge(StatusCode::SERVICE_UNAVAILABLE);
             return Attempt::Overflow;
         };
         stats.upstream_rq_total.inc();
-        stats.upstream_rq_active.inc();
         endpoint.stats.rq_total.fetch_add(1, Ordering::Relaxed);
-        endpoint.stats.rq_active.fetch_add(1, Ordering::Relaxed);
-        let sent = std::pin::pin!(self.pools.send(&endpoint, req, held));
+        let request = InFlight::new(held, &self.cluster, &endpoint, began.attempt);
+        let sent = std::pin::pin!(self.pools.send(&endpoint, req, request));
         let result = match timeout {
             Some(t) => crate::clock::timeout_at(began.attempt + t, sent)
                 .await
                 .map_err(|_| ()),
             None => Ok(sent.await),
         };
-        stats.upstream_rq_active.dec();
-        endpoint.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
-        // When the response head came (one clock read for both figures).
-        let mut took = None;
         let outcome = match result {
             Ok(Ok(mut resp)) => {
                 endpoint.stats.rq_success.fetch_add(1, Ordering::Relaxed);
-                let now = Instant::now();
-                took = Some(now - began.attempt);
                 // Upstream answers only, as in Envoy: not local replies.
                 resp.headers_mut().insert(
                     X_ENVOY_UPSTREAM_SERVICE_TIME,
-                    milliseconds(now - began.request),
+                    milliseconds(began.request.elapsed()),
                 );
                 if self.tag_upstream_host {
                     resp.extensions_mut().insert(UpstreamHost(endpoint.address));
@@ -286,7 +279,7 @@ impl Upstream {
             }
         };
         if let Some(status) = outcome.status() {
-            self.cluster.charge(status, took);
+            self.cluster.charge(status);
         }
         outcome
     }

@@ -29,13 +29,13 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::super::body::{Body, BoxError};
-use super::super::pool::Opened;
+use super::super::pool::{InFlight, Opened};
 use super::{
     Chunk, Decoded, Decoder, Error, MAX_HEADERS, encode_chunk, encode_field, encode_last_chunk,
     header_map, is_connection_field, spans,
 };
 use crate::clock;
-use crate::cluster::{Held, UpstreamHttp};
+use crate::cluster::UpstreamHttp;
 use crate::spare::Spares;
 
 /// Most bytes of a response head or trailer block (Envoy's limit).
@@ -416,7 +416,7 @@ pub async fn exchange(
             let done = upload.body.is_none() && upload.written == upload.out.len();
             let mut body = UpstreamBody {
                 conn: Some(conn),
-                held: None,
+                request: None,
                 upload: (!done && send_error.is_none()).then(|| Box::new(upload)),
                 decoder: head.decoder,
                 keep_alive: head.keep_alive && send_error.is_none(),
@@ -536,9 +536,9 @@ fn parse_head(read: &mut BytesMut, head_request: bool) -> Result<Option<Head>, E
 /// upstream streaming its answer while the request streams in).
 pub struct UpstreamBody {
     conn: Option<Box<Conn>>,
-    /// The request's unit of the cluster's `max_requests`, given back with
-    /// the connection.
-    held: Option<Held>,
+    /// The request, in flight until the response is complete (when the
+    /// connection is given back).
+    request: Option<InFlight>,
     /// Boxed: a request body holds a [`Body`], which may be one of these.
     upload: Option<Box<Upload>>,
     decoder: Decoder,
@@ -551,7 +551,7 @@ impl UpstreamBody {
     /// the request is all sent and the upstream keeps it open; otherwise
     /// it is closed.
     fn finish(&mut self) {
-        self.held = None;
+        self.request = None;
         let conn = self.conn.take();
         if let Some(conn) =
             conn.filter(|c| self.keep_alive && self.upload.is_none() && c.read.is_empty())
@@ -564,10 +564,10 @@ impl UpstreamBody {
         self.conn.is_none()
     }
 
-    /// Keeps `held` until the response is complete.
-    pub fn hold(&mut self, held: Held) {
+    /// Keeps `request` in flight until the response is complete.
+    pub fn hold(&mut self, request: InFlight) {
         if self.conn.is_some() {
-            self.held = Some(held);
+            self.request = Some(request);
         }
     }
 
