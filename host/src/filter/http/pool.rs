@@ -216,9 +216,8 @@ impl Pools {
 
     /// Sends `req` to `endpoint` over a pooled connection or a new one.
     /// On HTTP/1.1 the URI is sent as it is (origin form, with the Host
-    /// header); on HTTP/2 it must carry scheme and authority. `request`, the
-    /// request's unit of the cluster's `max_requests`, is kept until the
-    /// response is complete.
+    /// header); on HTTP/2 it must carry scheme and authority. `request` is
+    /// kept in flight until the response is complete.
     pub async fn send(
         &self,
         endpoint: &Arc<Endpoint>,
@@ -269,8 +268,9 @@ impl Pools {
             pending = None;
             match h1::exchange(conn, upload, &pool).await {
                 Ok(mut resp) => {
+                    let request = request.answered();
                     if let Body::Upstream(b) = resp.body_mut() {
-                        b.hold(request.answered());
+                        b.hold(request);
                     }
                     return Ok(resp);
                 }
