@@ -323,6 +323,11 @@ impl Held {
     pub fn priority(&self) -> Priority {
         self.priority
     }
+
+    /// The cluster it is a unit of.
+    pub fn cluster(&self) -> &WorkerCluster {
+        &self.cluster
+    }
 }
 
 impl WorkerCluster {

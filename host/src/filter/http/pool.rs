@@ -68,8 +68,8 @@ pub struct Opened {
 /// (`upstream_rq_active`, which a least-request balancer reads). A
 /// response's time (`upstream_rq_time`) runs to its end, as in Envoy.
 pub struct InFlight {
+    /// Also names the cluster whose counts these are.
     held: Held,
-    cluster: Rc<WorkerCluster>,
     endpoint: Arc<Endpoint>,
     began: Instant,
     answered: bool,
@@ -77,17 +77,11 @@ pub struct InFlight {
 
 impl InFlight {
     /// Counts a request to `endpoint` in flight from `began`.
-    pub fn new(
-        held: Held,
-        cluster: &Rc<WorkerCluster>,
-        endpoint: &Arc<Endpoint>,
-        began: Instant,
-    ) -> Self {
-        cluster.stats.upstream_rq_active.inc();
+    pub fn new(held: Held, endpoint: &Arc<Endpoint>, began: Instant) -> Self {
+        held.cluster().stats.upstream_rq_active.inc();
         endpoint.stats.rq_active.fetch_add(1, Ordering::Relaxed);
         InFlight {
             held,
-            cluster: cluster.clone(),
             endpoint: endpoint.clone(),
             began,
             answered: false,
@@ -107,13 +101,14 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.cluster.stats.upstream_rq_active.dec();
+        let cluster = self.held.cluster();
+        cluster.stats.upstream_rq_active.dec();
         self.endpoint
             .stats
             .rq_active
             .fetch_sub(1, Ordering::Relaxed);
         if self.answered {
-            self.cluster.record_rq_time(self.began.elapsed());
+            cluster.record_rq_time(self.began.elapsed());
         }
     }
 }

@@ -237,7 +237,7 @@ impl Upstream {
         };
         stats.upstream_rq_total.inc();
         endpoint.stats.rq_total.fetch_add(1, Ordering::Relaxed);
-        let request = InFlight::new(held, &self.cluster, &endpoint, began.attempt);
+        let request = InFlight::new(held, &endpoint, began.attempt);
         let sent = std::pin::pin!(self.pools.send(&endpoint, req, request));
         let result = match timeout {
             Some(t) => crate::clock::timeout_at(began.attempt + t, sent)
