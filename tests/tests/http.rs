@@ -1461,6 +1461,85 @@ fn http2_protocol_options_as_envoy_applies_them() {
     }
 }
 
+/// A burst of requests to an HTTP/2 endpoint with no connection yet waits
+/// for the one the first of them opens, as far as the stream limit
+/// allows, through wasp and Envoy alike: eight requests make one
+/// connection, or four at `max_concurrent_streams: 2`. Each request
+/// waiting for its connection counts as pending. The proxy is stopped
+/// while the eight are sent, so that all of them are there at once.
+#[test]
+fn a_burst_of_requests_shares_the_http2_connection_being_opened() {
+    use std::io::{Read, Write};
+    let backend = HttpBackend::start("burst");
+    let cluster = |name: &str, http2: &str| {
+        wasp_tests::config::cluster(
+            name,
+            "ROUND_ROBIN",
+            &[(backend.addr, 1)],
+            &format!(
+                "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {{ http2_protocol_options: {{ {http2} }} }}\n"
+            ),
+        )
+    };
+    let clusters = cluster("wide", "") + &cluster("narrow", "max_concurrent_streams: 2");
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n".to_string()
+        + &["wide", "narrow"]
+            .map(|c| {
+                format!("              - match: {{ prefix: \"/{c}\" }}\n                route: {{ cluster: {c} }}\n")
+            })
+            .concat();
+    let signal = |pid: u32, sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
+        let port = free_port();
+        let config = hcm(port, &vhosts, "", &clusters);
+        let proxy = Proxy::launch(kind, &config, &["--concurrency", "1"]);
+        for (name, connections) in [("wide", 1), ("narrow", 4)] {
+            signal(proxy.pid(), "-STOP");
+            // The kernel completes the handshakes; the requests wait in
+            // the sockets until the proxy runs again.
+            let clients: Vec<_> = (0..8)
+                .map(|_| {
+                    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                        .unwrap();
+                    write!(
+                        s,
+                        "GET /{name} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                    )
+                    .unwrap();
+                    s
+                })
+                .collect();
+            signal(proxy.pid(), "-CONT");
+            for mut s in clients {
+                let mut answer = String::new();
+                s.read_to_string(&mut answer).unwrap();
+                assert!(
+                    answer.starts_with("HTTP/1.1 200"),
+                    "{kind:?} {name}: {answer}"
+                );
+            }
+            let stat = |s: &str| proxy.stat(&format!("cluster.{name}.{s}"));
+            assert_eq!(
+                [
+                    stat("upstream_rq_total"),
+                    stat("upstream_cx_http2_total"),
+                    stat("upstream_rq_pending_total"),
+                ],
+                [8, connections, 8],
+                "{kind:?} {name}: requests, connections, requests that waited for one"
+            );
+        }
+    }
+}
+
 /// The SETTINGS an HTTP/2 server at `port` sends first (identifier to
 /// value), read with a hand-made client preface.
 fn server_settings(port: u16) -> std::collections::HashMap<u16, u32> {

@@ -1,6 +1,6 @@
 //! One worker's upstream HTTP connections, per endpoint: a stack of idle
-//! HTTP/1.1 keep-alive connections ([`h1::EndpointPool`]), or one multiplexed
-//! HTTP/2 connection.
+//! HTTP/1.1 keep-alive connections ([`h1::EndpointPool`]), or multiplexed
+//! HTTP/2 connections, as few as the stream limits allow.
 //!
 //! Everything here lives on the worker (`Rc`, `RefCell`, `spawn_local`):
 //! taking a connection is a `Vec::pop`, with no lock and no task. An
@@ -35,6 +35,26 @@ pub enum SendError {
     Overflow,
 }
 
+impl SendError {
+    /// The same error for another request that met it: the requests that
+    /// waited for one HTTP/2 connection to open each get its failure.
+    fn again(&self) -> SendError {
+        match self {
+            SendError::Connect(ConnectError::Failed(at, e)) => SendError::Connect(
+                ConnectError::Failed(*at, std::io::Error::new(e.kind(), e.to_string())),
+            ),
+            SendError::Connect(ConnectError::Timeout(at)) => {
+                SendError::Connect(ConnectError::Timeout(*at))
+            }
+            SendError::Connect(ConnectError::NoHealthyUpstream) => {
+                SendError::Connect(ConnectError::NoHealthyUpstream)
+            }
+            SendError::Upstream(e) => SendError::Upstream(e.to_string().into()),
+            SendError::Overflow => SendError::Overflow,
+        }
+    }
+}
+
 /// Looked up once per request: hashed with foldhash, not SipHash.
 type ByEndpoint<T> = HashMap<SocketAddr, T, foldhash::fast::RandomState>;
 
@@ -45,12 +65,11 @@ pub struct Pools {
     h2: RefCell<ByEndpoint<Vec<H2Conn>>>,
 }
 
-/// An endpoint's HTTP/2 connection: how requests go on it, how many it has
-/// carried, and its streams in flight.
+/// An endpoint's HTTP/2 connection, open or being opened: how many
+/// streams it has carried, and what its streams share.
 struct H2Conn {
-    sender: http2::SendRequest<Body>,
     carried: u32,
-    streams: Rc<H2Streams>,
+    shared: Rc<H2Shared>,
 }
 
 /// Keeps Envoy's connection stats for one upstream connection while it is
@@ -317,25 +336,20 @@ impl Pools {
         req: &mut Request<Body>,
         request: InFlight,
     ) -> Result<Response<Body>, SendError> {
-        let (mut sender, streams) = match self.h2_with_room(endpoint, request.priority()) {
-            Ok(conn) => conn,
-            Err(slot) => {
-                let (sender, streams) = Box::pin(self.connect_h2(endpoint, slot)).await?;
-                if self.cluster.cluster.settings.upstream_http.spent(1) {
-                    self.cluster.stats.upstream_cx_max_requests.inc();
-                } else {
-                    let conn = H2Conn {
-                        sender: sender.clone(),
-                        carried: 1,
-                        streams: streams.clone(),
-                    };
-                    let mut h2 = self.h2.borrow_mut();
-                    h2.entry(endpoint.address).or_default().push(conn);
-                }
-                (sender, streams)
+        let priority = request.priority();
+        let mut stream = H2Stream::new(request, self.h2_with_room(endpoint, priority));
+        let mut sender = match stream.shared.outcome() {
+            Some(outcome) => outcome?,
+            // A request waiting for its connection to open is pending, as
+            // in Envoy: within `max_pending_requests`.
+            None => {
+                let _pending = self
+                    .cluster
+                    .try_hold(Breaker::PendingRequests, priority)
+                    .ok_or(SendError::Overflow)?;
+                stream.shared.sender().await?
             }
         };
-        let mut stream = H2Stream::new(request, streams);
         let req = std::mem::replace(req, Request::new(Body::empty()));
         let resp = sender
             .send_request(req)
@@ -345,18 +359,15 @@ impl Pools {
         Ok(resp.map(|b| Body::UpstreamH2(b, stream)))
     }
 
-    /// An open HTTP/2 connection to `endpoint` for one more stream: the
-    /// first with room under both wasp's `max_concurrent_streams` and the
-    /// upstream's, as Envoy picks. When all are full, the units of
-    /// `max_connections` to open another; when a breaker allows none, the
-    /// least busy (hyper holds the stream until the upstream takes it).
-    /// The first connection is opened regardless, as a pool's first
-    /// always is.
-    fn h2_with_room(
-        &self,
-        endpoint: &Arc<Endpoint>,
-        priority: Priority,
-    ) -> Result<(http2::SendRequest<Body>, Rc<H2Streams>), Slot> {
+    /// An HTTP/2 connection to `endpoint` for one more stream, open or
+    /// being opened: the first with room under both wasp's
+    /// `max_concurrent_streams` and the upstream's (unknown until it
+    /// opens), as Envoy picks; so a burst of requests to an endpoint shares
+    /// the connection the first of them opens. When all are full, a new
+    /// one if `max_connections` allows it, else the least busy (hyper holds
+    /// the stream until the upstream takes it). The first connection is
+    /// opened regardless, as a pool's first always is.
+    fn h2_with_room(&self, endpoint: &Arc<Endpoint>, priority: Priority) -> Rc<H2Shared> {
         let settings = &self.cluster.cluster.settings.upstream_http;
         let own_max = settings
             .http2
@@ -364,25 +375,40 @@ impl Pools {
             .map_or(usize::MAX, |m| m as usize);
         let mut h2 = self.h2.borrow_mut();
         let conns = h2.entry(endpoint.address).or_default();
-        conns.retain(|c| !c.sender.is_closed());
+        conns.retain(|c| c.shared.usable());
         let room =
-            |c: &H2Conn| (c.streams.active.get() as usize) < own_max.min(c.streams.peer_max.get());
+            |c: &H2Conn| (c.shared.active.get() as usize) < own_max.min(c.shared.peer_max.get());
         let at = match conns.iter().position(room) {
             Some(at) => at,
-            None => match self.try_connection(endpoint, priority) {
-                Some(held) => return Err(Slot::new(held, endpoint)),
-                None if conns.is_empty() => {
-                    let held = self.cluster.hold(Breaker::Connections, priority);
-                    return Err(Slot::new(held, endpoint));
+            None => {
+                let held = match self.try_connection(endpoint, priority) {
+                    Some(held) => Some(held),
+                    None if conns.is_empty() => {
+                        Some(self.cluster.hold(Breaker::Connections, priority))
+                    }
+                    None => None,
+                };
+                match held {
+                    Some(held) => {
+                        let shared = H2Shared::opening();
+                        tokio::task::spawn_local(open_h2(
+                            self.cluster.clone(),
+                            endpoint.clone(),
+                            Slot::new(held, endpoint),
+                            shared.clone(),
+                        ));
+                        conns.push(H2Conn { carried: 0, shared });
+                        conns.len() - 1
+                    }
+                    None => (0..conns.len())
+                        .min_by_key(|&at| conns[at].shared.active.get())
+                        .unwrap_or(0),
                 }
-                None => (0..conns.len())
-                    .min_by_key(|&at| conns[at].streams.active.get())
-                    .unwrap_or(0),
-            },
+            }
         };
         let c = &mut conns[at];
         c.carried += 1;
-        let taken = (c.sender.clone(), c.streams.clone());
+        let taken = c.shared.clone();
         // A connection that has carried max_requests_per_connection streams
         // takes no new ones: it leaves the pool (and closes once its
         // streams are done), and the next request opens another.
@@ -390,83 +416,7 @@ impl Pools {
             conns.remove(at);
             self.cluster.stats.upstream_cx_max_requests.inc();
         }
-        Ok(taken)
-    }
-
-    async fn connect_h2(
-        &self,
-        endpoint: &Arc<Endpoint>,
-        slot: Slot,
-    ) -> Result<(http2::SendRequest<Body>, Rc<H2Streams>), SendError> {
-        let stats = &self.cluster.stats;
-        let io = TokioIo::new(CountedIo::new(
-            Bytes::new(),
-            self.connect(endpoint).await?,
-            stats.upstream_cx_rx_bytes_total.clone(),
-            stats.upstream_cx_tx_bytes_total.clone(),
-        ));
-        let mut builder = http2::Builder::new(LocalExec);
-        builder.timer(TokioTimer::new());
-        self.cluster
-            .cluster
-            .settings
-            .upstream_http
-            .http2
-            .client(&mut builder);
-        let (sender, conn) = builder
-            .handshake(io)
-            .await
-            .map_err(|e| SendError::Upstream(e.into()))?;
-        let opened = Opened::new(&self.cluster, endpoint, slot, Version::HTTP_2);
-        let address = endpoint.address;
-        let streams = Rc::new(H2Streams {
-            active: Cell::new(0),
-            idle_since: Cell::new(Instant::now()),
-            peer_max: Cell::new(conn.current_max_send_streams()),
-        });
-        let watched = streams.clone();
-        let idle_timeout = self.cluster.cluster.settings.upstream_http.idle_timeout;
-        tokio::task::spawn_local(async move {
-            let mut conn = std::pin::pin!(conn);
-            loop {
-                // While streams are open it cannot idle out sooner than a
-                // whole timeout from now: look again then.
-                let since = match watched.active.get() {
-                    0 => watched.idle_since.get(),
-                    _ => Instant::now(),
-                };
-                let idle = async {
-                    match since.checked_add(idle_timeout) {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                // The upstream's stream limit, as its SETTINGS give it.
-                let polled = std::future::poll_fn(|cx| {
-                    let ended = conn.as_mut().poll(cx);
-                    watched.peer_max.set(conn.current_max_send_streams());
-                    ended
-                });
-                tokio::select! {
-                    ended = polled => {
-                        if let Err(e) = ended {
-                            tracing::debug!(endpoint = %address, error = %e, "upstream connection ended");
-                        }
-                        break;
-                    }
-                    () = idle => if watched.active.get() == 0
-                        && watched.idle_since.get().elapsed() >= idle_timeout
-                    {
-                        // Dropping the connection closes it; the pool finds
-                        // its sender closed and opens another when needed.
-                        opened.idled();
-                        break;
-                    },
-                }
-            }
-            drop(opened);
-        });
-        Ok((sender, streams))
+        taken
     }
 
     async fn connect(&self, endpoint: &Endpoint) -> Result<TcpStream, SendError> {
@@ -477,35 +427,177 @@ impl Pools {
     }
 }
 
-/// One HTTP/2 connection's streams in flight, and since when it has had
-/// none (an idle connection is one with no streams).
-pub struct H2Streams {
+/// Opens an HTTP/2 connection to `endpoint`, tells the requests waiting
+/// for it how it went, then drives it until it ends or idles out. A task
+/// of its own, so that no request's end (a timeout, a client gone) leaves
+/// the others waiting.
+async fn open_h2(
+    cluster: Rc<WorkerCluster>,
+    endpoint: Arc<Endpoint>,
+    slot: Slot,
+    shared: Rc<H2Shared>,
+) {
+    let handshake = async {
+        let stats = &cluster.stats;
+        let io = cluster
+            .connect_to(&endpoint)
+            .await
+            .map_err(SendError::Connect)?;
+        let io = TokioIo::new(CountedIo::new(
+            Bytes::new(),
+            io,
+            stats.upstream_cx_rx_bytes_total.clone(),
+            stats.upstream_cx_tx_bytes_total.clone(),
+        ));
+        let mut builder = http2::Builder::new(LocalExec);
+        builder.timer(TokioTimer::new());
+        cluster
+            .cluster
+            .settings
+            .upstream_http
+            .http2
+            .client(&mut builder);
+        builder
+            .handshake(io)
+            .await
+            .map_err(|e| SendError::Upstream(e.into()))
+    };
+    let conn = match handshake.await {
+        Ok((sender, conn)) => {
+            shared.opened(Ok(sender));
+            conn
+        }
+        Err(e) => return shared.opened(Err(e)),
+    };
+    let opened = Opened::new(&cluster, &endpoint, slot, Version::HTTP_2);
+    let idle_timeout = cluster.cluster.settings.upstream_http.idle_timeout;
+    // Held weakly from here: once the pool has let go of the connection
+    // (spent) and its last stream is done, the sender goes with them, and
+    // hyper closes the connection.
+    let shared = Rc::downgrade(&shared);
+    let mut conn = std::pin::pin!(conn);
+    loop {
+        // While streams are open it cannot idle out sooner than a whole
+        // timeout from now: look again then.
+        let since = shared.upgrade().map(|s| match s.active.get() {
+            0 => s.idle_since.get(),
+            _ => Instant::now(),
+        });
+        let idle = async {
+            match since.and_then(|s| s.checked_add(idle_timeout)) {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        // The upstream's stream limit, as its SETTINGS give it.
+        let polled = std::future::poll_fn(|cx| {
+            let ended = conn.as_mut().poll(cx);
+            if let Some(s) = shared.upgrade() {
+                s.peer_max.set(conn.current_max_send_streams());
+            }
+            ended
+        });
+        tokio::select! {
+            ended = polled => {
+                if let Err(e) = ended {
+                    tracing::debug!(endpoint = %endpoint.address, error = %e, "upstream connection ended");
+                }
+                break;
+            }
+            () = idle => if shared.upgrade().is_some_and(|s| s.active.get() == 0
+                && s.idle_since.get().elapsed() >= idle_timeout)
+            {
+                // Dropping the connection closes it; the pool finds its
+                // sender closed and opens another when needed.
+                opened.idled();
+                break;
+            },
+        }
+    }
+}
+
+/// What the streams of one HTTP/2 connection share: how requests go on it
+/// once it is open, how many are in flight or waiting for it to open, and
+/// since when it has had none (an idle connection is one with no streams).
+pub struct H2Shared {
+    /// Unset while the connection is being opened; then how requests go on
+    /// it, or why it could not be opened.
+    opened: std::cell::OnceCell<Result<http2::SendRequest<Body>, SendError>>,
+    ready: tokio::sync::Notify,
     active: Cell<u32>,
     idle_since: Cell<Instant>,
-    /// How many streams the upstream allows at once.
+    /// How many streams the upstream allows at once: as many as wasp's own
+    /// limit allows until its SETTINGS say.
     peer_max: Cell<usize>,
+}
+
+impl H2Shared {
+    fn opening() -> Rc<Self> {
+        Rc::new(H2Shared {
+            opened: std::cell::OnceCell::new(),
+            ready: tokio::sync::Notify::new(),
+            active: Cell::new(0),
+            idle_since: Cell::new(Instant::now()),
+            peer_max: Cell::new(usize::MAX),
+        })
+    }
+
+    /// Whether it takes new streams: it is being opened, or is open.
+    fn usable(&self) -> bool {
+        match self.opened.get() {
+            None => true,
+            Some(Ok(sender)) => !sender.is_closed(),
+            Some(Err(_)) => false,
+        }
+    }
+
+    fn opened(&self, outcome: Result<http2::SendRequest<Body>, SendError>) {
+        let _ = self.opened.set(outcome);
+        self.ready.notify_waiters();
+    }
+
+    /// How a request goes on the connection, or why it cannot: `None`
+    /// while it is being opened.
+    fn outcome(&self) -> Option<Result<http2::SendRequest<Body>, SendError>> {
+        self.opened.get().map(|opened| match opened {
+            Ok(sender) => Ok(sender.clone()),
+            Err(e) => Err(e.again()),
+        })
+    }
+
+    /// How a request goes on the connection, once it is open.
+    async fn sender(&self) -> Result<http2::SendRequest<Body>, SendError> {
+        loop {
+            // Made before the look, so that no notice falls between.
+            let ready = self.ready.notified();
+            if let Some(outcome) = self.outcome() {
+                return outcome;
+            }
+            ready.await;
+        }
+    }
 }
 
 /// What a request's HTTP/2 stream holds until its response body is done:
 /// the request in flight, and its place among its connection's streams.
 pub struct H2Stream {
     request: InFlight,
-    streams: Rc<H2Streams>,
+    shared: Rc<H2Shared>,
 }
 
 impl H2Stream {
-    fn new(request: InFlight, streams: Rc<H2Streams>) -> Self {
-        streams.active.set(streams.active.get() + 1);
-        H2Stream { request, streams }
+    fn new(request: InFlight, shared: Rc<H2Shared>) -> Self {
+        shared.active.set(shared.active.get() + 1);
+        H2Stream { request, shared }
     }
 }
 
 impl Drop for H2Stream {
     fn drop(&mut self) {
-        let active = self.streams.active.get() - 1;
-        self.streams.active.set(active);
+        let active = self.shared.active.get() - 1;
+        self.shared.active.set(active);
         if active == 0 {
-            self.streams.idle_since.set(Instant::now());
+            self.shared.idle_since.set(Instant::now());
         }
     }
 }
