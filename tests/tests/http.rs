@@ -1540,6 +1540,52 @@ fn a_burst_of_requests_shares_the_http2_connection_being_opened() {
     }
 }
 
+/// A route of high priority has upstream connections of its own, through
+/// wasp and Envoy alike: requests taking turns between a default and a
+/// high priority route to one endpoint use two connections, over
+/// HTTP/1.1 and over HTTP/2.
+#[test]
+fn each_routing_priority_has_its_own_upstream_connections() {
+    let backend = HttpBackend::start("prioritized");
+    let cluster = |name: &str, protocol: &str| {
+        wasp_tests::config::cluster(
+            name,
+            "ROUND_ROBIN",
+            &[(backend.addr, 1)],
+            &format!(
+                "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {{ {protocol}: {{}} }}\n"
+            ),
+        )
+    };
+    let clusters =
+        cluster("one", "http_protocol_options") + &cluster("two", "http2_protocol_options");
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n".to_string()
+        + &["one", "two"]
+            .map(|c| {
+                format!("              - match: {{ prefix: \"/{c}/high\" }}\n                route: {{ cluster: {c}, priority: HIGH }}\n              - match: {{ prefix: \"/{c}\" }}\n                route: {{ cluster: {c} }}\n")
+            })
+            .concat();
+    for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
+        let port = free_port();
+        let config = hcm(port, &vhosts, "", &clusters);
+        let proxy = Proxy::launch(kind, &config, &["--concurrency", "1"]);
+        for name in ["one", "two"] {
+            for path in ["", "/high", "", "/high"] {
+                let url = format!("http://127.0.0.1:{port}/{name}{path}");
+                assert_eq!(curl(&[&url]).status, 200, "{kind:?} {url}");
+            }
+            assert_eq!(
+                [
+                    proxy.stat(&format!("cluster.{name}.upstream_rq_total")),
+                    proxy.stat(&format!("cluster.{name}.upstream_cx_total")),
+                ],
+                [4, 2],
+                "{kind:?} {name}: requests, connections"
+            );
+        }
+    }
+}
+
 /// The SETTINGS an HTTP/2 server at `port` sends first (identifier to
 /// value), read with a hand-made client preface.
 fn server_settings(port: u16) -> std::collections::HashMap<u16, u32> {

@@ -17,7 +17,7 @@ use crate::config::{CircuitBreakersConfig, RoutingPriority};
 use crate::stats::{Gauge, Scope};
 
 /// A route's routing priority: each has its own circuit breakers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Priority {
     #[default]
     Default,

@@ -1,6 +1,7 @@
-//! One worker's upstream HTTP connections, per endpoint: a stack of idle
-//! HTTP/1.1 keep-alive connections ([`h1::EndpointPool`]), or multiplexed
-//! HTTP/2 connections, as few as the stream limits allow.
+//! One worker's upstream HTTP connections, per endpoint and routing
+//! priority: a stack of idle HTTP/1.1 keep-alive connections
+//! ([`h1::EndpointPool`]), or multiplexed HTTP/2 connections, as few as
+//! the stream limits allow.
 //!
 //! Everything here lives on the worker (`Rc`, `RefCell`, `spawn_local`):
 //! taking a connection is a `Vec::pop`, with no lock and no task. An
@@ -55,8 +56,11 @@ impl SendError {
     }
 }
 
-/// Looked up once per request: hashed with foldhash, not SipHash.
-type ByEndpoint<T> = HashMap<SocketAddr, T, foldhash::fast::RandomState>;
+/// Connections by endpoint and routing priority: as in Envoy, a route of
+/// high priority has connections of its own, so that it never waits
+/// behind the default priority's requests for one. Looked up once per
+/// request: hashed with foldhash, not SipHash.
+type ByEndpoint<T> = HashMap<(SocketAddr, Priority), T, foldhash::fast::RandomState>;
 
 /// A worker's connections to every endpoint of one cluster.
 pub struct Pools {
@@ -242,10 +246,11 @@ impl Pools {
         if req.version() == Version::HTTP_2 {
             return self.send_h2(endpoint, req, request).await;
         }
+        let priority = request.priority();
         let pool = self
             .h1
             .borrow_mut()
-            .entry(endpoint.address)
+            .entry((endpoint.address, priority))
             .or_insert_with(|| {
                 Rc::new(h1::EndpointPool::new(
                     &self.cluster.cluster.settings.upstream_http,
@@ -255,7 +260,6 @@ impl Pools {
         let mut upload = h1::Upload::new(req);
         // A request not served by an idle connection is pending until it
         // has one, as in Envoy: within `max_pending_requests`.
-        let priority = request.priority();
         let mut pending = None;
         loop {
             let (conn, reused) = match pool.checkout() {
@@ -374,7 +378,7 @@ impl Pools {
             .max_concurrent_streams
             .map_or(usize::MAX, |m| m as usize);
         let mut h2 = self.h2.borrow_mut();
-        let conns = h2.entry(endpoint.address).or_default();
+        let conns = h2.entry((endpoint.address, priority)).or_default();
         conns.retain(|c| c.shared.usable());
         let room =
             |c: &H2Conn| (c.shared.active.get() as usize) < own_max.min(c.shared.peer_max.get());
