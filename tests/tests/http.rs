@@ -1586,6 +1586,105 @@ fn each_routing_priority_has_its_own_upstream_connections() {
     }
 }
 
+/// WebSocket upgrades, through wasp and Envoy alike: with `upgrade_configs`
+/// listing `websocket`, the 101 comes back and the connection becomes a
+/// tunnel to the upstream's, bytes sent before the 101 included, until
+/// each side closes; a route that disables it, or a protocol not listed,
+/// is answered 403 and the connection closed. Again with a wasm filter
+/// (`add_header`) before the router, which sees the upgrade's heads.
+#[test]
+fn websocket_upgrades_tunnel_as_envoy() {
+    use std::io::{Read, Write};
+    let backend = HttpBackend::start("ws");
+    let clusters = wasp_tests::config::cluster("ws", "ROUND_ROBIN", &[(backend.addr, 1)], "");
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/off\" }\n                route: { cluster: ws, upgrade_configs: [{ upgrade_type: websocket, enabled: false }] }\n              - match: { prefix: \"/\" }\n                route: { cluster: ws }\n";
+    let extra = "          upgrade_configs:\n          - upgrade_type: websocket\n";
+    let ask = |port: u16, path: &str, protocol: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\r\nearly"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut byte).unwrap(), 1, "head: {head:?}");
+            head.push(byte[0]);
+        }
+        (s, String::from_utf8(head).unwrap().to_ascii_lowercase())
+    };
+    let code = wasp_tests::wasm::filter("add_header");
+    let wasm = wasp_tests::wasm::http_filter("adder", code.to_str().unwrap(), "ws", "");
+    let runs = [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy]
+        .into_iter()
+        .flat_map(|kind| [(kind, false), (kind, true)]);
+    for (kind, filtered) in runs {
+        let port = free_port();
+        let mut config = hcm(port, vhosts, extra, &clusters);
+        if filtered {
+            let filters = "          http_filters:\n";
+            config = config.replacen(filters, &format!("{filters}{wasm}"), 1);
+        }
+        let proxy = Proxy::launch(kind, &config, &["--concurrency", "1"]);
+
+        let (mut s, head) = ask(port, "/chat", "websocket");
+        assert!(head.starts_with("http/1.1 101"), "{kind:?}: {head}");
+        assert_eq!(
+            head.contains("x-wasm-filter: ws"),
+            filtered,
+            "{kind:?}: {head}"
+        );
+        assert!(
+            head.contains("upgrade: websocket") && head.contains("connection: upgrade"),
+            "{kind:?}: {head}"
+        );
+        let mut echo = [0u8; 5];
+        s.read_exact(&mut echo).unwrap();
+        assert_eq!(&echo, b"early", "{kind:?}: bytes sent before the 101");
+        let message = vec![7u8; 100_000];
+        s.write_all(&message).unwrap();
+        let mut back = vec![0u8; message.len()];
+        s.read_exact(&mut back).unwrap();
+        assert!(back == message, "{kind:?}: 100 kB through the tunnel");
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert!(
+            rest.is_empty(),
+            "{kind:?}: the tunnel closes after the client"
+        );
+        wasp_tests::eventually(
+            std::time::Duration::from_secs(5),
+            "the upstream connection closed",
+            || (proxy.stat("cluster.ws.upstream_cx_active") == 0).then_some(()),
+        );
+        assert_eq!(
+            [
+                proxy.stat("cluster.ws.upstream_cx_total"),
+                proxy.stat("cluster.ws.upstream_rq_total"),
+            ],
+            [1, 1],
+            "{kind:?}"
+        );
+
+        for (path, protocol) in [("/off", "websocket"), ("/chat", "spdy/3")] {
+            let (mut s, head) = ask(port, path, protocol);
+            assert!(
+                head.starts_with("http/1.1 403"),
+                "{kind:?} {path} {protocol}: {head}"
+            );
+            assert!(head.contains("connection: close"), "{kind:?}: {head}");
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).unwrap();
+            assert!(rest.is_empty(), "{kind:?}: closed after the 403");
+        }
+        assert_eq!(proxy.stat("cluster.ws.upstream_rq_total"), 1, "{kind:?}");
+    }
+}
+
 /// The SETTINGS an HTTP/2 server at `port` sends first (identifier to
 /// value), read with a hand-made client preface.
 fn server_settings(port: u16) -> std::collections::HashMap<u16, u32> {

@@ -288,3 +288,58 @@ fn http2_protocol_options_are_checked() {
         "unknown field `max_outbound_frames`",
     );
 }
+
+/// `upgrade_configs` in the connection manager and in a route: CONNECT and
+/// per-upgrade filter chains are refused where they are written.
+#[test]
+fn upgrade_configs_are_checked() {
+    let tcp = "      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: tcp\n          cluster: c1\n          idle_timeout: 10s\n";
+    let hcm = |upgrades: &str, route: &str| {
+        format!(
+            "      - name: envoy.filters.network.http_connection_manager\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n          stat_prefix: h\n          http_filters: [{{ name: envoy.filters.http.router }}]\n          upgrade_configs:\n{upgrades}          route_config:\n            virtual_hosts:\n            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {{ prefix: \"/\" }}\n                route: {{ cluster: c1{route} }}\n"
+        )
+    };
+    let at = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config";
+    // Accepted: websocket, on or off per route.
+    let good = GOOD.replacen(
+        tcp,
+        &hcm(
+            "          - upgrade_type: websocket\n",
+            ", upgrade_configs: [{ upgrade_type: websocket, enabled: false }]",
+        ),
+        1,
+    );
+    let out = validate(&good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rejects(
+        tcp,
+        &hcm("          - upgrade_type: CONNECT\n", ""),
+        &format!("{at}.upgrade_configs[0]"),
+        14,
+        "CONNECT is not supported",
+    );
+    rejects(
+        tcp,
+        &hcm(
+            "          - upgrade_type: websocket\n            filters: [{ name: envoy.filters.http.router }]\n",
+            "",
+        ),
+        &format!("{at}.upgrade_configs[0].filters"),
+        15,
+        "filter chains of their own for upgrades are not supported",
+    );
+    rejects(
+        tcp,
+        &hcm(
+            "          - upgrade_type: websocket\n",
+            ", upgrade_configs: [{ upgrade_type: CONNECT }]",
+        ),
+        &format!("{at}.route_config.virtual_hosts[0].routes[0].route.upgrade_configs[0]"),
+        21,
+        "CONNECT is not supported",
+    );
+}

@@ -27,6 +27,28 @@ pub struct HttpConnectionManagerConfig {
     pub common_http_protocol_options: Option<HttpProtocolOptionsConfig>,
     pub http_protocol_options: Option<Http1ProtocolOptionsConfig>,
     pub http2_protocol_options: Option<Http2ProtocolOptionsConfig>,
+    #[serde(default)]
+    pub upgrade_configs: Vec<UpgradeConfig>,
+}
+
+/// A protocol a request may switch its connection to (`Upgrade:`, such as
+/// `websocket`), and whether it may by default. Per-upgrade filter chains
+/// are refused.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeConfig {
+    pub upgrade_type: String,
+    pub enabled: Option<bool>,
+    pub filters: Option<serde_json::Value>,
+}
+
+/// A route's say on an upgrade the connection manager lists (or not).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteUpgradeConfig {
+    pub upgrade_type: String,
+    pub enabled: Option<bool>,
+    pub connect_config: Option<serde_json::Value>,
 }
 
 /// Envoy's `Http2ProtocolOptions`, downstream (the connection manager's)
@@ -218,6 +240,8 @@ pub struct RouteActionConfig {
     pub hash_policy: Vec<HashPolicyConfig>,
     #[serde(default)]
     pub priority: super::RoutingPriority,
+    #[serde(default)]
+    pub upgrade_configs: Vec<RouteUpgradeConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::h1::client::UpstreamBody;
 use super::h1::server::RequestBody;
-use super::pool::H2Stream;
+use super::pool::{H2Stream, Tunnel};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -27,6 +27,9 @@ pub enum Body {
     /// An HTTP/2 response from an upstream, with what its stream holds
     /// until the body is done.
     UpstreamH2(Incoming, H2Stream),
+    /// The answer to an upgrade request, with the connection it came on
+    /// (the tunnel's, if the upstream switched protocols).
+    Upgraded(Incoming, Box<Tunnel>),
     /// A request from an HTTP/1.1 client, read off its connection as it
     /// is polled.
     Downstream(RequestBody),
@@ -64,7 +67,7 @@ impl hyper::body::Body for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            Body::Incoming(b) | Body::UpstreamH2(b, _) => {
+            Body::Incoming(b) | Body::UpstreamH2(b, _) | Body::Upgraded(b, _) => {
                 Pin::new(b).poll_frame(cx).map_err(Into::into)
             }
             Body::Downstream(b) => b.poll_frame(cx),
@@ -76,7 +79,7 @@ impl hyper::body::Body for Body {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Body::Incoming(b) | Body::UpstreamH2(b, _) => b.is_end_stream(),
+            Body::Incoming(b) | Body::UpstreamH2(b, _) | Body::Upgraded(b, _) => b.is_end_stream(),
             Body::Downstream(b) => b.is_end_stream(),
             Body::Upstream(b) => b.is_end_stream(),
             Body::Full(b) => b.is_end_stream(),
@@ -86,7 +89,7 @@ impl hyper::body::Body for Body {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Body::Incoming(b) | Body::UpstreamH2(b, _) => b.size_hint(),
+            Body::Incoming(b) | Body::UpstreamH2(b, _) | Body::Upgraded(b, _) => b.size_hint(),
             Body::Downstream(b) => b.size_hint(),
             Body::Upstream(b) => b.size_hint(),
             Body::Full(b) => b.size_hint(),

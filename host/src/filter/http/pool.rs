@@ -16,8 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
+use http::HeaderValue;
+use http::header::{CONNECTION, UPGRADE};
 use http::{Request, Response, Version};
-use hyper::client::conn::http2;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -242,6 +244,10 @@ impl Pools {
         req: &mut Request<Body>,
         request: InFlight,
     ) -> Result<Response<Body>, SendError> {
+        if let Some(super::h1::Upgrade(upgrade)) = req.extensions().get() {
+            let upgrade = upgrade.clone();
+            return Box::pin(self.send_upgrade(endpoint, req, request, upgrade)).await;
+        }
         // The router set the version the cluster's settings call for.
         if req.version() == Version::HTTP_2 {
             return self.send_h2(endpoint, req, request).await;
@@ -423,6 +429,59 @@ impl Pools {
         taken
     }
 
+    /// Sends a request that asks to switch protocols (WebSocket, ...) on a
+    /// new HTTP/1.1 connection of its own, whatever the cluster's protocol:
+    /// hyper's client makes the exchange and, if the upstream switches,
+    /// hands the connection over for the downstream side to tunnel to
+    /// (see `h1::server`). Its stats, and the request's place in flight,
+    /// last as long as the tunnel.
+    async fn send_upgrade(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        req: &mut Request<Body>,
+        request: InFlight,
+        upgrade: HeaderValue,
+    ) -> Result<Response<Body>, SendError> {
+        let held = self
+            .try_connection(endpoint, request.priority())
+            .ok_or(SendError::Overflow)?;
+        let slot = Slot::new(held, endpoint);
+        let stats = &self.cluster.stats;
+        let io = TokioIo::new(CountedIo::new(
+            Bytes::new(),
+            self.connect(endpoint).await?,
+            stats.upstream_cx_rx_bytes_total.clone(),
+            stats.upstream_cx_tx_bytes_total.clone(),
+        ));
+        let opened = Opened::new(&self.cluster, endpoint, slot, Version::HTTP_11);
+        let (mut sender, conn) = http1::handshake(io)
+            .await
+            .map_err(|e| SendError::Upstream(e.into()))?;
+        tokio::task::spawn_local(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream upgrade connection failed");
+            }
+        });
+        let mut req = std::mem::replace(req, Request::new(Body::empty()));
+        // An HTTP/1.1 request line, whatever the router made for HTTP/2.
+        if let Some(path) = req.uri().path_and_query().cloned() {
+            *req.uri_mut() = path.into();
+        }
+        *req.version_mut() = Version::HTTP_11;
+        let headers = req.headers_mut();
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, upgrade);
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| SendError::Upstream(e.into()))?;
+        let tunnel = Tunnel {
+            _request: request.answered(),
+            _opened: opened,
+        };
+        Ok(resp.map(|b| Body::Upgraded(b, Box::new(tunnel))))
+    }
+
     async fn connect(&self, endpoint: &Endpoint) -> Result<TcpStream, SendError> {
         self.cluster
             .connect_to(endpoint)
@@ -580,6 +639,14 @@ impl H2Shared {
             ready.await;
         }
     }
+}
+
+/// What the answer to an upgrade request holds until it is done (with its
+/// tunnel, if there is one): the request in flight and its connection's
+/// stats.
+pub struct Tunnel {
+    _request: InFlight,
+    _opened: Opened,
 }
 
 /// What a request's HTTP/2 stream holds until its response body is done:

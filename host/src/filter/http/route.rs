@@ -128,6 +128,21 @@ pub struct Forward {
     /// (the per-try timeout when it is the shorter one), made once here
     /// rather than per request.
     pub expected_timeout: Option<http::HeaderValue>,
+    /// `upgrade_configs`: upgrades this route allows or refuses whatever
+    /// the connection manager says (lowercase type, enabled).
+    pub upgrades: Vec<(String, bool)>,
+}
+
+/// Whether a request asking to upgrade to `kind` may: as the route says if
+/// it names the kind, else as the connection manager's `upgrade_configs`
+/// say (refused if they do not name it), as in Envoy.
+pub fn upgrade_allowed(manager: &[(String, bool)], route: &[(String, bool)], kind: &str) -> bool {
+    let named = |list: &[(String, bool)]| {
+        list.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(kind))
+            .map(|&(_, enabled)| enabled)
+    };
+    named(route).or_else(|| named(manager)).unwrap_or(false)
 }
 
 impl Forward {
@@ -610,7 +625,19 @@ fn forward(
         (Some(p), Some(g)) => Some(p.min(g)),
         (p, g) => p.or(g),
     };
+    let mut upgrades = Vec::new();
+    for (i, u) in a.upgrade_configs.iter().enumerate() {
+        let at = index(&join(at, "upgrade_configs"), i);
+        if u.connect_config.is_some() || u.upgrade_type.eq_ignore_ascii_case("connect") {
+            return Err(ValidationError::new(at, "CONNECT is not supported"));
+        }
+        upgrades.push((
+            u.upgrade_type.to_ascii_lowercase(),
+            u.enabled.unwrap_or(true),
+        ));
+    }
     Ok(Forward {
+        upgrades,
         clusters,
         prefix_rewrite: a.prefix_rewrite.clone(),
         regex_rewrite,

@@ -31,7 +31,7 @@ use crate::filter::http::codec::{Codec, CountedIo, detect};
 use crate::filter::http::h1;
 use crate::filter::http::h2::Http2Settings;
 use crate::filter::http::pool::LocalExec;
-use crate::filter::http::route::{Action, RouteTable, redirect_location};
+use crate::filter::http::route::{self, Action, RouteTable, redirect_location};
 use crate::filter::http::router::{self, Body, Upstream};
 use crate::filter::http::wasm::{Stop, WasmStream};
 use crate::filter::network::gated::Gated;
@@ -69,6 +69,9 @@ pub struct HcmSettings {
     pub default_host_for_http_10: Option<HeaderValue>,
     /// `http2_protocol_options`, for HTTP/2 clients.
     pub http2: Http2Settings,
+    /// `upgrade_configs`: the protocols an HTTP/1.1 request may switch its
+    /// connection to (lowercase type, enabled unless a route says).
+    pub upgrades: Vec<(String, bool)>,
     /// Clusters routes forward to.
     pub clusters: Vec<String>,
     pub access_logs: Vec<AccessLogSettings>,
@@ -166,7 +169,25 @@ impl HcmSettings {
                 })
             })
             .transpose()?;
+        let mut upgrades = Vec::new();
+        for (i, u) in c.upgrade_configs.iter().enumerate() {
+            let at = index(&join(path, "upgrade_configs"), i);
+            if u.upgrade_type.eq_ignore_ascii_case("connect") {
+                return Err(ValidationError::new(at, "CONNECT is not supported"));
+            }
+            if u.filters.is_some() {
+                return Err(ValidationError::new(
+                    join(&at, "filters"),
+                    "filter chains of their own for upgrades are not supported",
+                ));
+            }
+            upgrades.push((
+                u.upgrade_type.to_ascii_lowercase(),
+                u.enabled.unwrap_or(true),
+            ));
+        }
         Ok(HcmSettings {
+            upgrades,
             stat_prefix: c.stat_prefix.clone(),
             codec: c.codec_type,
             routes: Arc::new(routes),
@@ -576,7 +597,18 @@ impl HttpConnectionManager {
         let path_and_query = req.uri().path_and_query().cloned();
         let path = path_and_query.as_ref().map_or("/", |p| p.as_str());
         let routes = &self.settings.routes;
-        let Some(matched) = routes.find(&host, path, req.headers()) else {
+        let matched = routes.find(&host, path, req.headers());
+        if let Some(h1::Upgrade(kind)) = req.extensions().get() {
+            let by_route = match matched.as_ref().map(|m| &m.route.action) {
+                Some(Action::Forward(fwd)) => fwd.upgrades.as_slice(),
+                _ => &[],
+            };
+            let kind = kind.to_str().unwrap_or("");
+            if !route::upgrade_allowed(&self.settings.upgrades, by_route, kind) {
+                return router::local(StatusCode::FORBIDDEN, "");
+            }
+        }
+        let Some(matched) = matched else {
             self.stats.no_route.inc();
             return router::flagged(
                 router::local(StatusCode::NOT_FOUND, ""),

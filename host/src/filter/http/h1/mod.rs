@@ -166,7 +166,17 @@ struct Fields {
     keep_alive: bool,
     host: bool,
     expect_continue: bool,
+    /// The `upgrade` field, and whether a connection field lists it.
+    upgrade: Option<HeaderValue>,
+    connection_upgrade: bool,
 }
+
+/// A request's ask to switch its connection to another protocol
+/// (`Connection: upgrade` with `Upgrade: <this>`), carried in its
+/// extensions: the connection manager decides if it may, and the router
+/// sends it on a connection of its own.
+#[derive(Clone, Debug)]
+pub struct Upgrade(pub HeaderValue);
 
 impl Fields {
     /// Notes one field; false if it is not to be kept in the message's
@@ -183,6 +193,10 @@ impl Fields {
         } else if name == CONNECTION {
             self.close |= lists(value, b"close");
             self.keep_alive |= lists(value, b"keep-alive");
+            self.connection_upgrade |= lists(value, b"upgrade");
+            false
+        } else if name == UPGRADE {
+            self.upgrade = Some(value.clone());
             false
         } else if name == HOST {
             self.host = true;
@@ -193,6 +207,13 @@ impl Fields {
         } else {
             !is_connection_field(name)
         }
+    }
+
+    /// The protocol a request asks to switch to, if it does. `h2c` is not
+    /// one: as Envoy does, wasp serves such a request as HTTP/1.1.
+    fn upgrade(&self) -> Option<Upgrade> {
+        let asked = self.upgrade.clone().filter(|_| self.connection_upgrade)?;
+        (!asked.as_bytes().eq_ignore_ascii_case(b"h2c")).then_some(Upgrade(asked))
     }
 
     /// Whether the connection stays open after this message.

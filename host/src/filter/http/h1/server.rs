@@ -15,6 +15,9 @@
 //! more than 100 fields, 501 for a transfer coding other than chunked,
 //! 408 when `request_headers_timeout` passes before the head is in, and
 //! 426 for HTTP/1.0 unless `accept_http_10` is set.
+//!
+//! A request that asks to switch protocols (WebSocket) and is answered 101
+//! turns the connection into a tunnel to the upstream's (see [`tunnel`]).
 
 use std::cell::{Cell, RefCell};
 use std::future::{Future, poll_fn};
@@ -26,9 +29,10 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, HOST, SERVER};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, HOST, SERVER, UPGRADE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Frame, SizeHint};
+use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
@@ -383,7 +387,10 @@ fn parse_head(read: &mut BytesMut, settings: &Settings) -> Result<Option<Head>, 
     let head = read.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_span)).map_err(|_| BAD_REQUEST)?;
     let (mut headers, fields) = header_map(&head, &fields_at[..count]).map_err(|_| BAD_REQUEST)?;
-    let keep_alive = fields.persistent(version);
+    // After an upgrade the connection is the tunnel's; refused, it is
+    // closed, as Envoy does.
+    let upgrade = fields.upgrade();
+    let keep_alive = fields.persistent(version) && upgrade.is_none();
     let body = match (fields.chunked, fields.content_length) {
         // A length and a coding together could be read two ways: refused,
         // as Envoy does.
@@ -415,6 +422,9 @@ fn parse_head(read: &mut BytesMut, settings: &Settings) -> Result<Option<Head>, 
     *request.uri_mut() = uri;
     *request.version_mut() = version;
     *request.headers_mut() = headers;
+    if let Some(upgrade) = upgrade {
+        request.extensions_mut().insert(upgrade);
+    }
     Ok(Some(Head {
         request,
         body,
@@ -475,6 +485,10 @@ async fn respond(
     version: Version,
     mut keep_alive: bool,
 ) -> io::Result<bool> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // Boxed: rare, and it would widen every response's future.
+        return Box::pin(tunnel(conn, out, resp)).await;
+    }
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
     out.clear();
@@ -605,6 +619,50 @@ async fn respond(
     conn.write_all(out, &[]).await?;
     // A body shorter than its length leaves the client waiting for more.
     Ok(keep_alive && matches!(left, None | Some(0)))
+}
+
+/// Answers an upgrade the upstream took (101), then carries bytes both
+/// ways between the client and the upstream's connection until both have
+/// closed their side. The connection takes no other request after.
+// The connection is the tunnel's alone from here: the serving loop waits
+// on this call, and an upgrade request has no body reading it.
+#[allow(clippy::await_holding_refcell_ref)]
+async fn tunnel(
+    conn: &Shared,
+    out: &mut Vec<u8>,
+    resp: Response<ResponseBody>,
+) -> io::Result<bool> {
+    use tokio::io::AsyncWriteExt;
+    let (mut parts, body) = resp.into_parts();
+    let Some(upgraded) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        // A 101 from anywhere but an upstream that switched: nothing to
+        // tunnel to.
+        return Ok(false);
+    };
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    for (name, value) in &parts.headers {
+        if !is_connection_field(name) {
+            encode_field(out, name, value);
+        }
+    }
+    out.extend_from_slice(b"connection: upgrade\r\n");
+    if let Some(protocol) = parts.headers.get(UPGRADE) {
+        encode_field(out, &UPGRADE, protocol);
+    }
+    out.extend_from_slice(b"\r\n");
+    conn.write_all(out, &[]).await?;
+    let mut upstream = TokioIo::new(upgraded.await.map_err(io::Error::other)?);
+    // What the client sent after its request head goes first.
+    let early = conn.read.borrow_mut().split();
+    upstream.write_all(&early).await?;
+    let mut io = conn.io.borrow_mut();
+    let (up, down) = tokio::io::copy_bidirectional(&mut *io, &mut upstream).await?;
+    conn.rx_bytes.add(up);
+    conn.tx_bytes.add(down);
+    // The upstream connection's stats and the request in flight end here.
+    drop(body);
+    Ok(false)
 }
 
 /// Answers a request that was not taken, and closes.
@@ -743,6 +801,32 @@ mod tests {
         );
         let names: Vec<_> = h.request.headers().keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["host", "x-hop"]);
+        assert!(
+            h.request
+                .extensions()
+                .get::<super::super::Upgrade>()
+                .is_none(),
+            "h2c is no upgrade"
+        );
+        // An upgrade needs both fields; it ends the connection's requests.
+        let h = parse(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        let upgrade = h.request.extensions().get::<super::super::Upgrade>();
+        assert_eq!(upgrade.map(|u| u.0.as_bytes()), Some(&b"websocket"[..]));
+        assert!(!h.keep_alive && h.request.headers().len() == 1);
+        let h = parse(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(
+            h.request
+                .extensions()
+                .get::<super::super::Upgrade>()
+                .is_none()
+                && h.keep_alive
+        );
         assert!(
             parse(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
                 .unwrap()
