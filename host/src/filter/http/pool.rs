@@ -10,7 +10,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -245,8 +247,11 @@ impl Pools {
         request: InFlight,
     ) -> Result<Response<Body>, SendError> {
         if let Some(super::h1::Upgrade(upgrade)) = req.extensions().get() {
-            let upgrade = upgrade.clone();
-            return Box::pin(self.send_upgrade(endpoint, req, request, upgrade)).await;
+            // Rare: behind a dynamic call, so that none of it is inlined
+            // into (and widens) every request's path.
+            let upgrade: Pin<Box<dyn Future<Output = _> + '_>> =
+                Box::pin(self.send_upgrade(endpoint, req, request, upgrade.clone()));
+            return upgrade.await;
         }
         // The router set the version the cluster's settings call for.
         if req.version() == Version::HTTP_2 {

@@ -138,6 +138,23 @@ fn header_map(head: &Bytes, spans: &[Span]) -> Result<(HeaderMap, Fields), Error
     Ok((headers, fields))
 }
 
+/// The protocol a request head asks to switch to, if it does: its
+/// `upgrade` field, when `fields` saw a connection field list `upgrade`.
+/// Looked for only then (rare), so that every other head's notes stay
+/// small. `h2c` is not one: as Envoy does, wasp serves such a request as
+/// HTTP/1.1.
+fn upgrade(head: &Bytes, spans: &[Span], fields: &Fields) -> Option<Upgrade> {
+    if !fields.connection_upgrade {
+        return None;
+    }
+    let [_, _, v0, v1] = spans
+        .iter()
+        .rfind(|[n0, n1, ..]| head[*n0 as usize..*n1 as usize].eq_ignore_ascii_case(b"upgrade"))?
+        .map(|o| o as usize);
+    let asked = HeaderValue::from_maybe_shared(head.slice(v0..v1)).ok()?;
+    (!asked.as_bytes().eq_ignore_ascii_case(b"h2c")).then_some(Upgrade(asked))
+}
+
 /// Whether a field is about the connection it came on rather than the
 /// message (RFC 9110 §7.6.1): such fields are never forwarded. A head's
 /// map leaves them out (its [`Fields`] keep what they said), and the
@@ -166,8 +183,7 @@ struct Fields {
     keep_alive: bool,
     host: bool,
     expect_continue: bool,
-    /// The `upgrade` field, and whether a connection field lists it.
-    upgrade: Option<HeaderValue>,
+    /// Whether a connection field lists `upgrade` (see [`upgrade`]).
     connection_upgrade: bool,
 }
 
@@ -191,12 +207,13 @@ impl Fields {
             self.content_length = Some(known.and_then(|known| agreed_length(value, known)));
             true
         } else if name == CONNECTION {
-            self.close |= lists(value, b"close");
-            self.keep_alive |= lists(value, b"keep-alive");
-            self.connection_upgrade |= lists(value, b"upgrade");
-            false
-        } else if name == UPGRADE {
-            self.upgrade = Some(value.clone());
+            // One pass over the tokens for the three that matter.
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                self.connection_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
+            }
             false
         } else if name == HOST {
             self.host = true;
@@ -207,13 +224,6 @@ impl Fields {
         } else {
             !is_connection_field(name)
         }
-    }
-
-    /// The protocol a request asks to switch to, if it does. `h2c` is not
-    /// one: as Envoy does, wasp serves such a request as HTTP/1.1.
-    fn upgrade(&self) -> Option<Upgrade> {
-        let asked = self.upgrade.clone().filter(|_| self.connection_upgrade)?;
-        (!asked.as_bytes().eq_ignore_ascii_case(b"h2c")).then_some(Upgrade(asked))
     }
 
     /// Whether the connection stays open after this message.

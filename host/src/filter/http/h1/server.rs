@@ -389,7 +389,7 @@ fn parse_head(read: &mut BytesMut, settings: &Settings) -> Result<Option<Head>, 
     let (mut headers, fields) = header_map(&head, &fields_at[..count]).map_err(|_| BAD_REQUEST)?;
     // After an upgrade the connection is the tunnel's; refused, it is
     // closed, as Envoy does.
-    let upgrade = fields.upgrade();
+    let upgrade = super::upgrade(&head, &fields_at[..count], &fields);
     let keep_alive = fields.persistent(version) && upgrade.is_none();
     let body = match (fields.chunked, fields.content_length) {
         // A length and a coding together could be read two ways: refused,
@@ -485,11 +485,11 @@ async fn respond(
     version: Version,
     mut keep_alive: bool,
 ) -> io::Result<bool> {
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        // Boxed: rare, and it would widen every response's future.
-        return Box::pin(tunnel(conn, out, resp)).await;
-    }
     let (parts, mut body) = resp.into_parts();
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        // Boxed: rare, and it would widen every response's future.
+        return Box::pin(tunnel(conn, out, parts, body)).await;
+    }
     let status = parts.status;
     out.clear();
     // An HTTP/1.0 client is answered in HTTP/1.0, as Envoy does.
@@ -630,10 +630,10 @@ async fn respond(
 async fn tunnel(
     conn: &Shared,
     out: &mut Vec<u8>,
-    resp: Response<ResponseBody>,
+    mut parts: http::response::Parts,
+    body: ResponseBody,
 ) -> io::Result<bool> {
     use tokio::io::AsyncWriteExt;
-    let (mut parts, body) = resp.into_parts();
     let Some(upgraded) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
         // A 101 from anywhere but an upstream that switched: nothing to
         // tunnel to.
