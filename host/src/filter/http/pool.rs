@@ -451,13 +451,7 @@ impl Pools {
             .try_connection(endpoint, request.priority())
             .ok_or(SendError::Overflow)?;
         let slot = Slot::new(held, endpoint);
-        let stats = &self.cluster.stats;
-        let io = TokioIo::new(CountedIo::new(
-            Bytes::new(),
-            self.connect(endpoint).await?,
-            stats.upstream_cx_rx_bytes_total.clone(),
-            stats.upstream_cx_tx_bytes_total.clone(),
-        ));
+        let io = connect_counted(&self.cluster, endpoint).await?;
         let opened = Opened::new(&self.cluster, endpoint, slot, Version::HTTP_11);
         let (mut sender, conn) = http1::handshake(io)
             .await
@@ -495,6 +489,26 @@ impl Pools {
     }
 }
 
+/// A new connection to `endpoint` for hyper's client, its bytes counted
+/// in the cluster's stats as it goes (HTTP/1.1 connections of the pool
+/// count them themselves).
+async fn connect_counted(
+    cluster: &WorkerCluster,
+    endpoint: &Endpoint,
+) -> Result<TokioIo<CountedIo>, SendError> {
+    let io = cluster
+        .connect_to(endpoint)
+        .await
+        .map_err(SendError::Connect)?;
+    let stats = &cluster.stats;
+    Ok(TokioIo::new(CountedIo::new(
+        Bytes::new(),
+        io,
+        stats.upstream_cx_rx_bytes_total.clone(),
+        stats.upstream_cx_tx_bytes_total.clone(),
+    )))
+}
+
 /// Opens an HTTP/2 connection to `endpoint`, tells the requests waiting
 /// for it how it went, then drives it until it ends or idles out. A task
 /// of its own, so that no request's end (a timeout, a client gone) leaves
@@ -506,17 +520,7 @@ async fn open_h2(
     shared: Rc<H2Shared>,
 ) {
     let handshake = async {
-        let stats = &cluster.stats;
-        let io = cluster
-            .connect_to(&endpoint)
-            .await
-            .map_err(SendError::Connect)?;
-        let io = TokioIo::new(CountedIo::new(
-            Bytes::new(),
-            io,
-            stats.upstream_cx_rx_bytes_total.clone(),
-            stats.upstream_cx_tx_bytes_total.clone(),
-        ));
+        let io = connect_counted(&cluster, &endpoint).await?;
         let mut builder = http2::Builder::new(LocalExec);
         builder.timer(TokioTimer::new());
         cluster
