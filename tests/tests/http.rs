@@ -289,7 +289,7 @@ fn a_cluster_without_healthy_endpoints_answers_503() {
 /// `hosts:`), for the comparison with Envoy.
 fn front_proxy_v3(port: u16, s1: SocketAddr, s2: SocketAddr) -> String {
     let vhosts = "            - name: backend\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/service/1\" }\n                route: { cluster: service1 }\n              - match: { prefix: \"/service/2\" }\n                route: { cluster: service2 }\n";
-    let h2 = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: {} }\n";
+    let h2 = &protocol_options("explicit_http_config: { http2_protocol_options: {} }");
     let clusters = wasp_tests::config::cluster("service1", "ROUND_ROBIN", &[(s1, 1)], h2)
         + &wasp_tests::config::cluster("service2", "ROUND_ROBIN", &[(s2, 1)], h2);
     hcm(port, vhosts, "", &clusters)
@@ -751,6 +751,18 @@ fn upstream_connections_are_reused_and_connect_timeouts_answered() {
 }
 
 /// A virtual host sending every request to `route: { <route> }`.
+/// A cluster's `typed_extension_protocol_options`: Envoy's
+/// `HttpProtocolOptions` with `fields`, one or more lines of them.
+fn protocol_options(fields: &str) -> String {
+    let fields: String = fields
+        .lines()
+        .map(|l| format!("        {}\n", l.trim()))
+        .collect();
+    format!(
+        "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n{fields}"
+    )
+}
+
 fn catch_all(route: &str) -> String {
     format!(
         "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {{ prefix: \"/\" }}\n                route: {{ {route} }}\n"
@@ -1295,9 +1307,7 @@ fn upstream_http_protocol_options_as_envoy_applies_them() {
             name,
             "ROUND_ROBIN",
             &[(backend.addr, 1)],
-            &format!(
-                "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n{options}"
-            ),
+            &protocol_options(options),
         )
     };
     let clusters = cluster(
@@ -1426,7 +1436,9 @@ fn http2_protocol_options_as_envoy_applies_them() {
         "one_stream",
         "ROUND_ROBIN",
         &[(backend.addr, 1)],
-        "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: { max_concurrent_streams: 1 } }\n",
+        &protocol_options(
+            "explicit_http_config: { http2_protocol_options: { max_concurrent_streams: 1 } }",
+        ),
     );
     let vhosts = &catch_all("cluster: one_stream");
     let downstream = "          http2_protocol_options: { max_concurrent_streams: 7, initial_stream_window_size: 131072 }\n";
@@ -1476,9 +1488,9 @@ fn a_burst_of_requests_shares_the_http2_connection_being_opened() {
             name,
             "ROUND_ROBIN",
             &[(backend.addr, 1)],
-            &format!(
-                "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {{ http2_protocol_options: {{ {http2} }} }}\n"
-            ),
+            &protocol_options(&format!(
+                "explicit_http_config: {{ http2_protocol_options: {{ {http2} }} }}"
+            )),
         )
     };
     let clusters = cluster("wide", "") + &cluster("narrow", "max_concurrent_streams: 2");
@@ -1552,9 +1564,7 @@ fn each_routing_priority_has_its_own_upstream_connections() {
             name,
             "ROUND_ROBIN",
             &[(backend.addr, 1)],
-            &format!(
-                "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {{ {protocol}: {{}} }}\n"
-            ),
+            &protocol_options(&format!("explicit_http_config: {{ {protocol}: {{}} }}")),
         )
     };
     let clusters =
