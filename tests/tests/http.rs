@@ -1600,7 +1600,8 @@ fn each_routing_priority_has_its_own_upstream_connections() {
 /// listing `websocket`, the 101 comes back and the connection becomes a
 /// tunnel to the upstream's, bytes sent before the 101 included, until
 /// each side closes; a route that disables it, or a protocol not listed,
-/// is answered 403 and the connection closed. Again with a wasm filter
+/// is answered 403 and the connection closed; a tunnel idle for
+/// `stream_idle_timeout` is closed. Again with a wasm filter
 /// (`add_header`) before the router, which sees the upgrade's heads.
 #[test]
 fn websocket_upgrades_tunnel_as_envoy() {
@@ -1608,7 +1609,7 @@ fn websocket_upgrades_tunnel_as_envoy() {
     let backend = HttpBackend::start("ws");
     let clusters = wasp_tests::config::cluster("ws", "ROUND_ROBIN", &[(backend.addr, 1)], "");
     let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/off\" }\n                route: { cluster: ws, upgrade_configs: [{ upgrade_type: websocket, enabled: false }] }\n              - match: { prefix: \"/\" }\n                route: { cluster: ws }\n";
-    let extra = "          upgrade_configs:\n          - upgrade_type: websocket\n";
+    let extra = "          stream_idle_timeout: 1s\n          upgrade_configs:\n          - upgrade_type: websocket\n";
     let ask = |port: u16, path: &str, protocol: &str| {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
@@ -1692,6 +1693,20 @@ fn websocket_upgrades_tunnel_as_envoy() {
             assert!(rest.is_empty(), "{kind:?}: closed after the 403");
         }
         assert_eq!(proxy.stat("cluster.ws.upstream_rq_total"), 1, "{kind:?}");
+
+        let (mut s, head) = ask(port, "/chat", "websocket");
+        assert!(head.starts_with("http/1.1 101"), "{kind:?}: {head}");
+        let mut echo = [0u8; 5];
+        s.read_exact(&mut echo).unwrap();
+        let quiet = std::time::Instant::now();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest)
+            .expect("an idle tunnel closed within the read timeout");
+        assert!(
+            rest.is_empty() && quiet.elapsed() >= std::time::Duration::from_millis(900),
+            "{kind:?}: closed after {:?} idle",
+            quiet.elapsed()
+        );
     }
 }
 

@@ -58,6 +58,9 @@ pub struct HcmSettings {
     /// shorter of request_timeout and stream_idle_timeout (Envoy's default
     /// stream idle timeout is 5 minutes).
     pub response_deadline: Option<Duration>,
+    /// `stream_idle_timeout` alone: how long an upgraded connection's
+    /// tunnel may carry nothing either way before it is closed.
+    pub stream_idle_timeout: Option<Duration>,
     pub max_request_headers_bytes: usize,
     /// After this many requests an HTTP/1.x connection is closed
     /// (`connection: close` on the last answer). Envoy (1.40) does not
@@ -205,6 +208,11 @@ impl HcmSettings {
                 .map_or(Some(Duration::from_secs(3600)), |d| {
                     Some(d.0).filter(|d| !d.is_zero())
                 }),
+            stream_idle_timeout: Some(
+                c.stream_idle_timeout
+                    .map_or(Duration::from_secs(300), |d| d.0),
+            )
+            .filter(|d| !d.is_zero()),
             response_deadline: [
                 c.request_timeout.map(|d| d.0),
                 Some(
@@ -323,6 +331,7 @@ impl HttpConnectionManager {
                 accept_http_10: settings.accept_http_10,
                 default_host_for_http_10: settings.default_host_for_http_10.clone(),
                 max_requests: settings.max_requests_per_connection,
+                tunnel_idle_timeout: settings.stream_idle_timeout,
                 rx_bytes: http_stats.downstream_cx_rx_bytes_total.clone(),
                 tx_bytes: http_stats.downstream_cx_tx_bytes_total.clone(),
                 max_requests_reached: http_stats.downstream_cx_max_requests_reached.clone(),

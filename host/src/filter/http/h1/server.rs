@@ -58,6 +58,9 @@ pub struct Settings {
     /// Requests a connection serves before it is closed
     /// (`max_requests_per_connection`), counted in `max_requests_reached`.
     pub max_requests: Option<u32>,
+    /// How long a tunnel (after an upgrade) may carry nothing either way
+    /// before it is closed (`stream_idle_timeout`).
+    pub tunnel_idle_timeout: Option<Duration>,
     /// Bytes read from and written to clients (this worker's shards).
     pub rx_bytes: Counter,
     pub tx_bytes: Counter,
@@ -86,6 +89,7 @@ struct Shared {
     continue_left: Cell<usize>,
     rx_bytes: Counter,
     tx_bytes: Counter,
+    tunnel_idle_timeout: Option<Duration>,
 }
 
 impl Shared {
@@ -251,6 +255,7 @@ pub async fn serve<H, F>(
         continue_left: Cell::new(0),
         rx_bytes: settings.rx_bytes.clone(),
         tx_bytes: settings.tx_bytes.clone(),
+        tunnel_idle_timeout: settings.tunnel_idle_timeout,
     });
     let mut shutdown = pin!(shutdown);
     let mut out = Vec::new();
@@ -623,7 +628,9 @@ async fn respond(
 
 /// Answers an upgrade the upstream took (101), then carries bytes both
 /// ways between the client and the upstream's connection until both have
-/// closed their side. The connection takes no other request after.
+/// closed their side, or nothing has gone either way for
+/// `stream_idle_timeout` (as Envoy closes an idle upgraded stream). The
+/// connection takes no other request after.
 // The connection is the tunnel's alone from here: the serving loop waits
 // on this call, and an upgrade request has no body reading it.
 #[allow(clippy::await_holding_refcell_ref)]
@@ -633,7 +640,7 @@ async fn tunnel(
     mut parts: http::response::Parts,
     body: ResponseBody,
 ) -> io::Result<bool> {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Some(upgraded) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
         // A 101 from anywhere but an upstream that switched: nothing to
         // tunnel to.
@@ -657,9 +664,43 @@ async fn tunnel(
     let early = conn.read.borrow_mut().split();
     upstream.write_all(&early).await?;
     let mut io = conn.io.borrow_mut();
-    let (up, down) = tokio::io::copy_bidirectional(&mut *io, &mut upstream).await?;
-    conn.rx_bytes.add(up);
-    conn.tx_bytes.add(down);
+    let (mut from_client, mut to_client) = io.split();
+    let (mut from_upstream, mut to_upstream) = tokio::io::split(upstream);
+    let (mut up, mut down) = (vec![0; 16 * 1024], vec![0; 16 * 1024]);
+    let (mut client_open, mut upstream_open) = (true, true);
+    while client_open || upstream_open {
+        let idle = async {
+            match conn.tunnel_idle_timeout {
+                Some(timeout) => tokio::time::sleep(timeout).await,
+                None => std::future::pending().await,
+            }
+        };
+        // A side that ends its writing has its end passed on; the tunnel
+        // closes when both have.
+        tokio::select! {
+            n = from_client.read(&mut up), if client_open => match n? {
+                0 => {
+                    client_open = false;
+                    to_upstream.shutdown().await?;
+                }
+                n => {
+                    conn.rx_bytes.add(n as u64);
+                    to_upstream.write_all(&up[..n]).await?;
+                }
+            },
+            n = from_upstream.read(&mut down), if upstream_open => match n? {
+                0 => {
+                    upstream_open = false;
+                    to_client.shutdown().await?;
+                }
+                n => {
+                    to_client.write_all(&down[..n]).await?;
+                    conn.tx_bytes.add(n as u64);
+                }
+            },
+            () = idle => break,
+        }
+    }
     // The upstream connection's stats and the request in flight end here.
     drop(body);
     Ok(false)
@@ -709,6 +750,7 @@ mod tests {
             accept_http_10,
             default_host_for_http_10: default_host.map(HeaderValue::from_static),
             max_requests: None,
+            tunnel_idle_timeout: None,
             rx_bytes: Counter::default(),
             tx_bytes: Counter::default(),
             max_requests_reached: Counter::default(),
