@@ -763,6 +763,20 @@ fn protocol_options(fields: &str) -> String {
     )
 }
 
+/// One virtual host for every domain whose routes match these path
+/// prefixes, in order, each with its `route: { ... }` fields.
+fn prefix_routes(routes: &[(String, String)]) -> String {
+    let mut vhost =
+        "            - name: all\n              domains: [\"*\"]\n              routes:\n"
+            .to_string();
+    for (prefix, route) in routes {
+        vhost += &format!(
+            "              - match: {{ prefix: \"{prefix}\" }}\n                route: {{ {route} }}\n"
+        );
+    }
+    vhost
+}
+
 fn catch_all(route: &str) -> String {
     format!(
         "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {{ prefix: \"/\" }}\n                route: {{ {route} }}\n"
@@ -1323,12 +1337,9 @@ fn upstream_http_protocol_options_as_envoy_applies_them() {
         "h2idle",
         "        common_http_protocol_options: { idle_timeout: 0.5s }\n        explicit_http_config: { http2_protocol_options: {} }\n",
     );
-    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n".to_string()
-        + &["follow", "capped", "idle", "h2idle"]
-            .map(|c| {
-                format!("              - match: {{ prefix: \"/{c}\" }}\n                route: {{ cluster: {c} }}\n")
-            })
-            .concat();
+    let vhosts = prefix_routes(
+        &["follow", "capped", "idle", "h2idle"].map(|c| (format!("/{c}"), format!("cluster: {c}"))),
+    );
     for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
         let port = free_port();
         let config = hcm(port, &vhosts, "", &clusters);
@@ -1494,12 +1505,8 @@ fn a_burst_of_requests_shares_the_http2_connection_being_opened() {
         )
     };
     let clusters = cluster("wide", "") + &cluster("narrow", "max_concurrent_streams: 2");
-    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n".to_string()
-        + &["wide", "narrow"]
-            .map(|c| {
-                format!("              - match: {{ prefix: \"/{c}\" }}\n                route: {{ cluster: {c} }}\n")
-            })
-            .concat();
+    let vhosts =
+        prefix_routes(&["wide", "narrow"].map(|c| (format!("/{c}"), format!("cluster: {c}"))));
     let signal = |pid: u32, sig: &str| {
         let ok = std::process::Command::new("kill")
             .args([sig, &pid.to_string()])
@@ -1569,12 +1576,19 @@ fn each_routing_priority_has_its_own_upstream_connections() {
     };
     let clusters =
         cluster("one", "http_protocol_options") + &cluster("two", "http2_protocol_options");
-    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n".to_string()
-        + &["one", "two"]
+    let vhosts = prefix_routes(
+        &["one", "two"]
             .map(|c| {
-                format!("              - match: {{ prefix: \"/{c}/high\" }}\n                route: {{ cluster: {c}, priority: HIGH }}\n              - match: {{ prefix: \"/{c}\" }}\n                route: {{ cluster: {c} }}\n")
+                [
+                    (
+                        format!("/{c}/high"),
+                        format!("cluster: {c}, priority: HIGH"),
+                    ),
+                    (format!("/{c}"), format!("cluster: {c}")),
+                ]
             })
-            .concat();
+            .concat(),
+    );
     for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
         let port = free_port();
         let config = hcm(port, &vhosts, "", &clusters);
@@ -1608,7 +1622,13 @@ fn websocket_upgrades_tunnel_as_envoy() {
     use std::io::{Read, Write};
     let backend = HttpBackend::start("ws");
     let clusters = wasp_tests::config::cluster("ws", "ROUND_ROBIN", &[(backend.addr, 1)], "");
-    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/off\" }\n                route: { cluster: ws, upgrade_configs: [{ upgrade_type: websocket, enabled: false }] }\n              - match: { prefix: \"/\" }\n                route: { cluster: ws }\n";
+    let vhosts = &prefix_routes(&[
+        (
+            "/off".into(),
+            "cluster: ws, upgrade_configs: [{ upgrade_type: websocket, enabled: false }]".into(),
+        ),
+        ("/".into(), "cluster: ws".into()),
+    ]);
     let extra = "          stream_idle_timeout: 1s\n          upgrade_configs:\n          - upgrade_type: websocket\n";
     let ask = |port: u16, path: &str, protocol: &str| {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
