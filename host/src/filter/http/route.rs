@@ -129,8 +129,22 @@ pub struct Forward {
     /// rather than per request.
     pub expected_timeout: Option<http::HeaderValue>,
     /// `upgrade_configs`: upgrades this route allows or refuses whatever
-    /// the connection manager says (lowercase type, enabled).
+    /// the connection manager says (type, enabled).
     pub upgrades: Vec<(String, bool)>,
+}
+
+/// One `upgrade_configs` entry (the connection manager's or a route's) at
+/// `at`: its type and whether it is enabled (unless said, it is). CONNECT
+/// is refused: wasp does not tunnel it.
+pub fn upgrade_entry(
+    kind: &str,
+    enabled: Option<bool>,
+    at: String,
+) -> Result<(String, bool), ValidationError> {
+    if kind.eq_ignore_ascii_case("connect") {
+        return Err(ValidationError::new(at, "CONNECT is not supported"));
+    }
+    Ok((kind.to_string(), enabled.unwrap_or(true)))
 }
 
 /// Whether a request asking to upgrade to `kind` may: as the route says if
@@ -625,17 +639,20 @@ fn forward(
         (Some(p), Some(g)) => Some(p.min(g)),
         (p, g) => p.or(g),
     };
-    let mut upgrades = Vec::new();
-    for (i, u) in a.upgrade_configs.iter().enumerate() {
-        let at = index(&join(at, "upgrade_configs"), i);
-        if u.connect_config.is_some() || u.upgrade_type.eq_ignore_ascii_case("connect") {
-            return Err(ValidationError::new(at, "CONNECT is not supported"));
-        }
-        upgrades.push((
-            u.upgrade_type.to_ascii_lowercase(),
-            u.enabled.unwrap_or(true),
-        ));
-    }
+    let upgrades = a
+        .upgrade_configs
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let at = index(&join(at, "upgrade_configs"), i);
+            // A connect_config is only for CONNECT.
+            let kind = match u.connect_config {
+                Some(_) => "CONNECT",
+                None => &u.upgrade_type,
+            };
+            upgrade_entry(kind, u.enabled, at)
+        })
+        .collect::<Result<_, _>>()?;
     Ok(Forward {
         upgrades,
         clusters,

@@ -73,7 +73,7 @@ pub struct HcmSettings {
     /// `http2_protocol_options`, for HTTP/2 clients.
     pub http2: Http2Settings,
     /// `upgrade_configs`: the protocols an HTTP/1.1 request may switch its
-    /// connection to (lowercase type, enabled unless a route says).
+    /// connection to (type, enabled unless a route says).
     pub upgrades: Vec<(String, bool)>,
     /// Clusters routes forward to.
     pub clusters: Vec<String>,
@@ -172,23 +172,21 @@ impl HcmSettings {
                 })
             })
             .transpose()?;
-        let mut upgrades = Vec::new();
-        for (i, u) in c.upgrade_configs.iter().enumerate() {
-            let at = index(&join(path, "upgrade_configs"), i);
-            if u.upgrade_type.eq_ignore_ascii_case("connect") {
-                return Err(ValidationError::new(at, "CONNECT is not supported"));
-            }
-            if u.filters.is_some() {
-                return Err(ValidationError::new(
-                    join(&at, "filters"),
-                    "filter chains of their own for upgrades are not supported",
-                ));
-            }
-            upgrades.push((
-                u.upgrade_type.to_ascii_lowercase(),
-                u.enabled.unwrap_or(true),
-            ));
-        }
+        let upgrades = c
+            .upgrade_configs
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                let at = index(&join(path, "upgrade_configs"), i);
+                if u.filters.is_some() {
+                    return Err(ValidationError::new(
+                        join(&at, "filters"),
+                        "filter chains of their own for upgrades are not supported",
+                    ));
+                }
+                route::upgrade_entry(&u.upgrade_type, u.enabled, at)
+            })
+            .collect::<Result<_, _>>()?;
         Ok(HcmSettings {
             upgrades,
             stat_prefix: c.stat_prefix.clone(),
