@@ -282,7 +282,9 @@ impl ClusterConfig {
         let Some(t) = typed else {
             let common = self.common_http_protocol_options.as_ref();
             let http2 = match &self.http2_protocol_options {
-                Some(h2) => Http2Settings::validate(h2, &join(path, "http2_protocol_options"))?,
+                Some(h2) => {
+                    Http2Settings::validate_upstream(h2, &join(path, "http2_protocol_options"))?
+                }
                 None => Http2Settings::default(),
             };
             return Ok(UpstreamHttp::new(
@@ -329,9 +331,10 @@ impl ClusterConfig {
             _ => UpstreamProtocol::Http1,
         };
         let http2 = match &versions.http2_protocol_options {
-            Some(h2) => {
-                Http2Settings::validate(h2, &format!("{at}.{chosen}.http2_protocol_options"))?
-            }
+            Some(h2) => Http2Settings::validate_upstream(
+                h2,
+                &format!("{at}.{chosen}.http2_protocol_options"),
+            )?,
             None => Http2Settings::default(),
         };
         let common = t.common_http_protocol_options.as_ref();

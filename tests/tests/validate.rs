@@ -263,7 +263,7 @@ fn http2_protocol_options_are_checked() {
         &with("allow_connect: true"),
         &format!("{at}.allow_connect"),
         19,
-        "CONNECT over HTTP/2 is not supported",
+        "CONNECT to upstreams is not supported",
     );
     rejects(
         "    lb_policy: ROUND_ROBIN\n",

@@ -8,4 +8,5 @@ pub mod h2;
 pub mod pool;
 pub mod route;
 pub mod router;
+pub mod tunnel;
 pub mod wasm;

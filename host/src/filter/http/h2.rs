@@ -1,9 +1,22 @@
 //! HTTP/2 connection settings from Envoy's `Http2ProtocolOptions`, for
-//! hyper's client (upstream) and server (downstream) connections. What is
-//! left unset keeps hyper's default.
+//! hyper's client (upstream) and server (downstream) connections (what is
+//! left unset keeps hyper's default), and WebSockets over HTTP/2 (RFC 8441
+//! extended CONNECT) from downstream clients.
+//!
+//! As Envoy does, an extended CONNECT is forwarded as an HTTP/1.1 upgrade
+//! (`GET` with `upgrade: <:protocol>`), routed and allowed as one, and an
+//! upstream's 101 is answered 200 on the client's stream, which then
+//! carries the tunnel's bytes.
 
 use std::time::Duration;
 
+use http::header::{CONNECTION, CONTENT_LENGTH, UPGRADE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use super::body::{Body, ResponseBody};
+use super::h1;
 use crate::config::path::join;
 use crate::config::{Http2ProtocolOptionsConfig, ValidationError};
 
@@ -24,16 +37,28 @@ pub struct Http2Settings {
     /// PING every `interval`; the connection is closed if an answer
     /// takes longer than `timeout`.
     keepalive: Option<(Duration, Duration)>,
+    /// Whether clients may open tunnels with extended CONNECT
+    /// (`allow_connect`, downstream only).
+    allow_connect: bool,
 }
 
 impl Http2Settings {
-    pub fn validate(c: &Http2ProtocolOptionsConfig, path: &str) -> Result<Self, ValidationError> {
+    /// Validates a cluster's: an upgrade goes upstream over HTTP/1.1,
+    /// never as an extended CONNECT, so `allow_connect` is refused there.
+    pub fn validate_upstream(
+        c: &Http2ProtocolOptionsConfig,
+        path: &str,
+    ) -> Result<Self, ValidationError> {
         if c.allow_connect {
             return Err(ValidationError::new(
                 join(path, "allow_connect"),
-                "CONNECT over HTTP/2 is not supported",
+                "CONNECT to upstreams is not supported (upgrades go upstream over HTTP/1.1)",
             ));
         }
+        Self::validate(c, path)
+    }
+
+    pub fn validate(c: &Http2ProtocolOptionsConfig, path: &str) -> Result<Self, ValidationError> {
         if c.max_concurrent_streams == Some(0) {
             return Err(ValidationError::new(
                 join(path, "max_concurrent_streams"),
@@ -59,6 +84,7 @@ impl Http2Settings {
                 .connection_keepalive
                 .as_ref()
                 .and_then(|k| Some((k.interval?.0, k.timeout.0))),
+            allow_connect: c.allow_connect,
         })
     }
 
@@ -86,5 +112,57 @@ impl Http2Settings {
         if let Some((interval, timeout)) = self.keepalive {
             b.keep_alive_interval(interval).keep_alive_timeout(timeout);
         }
+        if self.allow_connect {
+            b.enable_connect_protocol();
+        }
     }
+}
+
+/// Makes an extended CONNECT (`:protocol`) the HTTP/1.1 upgrade request
+/// the router forwards, and takes the client's side of the tunnel to be.
+/// Any other request is left as it is.
+pub fn extended_connect(req: &mut Request<Body>) -> Option<OnUpgrade> {
+    if req.method() != Method::CONNECT {
+        return None;
+    }
+    let protocol = req.extensions_mut().remove::<hyper::ext::Protocol>()?;
+    let kind = HeaderValue::from_str(protocol.as_str()).ok()?;
+    *req.method_mut() = Method::GET;
+    req.extensions_mut().insert(h1::Upgrade(kind));
+    req.extensions_mut().remove::<OnUpgrade>()
+}
+
+/// The answer to an extended CONNECT: an upstream's 101 becomes a 200
+/// without its HTTP/1.1 connection fields (as Envoy answers), and the
+/// tunnel runs on a task of its own once hyper hands over the client's
+/// stream. Other answers (a 403, a 503, ...) go back as they are.
+pub fn answer_upgrade(
+    resp: Response<ResponseBody>,
+    client: OnUpgrade,
+    idle: Option<Duration>,
+) -> Response<ResponseBody> {
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Some(upstream) = parts.extensions.remove::<OnUpgrade>() else {
+        // A 101 from no upstream that switched: nothing to tunnel to.
+        return super::router::local(StatusCode::BAD_GATEWAY, "").map(ResponseBody::from);
+    };
+    parts.status = StatusCode::OK;
+    for name in [CONNECTION, UPGRADE, CONTENT_LENGTH] {
+        parts.headers.remove(name);
+    }
+    tokio::task::spawn_local(async move {
+        let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
+            return;
+        };
+        let (client, upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        if let Err(e) = super::tunnel::carry(client, upstream, idle, None).await {
+            tracing::debug!(error = %e, "http/2 tunnel ended with an error");
+        }
+        // The upstream connection's stats and the request in flight end here.
+        drop(body);
+    });
+    Response::from_parts(parts, ResponseBody::from(Body::empty()))
 }

@@ -29,7 +29,7 @@ use crate::config::{CodecType, HttpConnectionManagerConfig, HttpFilterConfig, Va
 use crate::filter::http::body::{BoxError, ResponseBody};
 use crate::filter::http::codec::{Codec, CountedIo, detect};
 use crate::filter::http::h1;
-use crate::filter::http::h2::Http2Settings;
+use crate::filter::http::h2::{self, Http2Settings};
 use crate::filter::http::pool::LocalExec;
 use crate::filter::http::route::{self, Action, RouteTable, redirect_location};
 use crate::filter::http::router::{self, Body, Upstream};
@@ -387,7 +387,18 @@ impl HttpConnectionManager {
                 let (hcm, info, last_request) = (self.clone(), Rc::new(info), last_request.clone());
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let (hcm, info, last) = (hcm.clone(), info.clone(), last_request.clone());
-                    async move { hcm.handle(req.map(Body::Incoming), &info, &last).await }
+                    async move {
+                        let mut req = req.map(Body::Incoming);
+                        let tunnel = h2::extended_connect(&mut req);
+                        let resp = hcm.handle(req, &info, &last).await?;
+                        Ok::<_, BoxError>(match tunnel {
+                            Some(client) => {
+                                let idle = hcm.settings.stream_idle_timeout;
+                                h2::answer_upgrade(resp, client, idle)
+                            }
+                            None => resp,
+                        })
+                    }
                 });
                 let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
                 builder.timer(TokioTimer::new());

@@ -37,6 +37,7 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::super::body::{Body, BoxError, ResponseBody};
+use super::super::tunnel::carry;
 use super::{
     Chunk, Decoded, Decoder, Error, MAX_HEADERS, encode_chunk, encode_field, encode_last_chunk,
     header_map, is_connection_field, lists, spans,
@@ -640,7 +641,7 @@ async fn tunnel(
     mut parts: http::response::Parts,
     body: ResponseBody,
 ) -> io::Result<bool> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let Some(upgraded) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
         // A 101 from anywhere but an upstream that switched: nothing to
         // tunnel to.
@@ -664,43 +665,8 @@ async fn tunnel(
     let early = conn.read.borrow_mut().split();
     upstream.write_all(&early).await?;
     let mut io = conn.io.borrow_mut();
-    let (mut from_client, mut to_client) = io.split();
-    let (mut from_upstream, mut to_upstream) = tokio::io::split(upstream);
-    let (mut up, mut down) = (vec![0; 16 * 1024], vec![0; 16 * 1024]);
-    let (mut client_open, mut upstream_open) = (true, true);
-    while client_open || upstream_open {
-        let idle = async {
-            match conn.tunnel_idle_timeout {
-                Some(timeout) => tokio::time::sleep(timeout).await,
-                None => std::future::pending().await,
-            }
-        };
-        // A side that ends its writing has its end passed on; the tunnel
-        // closes when both have.
-        tokio::select! {
-            n = from_client.read(&mut up), if client_open => match n? {
-                0 => {
-                    client_open = false;
-                    to_upstream.shutdown().await?;
-                }
-                n => {
-                    conn.rx_bytes.add(n as u64);
-                    to_upstream.write_all(&up[..n]).await?;
-                }
-            },
-            n = from_upstream.read(&mut down), if upstream_open => match n? {
-                0 => {
-                    upstream_open = false;
-                    to_client.shutdown().await?;
-                }
-                n => {
-                    to_client.write_all(&down[..n]).await?;
-                    conn.tx_bytes.add(n as u64);
-                }
-            },
-            () = idle => break,
-        }
-    }
+    let counted = Some((&conn.rx_bytes, &conn.tx_bytes));
+    carry(&mut *io, upstream, conn.tunnel_idle_timeout, counted).await?;
     // The upstream connection's stats and the request in flight end here.
     drop(body);
     Ok(false)
