@@ -1855,6 +1855,71 @@ fn websocket_over_http2_extended_connect_as_envoy() {
     }
 }
 
+/// A CONNECT request matches no route (Envoy matches it only against a
+/// `connect_matcher`): 404, and an HTTP/1.1 connection closed after it,
+/// where a catch-all prefix route would otherwise have sent it upstream.
+/// Through wasp and Envoy, from HTTP/1.1 and HTTP/2 clients.
+#[test]
+fn connect_requests_find_no_route_as_envoy() {
+    use std::io::{Read, Write};
+    let backend = HttpBackend::start("tunnelled");
+    let clusters =
+        wasp_tests::config::cluster("tunnelled", "ROUND_ROBIN", &[(backend.addr, 1)], "");
+    let vhosts = &prefix_routes(&[("/".into(), "cluster: tunnelled".into())]);
+    for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
+        let port = free_port();
+        let proxy = Proxy::launch(
+            kind,
+            &hcm(port, vhosts, "", &clusters),
+            &["--concurrency", "1"],
+        );
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        s.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+            .unwrap();
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).expect("closed after the answer");
+        let answer = String::from_utf8(answer).unwrap().to_ascii_lowercase();
+        assert!(answer.starts_with("http/1.1 404"), "{kind:?}: {answer}");
+        assert!(answer.contains("connection: close"), "{kind:?}: {answer}");
+
+        assert_eq!(h2_connect_status(port), 404, "{kind:?}: HTTP/2");
+        assert_eq!(
+            proxy.stat("cluster.tunnelled.upstream_rq_total"),
+            0,
+            "{kind:?}"
+        );
+        assert_eq!(proxy.stat("http.edge.no_route"), 2, "{kind:?}");
+    }
+}
+
+/// A plain HTTP/2 CONNECT (no `:protocol`) to `port`: its status.
+fn h2_connect_status(port: u16) -> u16 {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("example.com:443")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        resp.status().as_u16()
+    })
+}
+
 /// The SETTINGS an HTTP/2 server at `port` sends first (identifier to
 /// value), read with a hand-made client preface.
 fn server_settings(port: u16) -> std::collections::HashMap<u16, u32> {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::time::Instant;
@@ -615,7 +615,12 @@ impl HttpConnectionManager {
         let path_and_query = req.uri().path_and_query().cloned();
         let path = path_and_query.as_ref().map_or("/", |p| p.as_str());
         let routes = &self.settings.routes;
-        let matched = routes.find(&host, path, req.headers());
+        // A CONNECT matches only a route with a `connect_matcher` in Envoy,
+        // which wasp does not take: none here.
+        let matched = match req.method() == Method::CONNECT {
+            true => None,
+            false => routes.find(&host, path, req.headers()),
+        };
         if let Some(h1::Upgrade(kind)) = req.extensions().get() {
             let by_route = match matched.as_ref().map(|m| &m.route.action) {
                 Some(Action::Forward(fwd)) => fwd.upgrades.as_slice(),

@@ -393,10 +393,10 @@ fn parse_head(read: &mut BytesMut, settings: &Settings) -> Result<Option<Head>, 
     let head = read.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_span)).map_err(|_| BAD_REQUEST)?;
     let (mut headers, fields) = header_map(&head, &fields_at[..count]).map_err(|_| BAD_REQUEST)?;
-    // After an upgrade the connection is the tunnel's; refused, it is
-    // closed, as Envoy does.
+    // After an upgrade (or a CONNECT) the connection is the tunnel's;
+    // refused, it is closed, as Envoy does.
     let upgrade = super::upgrade(&head, &fields_at[..count], &fields);
-    let keep_alive = fields.persistent(version) && upgrade.is_none();
+    let keep_alive = fields.persistent(version) && upgrade.is_none() && method != Method::CONNECT;
     let body = match (fields.chunked, fields.content_length) {
         // A length and a coding together could be read two ways: refused,
         // as Envoy does.
