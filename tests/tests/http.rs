@@ -1620,15 +1620,8 @@ fn each_routing_priority_has_its_own_upstream_connections() {
 #[test]
 fn websocket_upgrades_tunnel_as_envoy() {
     use std::io::{Read, Write};
-    let backend = HttpBackend::start("ws");
-    let clusters = wasp_tests::config::cluster("ws", "ROUND_ROBIN", &[(backend.addr, 1)], "");
-    let vhosts = &prefix_routes(&[
-        (
-            "/off".into(),
-            "cluster: ws, upgrade_configs: [{ upgrade_type: websocket, enabled: false }]".into(),
-        ),
-        ("/".into(), "cluster: ws".into()),
-    ]);
+    let (_backend, clusters, vhosts) = websocket_routes("ws");
+    let vhosts = &vhosts;
     let extra = "          stream_idle_timeout: 1s\n          upgrade_configs:\n          - upgrade_type: websocket\n";
     let ask = |port: u16, path: &str, protocol: &str| {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -1730,26 +1723,55 @@ fn websocket_upgrades_tunnel_as_envoy() {
     }
 }
 
+/// The upgrade tests' upstream: an HTTP backend named `name` (it echoes
+/// what an upgraded connection sends) as cluster `name`, and a virtual
+/// host whose `/off` route disables WebSocket upgrades and whose `/` route
+/// leaves them to the connection manager.
+fn websocket_routes(name: &'static str) -> (HttpBackend, String, String) {
+    let backend = HttpBackend::start(name);
+    let clusters = wasp_tests::config::cluster(name, "ROUND_ROBIN", &[(backend.addr, 1)], "");
+    let vhosts = prefix_routes(&[
+        (
+            "/off".into(),
+            format!(
+                "cluster: {name}, upgrade_configs: [{{ upgrade_type: websocket, enabled: false }}]"
+            ),
+        ),
+        ("/".into(), format!("cluster: {name}")),
+    ]);
+    (backend, clusters, vhosts)
+}
+
+/// An HTTP/2 (prior knowledge) client connection to `port`, driven by a
+/// task on the caller's runtime.
+async fn h2_client(
+    port: u16,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
 /// WebSockets over HTTP/2 (RFC 8441), through wasp and Envoy alike: with
 /// `allow_connect`, an extended CONNECT (`:protocol: websocket`) goes to an
 /// HTTP/1.1 upstream as an upgrade; its 101 is answered 200 without the
 /// upgrade fields, and the stream then carries bytes both ways (100 kB
-/// each way at once, then each side's end) while the connection's other
-/// streams go on. A route that disables the upgrade answers 403.
+/// each way at once, then, through wasp, each side's end) while the
+/// connection's other streams go on. A route that disables the upgrade answers 403.
 #[test]
 fn websocket_over_http2_extended_connect_as_envoy() {
     use http_body_util::{BodyExt, Empty};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::TokioIo;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let backend = HttpBackend::start("ws2");
-    let clusters = wasp_tests::config::cluster("ws2", "ROUND_ROBIN", &[(backend.addr, 1)], "");
-    let vhosts = &prefix_routes(&[
-        (
-            "/off".into(),
-            "cluster: ws2, upgrade_configs: [{ upgrade_type: websocket, enabled: false }]".into(),
-        ),
-        ("/".into(), "cluster: ws2".into()),
-    ]);
+    let (_backend, clusters, vhosts) = websocket_routes("ws2");
+    let vhosts = &vhosts;
     let extra = "          http2_protocol_options: { allow_connect: true }\n          upgrade_configs:\n          - upgrade_type: websocket\n";
     for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
         let port = free_port();
@@ -1763,14 +1785,7 @@ fn websocket_over_http2_extended_connect_as_envoy() {
             .build()
             .unwrap();
         rt.block_on(async {
-            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .unwrap();
-            let (mut send, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                    .await
-                    .unwrap();
-            tokio::spawn(conn);
+            let mut send = h2_client(port).await;
             let request = |method: http::Method, path: &str| {
                 let mut req = http::Request::builder()
                     .method(method.clone())
@@ -1896,20 +1911,12 @@ fn connect_requests_find_no_route_as_envoy() {
 
 /// A plain HTTP/2 CONNECT (no `:protocol`) to `port`: its status.
 fn h2_connect_status(port: u16) -> u16 {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let (mut send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+        let mut send = h2_client(port).await;
         let req = http::Request::builder()
             .method(http::Method::CONNECT)
             .uri("example.com:443")
