@@ -396,6 +396,8 @@ pub async fn exchange(
     home: &Rc<EndpointPool>,
 ) -> Result<Response<Body>, Failed> {
     conn.requests += 1;
+    // The request goes out with the others of this pass.
+    super::write_turn().await;
     let mut send_error = None;
     let head = std::future::poll_fn(|cx| {
         if send_error.is_none() {

@@ -317,6 +317,8 @@ pub async fn serve<H, F>(
             settings.max_requests_reached.inc();
         }
         let keep_alive = head.keep_alive && !draining && !last;
+        // The response goes out with the others of this pass.
+        super::write_turn().await;
         let written = respond(&conn, &mut out, resp, head_request, version, keep_alive).await;
         conn.continue_left.set(0);
         // The connection is good for another request only if this one's
