@@ -261,6 +261,7 @@ impl WorkerChain {
             draining,
             chain,
             read_eof: Cell::new(false),
+            scratch: Cell::default(),
         };
         match &self.terminal {
             TerminalFilter::TcpProxy(p) => p.serve(downstream, info).await,
@@ -283,6 +284,10 @@ pub struct Downstream {
     pub draining: tokio::sync::watch::Receiver<bool>,
     chain: Option<RefCell<FilterChain>>,
     read_eof: Cell<bool>,
+    /// Room for a filtered `read_buf`'s raw read, made on the first one:
+    /// an array in the future would widen every connection's task (the
+    /// chain's `serve` future is as large as its largest terminal's).
+    scratch: Cell<Vec<u8>>,
 }
 
 fn closed_by_filter() -> std::io::Error {
@@ -336,10 +341,16 @@ impl io::Source for Downstream {
 
 impl Downstream {
     async fn read_filtered_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
-        let mut chunk = [0u8; 16 * 1024];
-        let n = io::Source::read(self, &mut chunk).await?;
-        buf.extend_from_slice(&chunk[..n]);
-        Ok(n)
+        let mut chunk = self.scratch.take();
+        if chunk.is_empty() {
+            chunk = vec![0; 16 * 1024];
+        }
+        let read = io::Source::read(self, &mut chunk).await;
+        if let Ok(n) = read {
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        self.scratch.set(chunk);
+        read
     }
 }
 
