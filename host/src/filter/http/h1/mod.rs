@@ -41,12 +41,32 @@ pub enum Error {
 /// flight its head may still share the buffer, and reserving then would
 /// allocate a new one each time. When there is, the read goes straight
 /// ahead (tokio's read checks readiness itself).
+///
+/// A connection with nothing buffered does not keep its buffer while it
+/// waits: the buffer goes to the worker's spares and the next read takes
+/// the one given back last, as HAProxy's buffer pools do. An idle
+/// keep-alive connection then holds no buffer, and a busy worker reads
+/// into a few buffers still in cache rather than one per connection.
 fn poll_fill(
     io: &mut tokio::net::TcpStream,
     read: &mut BytesMut,
     want: usize,
     cx: &mut std::task::Context<'_>,
 ) -> std::task::Poll<io::Result<usize>> {
+    if read.is_empty() {
+        if io.poll_read_ready(cx).is_pending() {
+            if read.capacity() > 0 {
+                let idle = std::mem::take(read);
+                SPARE_READS.with_borrow_mut(|spare| spare.keep(idle));
+            }
+            return std::task::Poll::Pending;
+        }
+        if read.capacity() == 0 {
+            if let Some(spare) = SPARE_READS.with_borrow_mut(Spares::take) {
+                *read = spare;
+            }
+        }
+    }
     if read.capacity() - read.len() < want.clamp(1024, 64 * 1024) {
         std::task::ready!(io.poll_read_ready(cx))?;
         read.reserve(want.clamp(8 * 1024, 64 * 1024));
@@ -116,6 +136,15 @@ thread_local! {
     static SPARE_MAPS: RefCell<Spares<HeaderMap>> = const { RefCell::new(Spares::new(MAX_SPARE_MAPS)) };
 }
 
+thread_local! {
+    /// Read buffers of connections waiting with nothing buffered (see
+    /// [`poll_fill`]).
+    static SPARE_READS: RefCell<Spares<BytesMut>> = const { RefCell::new(Spares::new(MAX_SPARE_READS)) };
+}
+
+/// At most this many spare read buffers per thread.
+const MAX_SPARE_READS: usize = 1024;
+
 /// At most this many spare maps per thread (two per request in flight),
 /// each with room for at most [`MAX_SPARE_CAPACITY`] fields.
 const MAX_SPARE_MAPS: usize = 2048;
@@ -135,6 +164,7 @@ pub fn recycle(mut headers: HeaderMap) {
 /// requests did not need lately (see [`crate::spare`]).
 pub fn trim_spares() {
     SPARE_MAPS.with_borrow_mut(Spares::trim);
+    SPARE_READS.with_borrow_mut(Spares::trim);
     client::trim_spares();
 }
 
