@@ -7,6 +7,7 @@ import argparse
 import os
 import random
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -22,6 +23,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--idle-connections", type=int, default=0, metavar="N",
+                    help="also measure the memory each of N idle keep-alive connections costs")
     args = ap.parse_args()
     envoy = prepare({"wrk": "wrk", "nginx-light": "nginx", "haproxy": "haproxy"})
     tmp = tempfile.mkdtemp(prefix="wasp-bench-http-")
@@ -67,6 +70,10 @@ def main():
         pids["backend (direct)"] = children(procs[0].pid)
         idle_rss = {name: rss_kib(p) for name, p in pids.items()}
         idle_anon = {name: rss_kib(p, "RssAnon") for name, p in pids.items()}
+        held = {}
+        if args.idle_connections:
+            for name, port in targets.items():
+                held[name] = held_connection_bytes(port, pids[name], args.idle_connections)
         hz = os.sysconf("SC_CLK_TCK")
         results = {}
         # Each -c runs every target back to back, so that the figures a
@@ -111,10 +118,40 @@ def main():
                 paired = [statistics.median(x[i] for x in per_round) for i in range(3)]
                 cells = " | ".join(f"{a:.2f} ({b:.2f})" for a, b in zip(of_medians, paired))
                 print(f"| {c} | {other} | {cells} | {rss:.2f} |")
+        if held:
+            print(f"\nRSS growth per idle keep-alive connection, {args.idle_connections} held after one "
+                  f"request each (bytes; anonymous in brackets):\n")
+            print("| target | bytes/connection |")
+            print("|---|---|")
+            for name, (total, anon) in held.items():
+                print(f"| {name} | {total:,.0f} ({anon:,.0f}) |")
     finally:
         for p in procs:
             stop(p)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def held_connection_bytes(port, pids, n):
+    """What `n` keep-alive connections cost the server at `port` while they
+    wait for their next request: its RSS growth (and the anonymous part's)
+    per connection, in bytes, each connection having made one request
+    (so that its buffers are what a served connection keeps)."""
+    request = b"GET / HTTP/1.1\r\nhost: bench\r\n\r\n"
+    before = rss_kib(pids), rss_kib(pids, "RssAnon")
+    held = []
+    try:
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            held.append(s)
+            s.sendall(request)
+            if not s.recv(4096).startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"port {port} did not answer 200")
+        time.sleep(0.5)
+        return tuple((a - b) * 1024 / n for a, b in zip((rss_kib(pids), rss_kib(pids, "RssAnon")), before))
+    finally:
+        for s in held:
+            s.close()
+        time.sleep(0.5)
 
 
 def ratios(wasp, other):
