@@ -71,16 +71,19 @@ fn connection_limit_closes_connections_over_the_limit_like_envoy() {
     );
     for (proxy, port) in [(&wasp, wp), (&envoy, ep)] {
         let (held, _) = exercise(port);
-        let stats = eventually(Duration::from_secs(5), "limit stats", || {
-            let (_, body) = proxy.get("/stats").ok()?;
-            (stat_from(&body, "connection_limit.cl.limited_connections") == Some(1)).then_some(body)
-        });
-        assert_eq!(
-            stat_from(&stats, "connection_limit.cl.active_connections"),
-            Some(2),
-            "{:?}",
+        // Envoy counts the third connection active until it has closed
+        // it, so the gauge settles at 2 only after the close: a read in
+        // between (seen once in CI) shows 3.
+        let what = format!(
+            "{:?}: limited_connections 1, active_connections 2",
             proxy.kind
         );
+        eventually(Duration::from_secs(5), &what, || {
+            let (_, body) = proxy.get("/stats").ok()?;
+            let active = stat_from(&body, "connection_limit.cl.active_connections");
+            let limited = stat_from(&body, "connection_limit.cl.limited_connections");
+            (limited == Some(1) && active == Some(2)).then_some(())
+        });
         drop(held);
         // Capacity comes back when connections close.
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
