@@ -53,25 +53,24 @@ fn poll_fill(
     want: usize,
     cx: &mut std::task::Context<'_>,
 ) -> std::task::Poll<io::Result<usize>> {
-    if read.is_empty() {
-        if io.poll_read_ready(cx).is_pending() {
-            if read.capacity() > 0 {
-                let idle = std::mem::take(read);
-                SPARE_READS.with_borrow_mut(|spare| spare.keep(idle));
-            }
-            return std::task::Poll::Pending;
-        }
-        if read.capacity() == 0 {
-            if let Some(spare) = SPARE_READS.with_borrow_mut(Spares::take) {
-                *read = spare;
-            }
+    if read.capacity() == 0 {
+        std::task::ready!(io.poll_read_ready(cx))?;
+        if let Some(spare) = SPARE_READS.with_borrow_mut(Spares::take) {
+            *read = spare;
         }
     }
     if read.capacity() - read.len() < want.clamp(1024, 64 * 1024) {
         std::task::ready!(io.poll_read_ready(cx))?;
         read.reserve(want.clamp(8 * 1024, 64 * 1024));
     }
-    tokio_util::io::poll_read_buf(std::pin::Pin::new(io), cx, read)
+    let polled = tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *io), cx, read);
+    // Pending is decided by the read itself (tokio's readiness can be
+    // stale), so this is where the connection is known to be waiting.
+    if polled.is_pending() && read.is_empty() {
+        let idle = std::mem::take(read);
+        SPARE_READS.with_borrow_mut(|spare| spare.keep(idle));
+    }
+    polled
 }
 
 /// Lets every task the worker has already woken run before this one
@@ -506,6 +505,42 @@ mod tests {
         assert_eq!(count.0.load(std::sync::atomic::Ordering::Relaxed), 1);
         assert!(turn.as_mut().poll(&mut cx).is_ready());
         assert_eq!(count.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    /// A connection waiting with nothing buffered gives its read buffer to
+    /// the worker's spares, and takes one back once the socket is readable.
+    #[tokio::test]
+    async fn an_idle_connection_lends_its_read_buffer_to_the_spares() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut io, _) = listener.accept().await.unwrap();
+        let spares = || SPARE_READS.with_borrow(|s| s.len());
+        let before = spares();
+
+        let mut read = BytesMut::with_capacity(4096);
+        let lent = read.as_ptr();
+        let waiting = std::future::poll_fn(|cx| match poll_fill(&mut io, &mut read, 0, cx) {
+            std::task::Poll::Pending => std::task::Poll::Ready(()),
+            ready => panic!("nothing was sent, yet {ready:?}"),
+        });
+        waiting.await;
+        assert_eq!(read.capacity(), 0, "the waiting connection holds no buffer");
+        assert_eq!(spares(), before + 1);
+
+        peer.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let n = std::future::poll_fn(|cx| poll_fill(&mut io, &mut read, 0, cx))
+            .await
+            .unwrap();
+        assert_eq!(&read[..n], b"GET / HTTP/1.1\r\n");
+        assert_eq!(
+            read.as_ptr(),
+            lent,
+            "the spare came back rather than a new buffer"
+        );
+        assert_eq!(spares(), before);
     }
 
     #[test]
