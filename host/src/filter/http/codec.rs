@@ -24,12 +24,14 @@ pub enum Codec {
 
 /// Reads the first bytes of a connection (codec AUTO) until they tell
 /// HTTP/2's preface from an HTTP/1.1 request; `None` if the client went
-/// away first.
+/// away first. The buffer comes from the worker's spare read buffers, as
+/// every later read's does: a buffer of its own for each new connection
+/// was 8 KiB more for each idle keep-alive one.
 pub async fn detect(io: &mut TcpStream) -> Option<Codec> {
-    use tokio::io::AsyncReadExt;
-    let mut read = BytesMut::with_capacity(8 * 1024);
+    let mut read = BytesMut::new();
     loop {
-        if io.read_buf(&mut read).await.ok()? == 0 {
+        let filled = std::future::poll_fn(|cx| super::h1::poll_fill(io, &mut read, 0, cx));
+        if filled.await.ok()? == 0 {
             return None;
         }
         let n = read.len().min(H2_PREFACE.len());
@@ -120,5 +122,32 @@ impl AsyncWrite for CountedIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A new connection's first bytes go into the buffer an idle one left.
+    #[tokio::test]
+    async fn detection_reads_into_a_spare_buffer() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut io, _) = listener.accept().await.unwrap();
+        let spare = BytesMut::with_capacity(4096);
+        let lent = spare.as_ptr();
+        crate::filter::http::h1::lend_read(spare);
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        match detect(&mut io).await {
+            Some(Codec::Http1(read)) => {
+                assert_eq!(&read[..], b"GET / HTTP/1.1\r\n");
+                assert_eq!(read.as_ptr(), lent, "the spare, not a new buffer");
+            }
+            _ => panic!("not taken for HTTP/1.1"),
+        }
     }
 }

@@ -47,7 +47,7 @@ pub enum Error {
 /// the one given back last, as HAProxy's buffer pools do. An idle
 /// keep-alive connection then holds no buffer, and a busy worker reads
 /// into a few buffers still in cache rather than one per connection.
-fn poll_fill(
+pub(in crate::filter::http) fn poll_fill(
     io: &mut tokio::net::TcpStream,
     read: &mut BytesMut,
     want: usize,
@@ -157,6 +157,13 @@ pub fn recycle(mut headers: HeaderMap) {
     }
     headers.clear();
     SPARE_MAPS.with_borrow_mut(|spare| spare.keep(headers));
+}
+
+/// Puts `read` in this thread's spare read buffers, as an idle connection
+/// would.
+#[cfg(test)]
+pub(in crate::filter::http) fn lend_read(read: BytesMut) {
+    SPARE_READS.with_borrow_mut(|spare| spare.keep(read));
 }
 
 /// Gives back to the allocator the maps and buffers this thread's
