@@ -25,6 +25,9 @@ def main():
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--idle-connections", type=int, default=0, metavar="N",
                     help="also measure the memory each of N idle keep-alive connections costs")
+    ap.add_argument("--compared-only", action="store_true",
+                    help="run only wasp, nginx and HAProxy in the rounds, so that the runs each ratio "
+                         "pairs are seconds apart (Envoy and the backend are still started and measured idle)")
     args = ap.parse_args()
     envoy = prepare({"wrk": "wrk", "nginx-light": "nginx", "haproxy": "haproxy"})
     tmp = tempfile.mkdtemp(prefix="wasp-bench-http-")
@@ -85,7 +88,8 @@ def main():
         shuffle = random.Random(1).shuffle
         for r in range(args.rounds):
             for c in (1, 50, 200):
-                order = list(targets.items())
+                order = [(n, p) for n, p in targets.items()
+                         if not args.compared_only or n in ("wasp", "nginx", "haproxy")]
                 shuffle(order)
                 for name, port in order:
                     before = cpu_ticks(pids[name])
