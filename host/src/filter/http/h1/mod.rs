@@ -67,8 +67,7 @@ pub(in crate::filter::http) fn poll_fill(
     // Pending is decided by the read itself (tokio's readiness can be
     // stale), so this is where the connection is known to be waiting.
     if polled.is_pending() && read.is_empty() {
-        let idle = std::mem::take(read);
-        SPARE_READS.with_borrow_mut(|spare| spare.keep(idle));
+        lend_read(std::mem::take(read));
     }
     polled
 }
@@ -159,9 +158,8 @@ pub fn recycle(mut headers: HeaderMap) {
     SPARE_MAPS.with_borrow_mut(|spare| spare.keep(headers));
 }
 
-/// Puts `read` in this thread's spare read buffers, as an idle connection
-/// would.
-#[cfg(test)]
+/// Puts the read buffer of a connection with nothing buffered in this
+/// thread's spares.
 pub(in crate::filter::http) fn lend_read(read: BytesMut) {
     SPARE_READS.with_borrow_mut(|spare| spare.keep(read));
 }
