@@ -761,6 +761,13 @@ pub struct ClusterStats {
     pub upstream_rq_timeout: Counter,
     pub upstream_rq_retry: Counter,
     pub upstream_rq_retry_success: Counter,
+    /// Retries a policy wanted after its num_retries were spent.
+    pub upstream_rq_retry_limit_exceeded: Counter,
+    /// Retries waited for with the (default or configured) back-off.
+    pub upstream_rq_retry_backoff_exponential: Counter,
+    /// Retries not made because the request body outgrew what is kept
+    /// for a replay.
+    pub retry_or_shadow_abandoned: Counter,
     /// Circuit breaker overflows (counted by `try_hold`): a connection
     /// not opened, a request refused while pending or for too many in
     /// flight, a retry not made.
@@ -812,6 +819,10 @@ impl ClusterStats {
             upstream_rq_timeout: scope.counter("upstream_rq_timeout"),
             upstream_rq_retry: scope.counter("upstream_rq_retry"),
             upstream_rq_retry_success: scope.counter("upstream_rq_retry_success"),
+            upstream_rq_retry_limit_exceeded: scope.counter("upstream_rq_retry_limit_exceeded"),
+            upstream_rq_retry_backoff_exponential: scope
+                .counter("upstream_rq_retry_backoff_exponential"),
+            retry_or_shadow_abandoned: scope.counter("retry_or_shadow_abandoned"),
             upstream_cx_overflow: scope.counter("upstream_cx_overflow"),
             upstream_rq_pending_overflow: scope.counter("upstream_rq_pending_overflow"),
             upstream_rq_active_overflow: scope.counter("upstream_rq_active_overflow"),

@@ -48,9 +48,10 @@ pub use http_connection_manager::{
     ClusterWeightConfig, CodecType, DirectResponseActionConfig, HashPolicyConfig,
     HeaderMatcherConfig, HeaderValueOptionConfig, Http2ProtocolOptionsConfig,
     HttpConnectionManagerConfig, HttpFilterConfig, HttpProtocolOptionsConfig,
-    KeepaliveSettingsConfig, RedirectActionConfig, RedirectResponseCode, RegexMatcherConfig,
-    RetryPolicyConfig, RouteActionConfig, RouteConfigurationConfig, RouteEntryConfig,
-    RouteMatchConfig, RouteWeightedClustersConfig, StringMatcherConfig, VirtualHostConfig,
+    InternalAddressConfig, KeepaliveSettingsConfig, RedirectActionConfig, RedirectResponseCode,
+    RegexMatcherConfig, RetryBackOffConfig, RetryHostPredicateConfig, RetryPolicyConfig,
+    RouteActionConfig, RouteConfigurationConfig, RouteEntryConfig, RouteMatchConfig,
+    RouteWeightedClustersConfig, StringMatcherConfig, VirtualHostConfig,
 };
 pub use listener::{FilterChainConfig, ListenerConfig, TrafficDirection};
 pub use network_filter::{ConnectionLimitConfig, DirectResponseConfig, NetworkFilterConfig};

@@ -3,7 +3,8 @@
 //!
 //! Every response is JSON describing what the backend saw: its name, the
 //! method, path, HTTP version, authority and request headers. `?delay_ms=N` waits
-//! before answering; `?status=N` answers with that status. A request that
+//! before answering; `?status=N` answers with that status; `?header=k:v`
+//! adds that response header (repeatable). A request that
 //! asks to upgrade (`Connection: upgrade`, `Upgrade: X`) is answered 101
 //! and its connection then echoes every byte back.
 
@@ -197,6 +198,14 @@ async fn answer_json(
     let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
     if let Some(status) = param("status").and_then(|s| s.parse().ok()) {
         *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+    }
+    for (_, v) in query.iter().filter(|(k, _)| k == "header") {
+        if let Some((name, value)) = v.split_once(':') {
+            resp.headers_mut().append(
+                hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
     }
     resp.headers_mut()
         .insert("x-backend", name.parse().unwrap());

@@ -2049,3 +2049,243 @@ fn upstream_requests_are_active_until_their_response_ends() {
         );
     }
 }
+
+/// Retry policies through wasp and through Envoy with one config: the
+/// same answers, the same number of tries (as the client and the backend
+/// see them in `x-envoy-attempt-count`) and the same retry stats, for each
+/// condition family, virtual-host policies, request-header gates, the
+/// previous_hosts predicate, bodies too large to replay, and trusted
+/// `x-envoy-retry-on` headers.
+#[test]
+fn retry_policies_match_envoy() {
+    use wasp_tests::config::cluster;
+    let live = HttpBackend::start("live");
+    let dead: Vec<SocketAddr> = (0..2)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let clusters = cluster(
+        "spread",
+        "RANDOM",
+        &[(dead[0], 1), (dead[1], 1), (live.addr, 1)],
+        "",
+    ) + &cluster("live", "ROUND_ROBIN", &[(live.addr, 1)], "");
+    let vhosts = r#"            - name: all
+              domains: ["*"]
+              include_request_attempt_count: true
+              include_attempt_count_in_response: true
+              retry_policy:
+                retry_on: "unavailable,retriable-headers"
+                num_retries: 2
+                retriable_headers: [{ name: x-upstream-retry }]
+              routes:
+              - match: { prefix: "/spread" }
+                route:
+                  cluster: spread
+                  retry_policy:
+                    retry_on: connect-failure
+                    num_retries: 2
+                    host_selection_retry_max_attempts: 20
+                    retry_host_predicate:
+                    - name: envoy.retry_host_predicates.previous_hosts
+                      typed_config:
+                        "@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate
+              - match: { prefix: "/gated" }
+                route:
+                  cluster: live
+                  retry_policy: { retry_on: 5xx, num_retries: 1, retriable_request_headers: [{ name: x-retryable }] }
+              - match: { prefix: "/limited" }
+                route:
+                  cluster: live
+                  retry_policy:
+                    retry_on: 5xx
+                    num_retries: 3
+                    retry_back_off: { base_interval: 0.01s, max_interval: 0.02s }
+              - match: { prefix: "/plain" }
+                route: { cluster: live, retry_policy: { retry_on: "", num_retries: 1 } }
+              - match: { prefix: "/" }
+                route: { cluster: live }
+"#;
+    let internal = "          use_remote_address: true\n          internal_address_config: { cidr_ranges: [{ address_prefix: 127.0.0.1, prefix_len: 32 }] }\n";
+    let (wp, ep, wi, ei) = (free_port(), free_port(), free_port(), free_port());
+    let wasp = Proxy::start(&hcm(wp, vhosts, "", &clusters), &["--concurrency", "1"]);
+    let envoy = Proxy::envoy(&hcm(ep, vhosts, "", &clusters), &["--concurrency", "1"]);
+    let wasp_in = Proxy::start(
+        &hcm(wi, vhosts, internal, &clusters),
+        &["--concurrency", "1"],
+    );
+    let envoy_in = Proxy::envoy(
+        &hcm(ei, vhosts, internal, &clusters),
+        &["--concurrency", "1"],
+    );
+
+    let big = wasp_tests::temp_dir("retry-body").join("big");
+    std::fs::write(&big, vec![b'x'; 2 << 20]).unwrap();
+    let big_arg = format!("@{}", big.display());
+    // (what, extra curl arguments, path)
+    let cases: Vec<(&str, Vec<&str>, &str)> = vec![
+        (
+            "grpc unavailable: vhost policy",
+            vec![],
+            "/?header=grpc-status:14",
+        ),
+        (
+            "grpc internal: not retried",
+            vec![],
+            "/?header=grpc-status:13",
+        ),
+        ("retriable header", vec![], "/?header=x-upstream-retry:1"),
+        ("gate closed", vec![], "/gated?status=503"),
+        (
+            "gate open",
+            vec!["-H", "x-retryable: yes"],
+            "/gated?status=503",
+        ),
+        ("5xx until spent", vec![], "/limited?status=503"),
+        (
+            "rate limited: not retried",
+            vec![],
+            "/limited?status=503&header=x-envoy-ratelimited:true",
+        ),
+        (
+            "small body replayed",
+            vec!["--data-binary", "hello"],
+            "/limited?status=503",
+        ),
+        (
+            "body past the buffer",
+            vec!["--data-binary", &big_arg],
+            "/limited?status=503",
+        ),
+        (
+            "retry headers",
+            vec![
+                "-H",
+                "x-envoy-retry-on: 5xx",
+                "-H",
+                "x-envoy-max-retries: 1",
+            ],
+            "/plain?status=503",
+        ),
+    ];
+    let retries = |p: &Proxy| p.stat("cluster.live.upstream_rq_retry");
+    for (what, extra, path) in &cases {
+        let mut seen = Vec::new();
+        for (proxy, port) in [(&wasp, wp), (&envoy, ep), (&wasp_in, wi), (&envoy_in, ei)] {
+            let before = retries(proxy);
+            let url = format!("http://127.0.0.1:{port}{path}");
+            let mut args = extra.clone();
+            args.push(&url);
+            let r = curl(&args);
+            let backend_count = serde_json::from_str::<serde_json::Value>(&r.body)
+                .ok()
+                .and_then(|j| {
+                    j["headers"]["x-envoy-attempt-count"]
+                        .as_str()
+                        .map(String::from)
+                });
+            let leaked = serde_json::from_str::<serde_json::Value>(&r.body)
+                .ok()
+                .is_some_and(|j| j["headers"].get("x-envoy-retry-on").is_some());
+            assert!(!leaked, "{what}: x-envoy-retry-on went upstream");
+            seen.push((
+                r.status,
+                r.header("x-envoy-attempt-count").map(String::from),
+                backend_count,
+                eventually_stat(proxy, before, &retries),
+            ));
+        }
+        assert_eq!(seen[0], seen[1], "{what}: wasp, then Envoy");
+        assert_eq!(
+            seen[2], seen[3],
+            "{what} (internal client): wasp, then Envoy"
+        );
+        println!("{what}: {:?} / internal {:?}", seen[0], seen[2]);
+    }
+    // What the cases must show, beyond agreeing with Envoy.
+    let tries = |path: &str, extra: &[&str], port: u16| {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        let mut args = extra.to_vec();
+        args.push(&url);
+        curl(&args)
+            .header("x-envoy-attempt-count")
+            .map(String::from)
+    };
+    assert_eq!(
+        tries("/?header=grpc-status:14", &[], wp).as_deref(),
+        Some("3")
+    );
+    assert_eq!(tries("/limited?status=503", &[], wp).as_deref(), Some("4"));
+    assert_eq!(
+        tries("/gated?status=503", &["-H", "x-retryable: 1"], wp).as_deref(),
+        Some("2")
+    );
+    let big_tries = tries("/limited?status=503", &["--data-binary", &big_arg], wp);
+    assert_eq!(big_tries.as_deref(), Some("1"));
+    assert!(wasp.stat("cluster.live.retry_or_shadow_abandoned") >= 1);
+    let retry_headers = [
+        "-H",
+        "x-envoy-retry-on: 5xx",
+        "-H",
+        "x-envoy-max-retries: 1",
+    ];
+    assert_eq!(
+        tries("/plain?status=503", &retry_headers, wp).as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        tries("/plain?status=503", &retry_headers, wi).as_deref(),
+        Some("2")
+    );
+
+    // previous_hosts: two of three endpoints are dead, and two retries
+    // that never go back to an endpoint tried always find the live one.
+    for proxy_port in [wp, ep] {
+        for _ in 0..20 {
+            let r = curl(&[&format!("http://127.0.0.1:{proxy_port}/spread")]);
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+    }
+}
+
+/// A retry counter once it has settled (Envoy counts after answering).
+fn eventually_stat(proxy: &Proxy, before: i64, stat: &dyn Fn(&Proxy) -> i64) -> i64 {
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    stat(proxy) - before
+}
+
+/// A route with a retry policy still streams the request body: the
+/// upstream gets (and echoes) its first part before the client has sent
+/// the rest, as a gRPC stream needs.
+#[test]
+fn a_retried_route_streams_the_request_body() {
+    use std::io::{Read, Write};
+    let backend = HttpBackend::start("echo");
+    let clusters = wasp_tests::config::cluster("echo", "ROUND_ROBIN", &[(backend.addr, 1)], "");
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/\" }\n                route: { cluster: echo, retry_policy: { retry_on: 5xx, num_retries: 2 } }\n";
+    let port = free_port();
+    let _wasp = Proxy::start(&hcm(port, vhosts, "", &clusters), &["--concurrency", "1"]);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("first") {
+        let n = s
+            .read(&mut buf)
+            .expect("the first part came back before the body ended");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    s.write_all(b"4\r\nlast\r\n0\r\n\r\n").unwrap();
+    while !String::from_utf8_lossy(&got).ends_with("0\r\n\r\n") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).contains("last"));
+}

@@ -343,3 +343,54 @@ fn upgrade_configs_are_checked() {
         "CONNECT is not supported",
     );
 }
+
+/// Retry policies: Envoy's conditions, back-off and host predicates are
+/// taken; a condition or predicate wasp does not know is named with its
+/// place.
+#[test]
+fn retry_policies_are_checked() {
+    let tcp = "      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: tcp\n          cluster: c1\n          idle_timeout: 10s\n";
+    let hcm = |policy: &str| {
+        format!(
+            "      - name: envoy.filters.network.http_connection_manager\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n          stat_prefix: h\n          http_filters: [{{ name: envoy.filters.http.router }}]\n          route_config:\n            virtual_hosts:\n            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {{ prefix: \"/\" }}\n                route:\n                  cluster: c1\n                  retry_policy:\n{policy}"
+        )
+    };
+    let at = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[0].route.retry_policy";
+    // Istio's default policy, with a back-off and previous_hosts.
+    let good = GOOD.replacen(
+        tcp,
+        &hcm("                    retry_on: connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes\n                    num_retries: 2\n                    retry_back_off: { base_interval: 0.05s }\n                    retry_host_predicate: [{ name: envoy.retry_host_predicates.previous_hosts }]\n                    host_selection_retry_max_attempts: 5\n"),
+        1,
+    );
+    let out = validate(&good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rejects(
+        tcp,
+        &hcm("                    retry_on: 5xx,sometimes\n"),
+        &format!("{at}.retry_on"),
+        22,
+        "unknown retry_on `sometimes`",
+    );
+    rejects(
+        tcp,
+        &hcm(
+            "                    retry_on: 5xx\n                    retry_back_off: { base_interval: 1s, max_interval: 0.5s }\n",
+        ),
+        &format!("{at}.retry_back_off.max_interval"),
+        23,
+        "must not be less than base_interval",
+    );
+    rejects(
+        tcp,
+        &hcm(
+            "                    retry_on: 5xx\n                    retry_host_predicate: [{ name: envoy.retry_host_predicates.omit_host_metadata }]\n",
+        ),
+        &format!("{at}.retry_host_predicate"),
+        23,
+        "unsupported retry host predicate",
+    );
+}

@@ -18,6 +18,7 @@ pub struct HttpConnectionManagerConfig {
     pub access_log: Vec<Extension<AccessLogConfig>>,
     #[serde(default)]
     pub use_remote_address: bool,
+    pub internal_address_config: Option<InternalAddressConfig>,
     pub generate_request_id: Option<bool>,
     pub server_name: Option<String>,
     pub stream_idle_timeout: Option<Duration>,
@@ -29,6 +30,24 @@ pub struct HttpConnectionManagerConfig {
     pub http2_protocol_options: Option<Http2ProtocolOptionsConfig>,
     #[serde(default)]
     pub upgrade_configs: Vec<UpgradeConfig>,
+}
+
+/// Which downstream peers are internal: their requests get
+/// `x-envoy-internal` and may steer retries with `x-envoy-*` headers.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct InternalAddressConfig {
+    #[serde(default)]
+    pub unix_sockets: bool,
+    #[serde(default)]
+    pub cidr_ranges: Vec<CidrRangeConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CidrRangeConfig {
+    pub address_prefix: String,
+    pub prefix_len: Option<u32>,
 }
 
 /// A protocol a request may switch its connection to (`Upgrade:`, such as
@@ -139,6 +158,14 @@ pub struct VirtualHostConfig {
     pub request_headers_to_remove: Vec<String>,
     #[serde(default)]
     pub response_headers_to_remove: Vec<String>,
+    /// For the routes that have none of their own.
+    pub retry_policy: Option<RetryPolicyConfig>,
+    /// `x-envoy-attempt-count` on each upstream request.
+    #[serde(default)]
+    pub include_request_attempt_count: bool,
+    /// `x-envoy-attempt-count` on the response.
+    #[serde(default)]
+    pub include_attempt_count_in_response: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -267,6 +294,63 @@ pub struct RetryPolicyConfig {
     pub per_try_timeout: Option<Duration>,
     #[serde(default)]
     pub retriable_status_codes: Vec<u16>,
+    pub retry_back_off: Option<RetryBackOffConfig>,
+    #[serde(default)]
+    pub retry_host_predicate: Vec<Extension<RetryHostPredicateConfig>>,
+    pub host_selection_retry_max_attempts: Option<u32>,
+    #[serde(default)]
+    pub retriable_headers: Vec<HeaderMatcherConfig>,
+    #[serde(default)]
+    pub retriable_request_headers: Vec<HeaderMatcherConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBackOffConfig {
+    pub base_interval: Duration,
+    pub max_interval: Option<Duration>,
+}
+
+/// A `retry_host_predicate` extension: which endpoints a retry avoids.
+#[derive(Debug, Clone)]
+pub enum RetryHostPredicateConfig {
+    /// `previous_hosts`: those the request has already been sent to.
+    PreviousHosts,
+    /// `omit_canary_hosts`: wasp has no canary endpoints, so none.
+    OmitCanaryHosts,
+}
+
+const RETRY_HOST_TYPES: &[&str] = &[
+    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+    "envoy.config.retry.previous_hosts.v2.PreviousHostsPredicate",
+    "envoy.extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate",
+    "envoy.config.retry.omit_canary_hosts.v2.OmitCanaryHostsPredicate",
+];
+const RETRY_HOST_NAMES: &[&str] = &[
+    "envoy.retry_host_predicates.previous_hosts",
+    "envoy.retry_host_predicates.omit_canary_hosts",
+];
+
+impl Extensions for RetryHostPredicateConfig {
+    const KIND: &'static str = "retry host predicate";
+
+    fn from_type<'de, D: Deserializer<'de>>(type_name: &str, d: D) -> Result<Self, D::Error> {
+        let kind = match RETRY_HOST_TYPES.iter().position(|t| *t == type_name) {
+            Some(0 | 1) => RetryHostPredicateConfig::PreviousHosts,
+            Some(_) => RetryHostPredicateConfig::OmitCanaryHosts,
+            None => return Err(unsupported(Self::KIND, type_name, RETRY_HOST_TYPES)),
+        };
+        Empty::deserialize(d)?;
+        Ok(kind)
+    }
+
+    fn from_name<'de, D: Deserializer<'de>>(name: &str, d: D) -> Result<Self, D::Error> {
+        match RETRY_HOST_NAMES.iter().position(|n| *n == name) {
+            Some(0) => Self::from_type(RETRY_HOST_TYPES[0], d),
+            Some(_) => Self::from_type(RETRY_HOST_TYPES[2], d),
+            None => Err(unsupported(Self::KIND, name, RETRY_HOST_NAMES)),
+        }
+    }
 }
 
 /// One of a route's hash policies (for RING_HASH/MAGLEV clusters).

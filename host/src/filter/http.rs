@@ -6,6 +6,8 @@ pub mod codec;
 pub mod h1;
 pub mod h2;
 pub mod pool;
+pub mod replay;
+pub mod retry;
 pub mod route;
 pub mod router;
 pub mod tunnel;

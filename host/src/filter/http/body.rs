@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use super::h1::client::UpstreamBody;
 use super::h1::server::RequestBody;
 use super::pool::{H2Stream, Tunnel};
+use super::replay::ReplayBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -39,6 +40,8 @@ pub enum Body {
     Full(Full<Bytes>),
     /// Frames produced by a task (filters that see bodies).
     Channel(mpsc::Receiver<Result<Frame<Bytes>, BoxError>>),
+    /// A request body a retry may send again.
+    Replay(ReplayBody),
 }
 
 impl Body {
@@ -74,6 +77,7 @@ impl hyper::body::Body for Body {
             Body::Upstream(b) => b.poll_frame(cx),
             Body::Full(b) => Pin::new(b).poll_frame(cx).map_err(|e| match e {}),
             Body::Channel(rx) => rx.poll_recv(cx),
+            Body::Replay(b) => b.poll_frame(cx),
         }
     }
 
@@ -84,6 +88,7 @@ impl hyper::body::Body for Body {
             Body::Upstream(b) => b.is_end_stream(),
             Body::Full(b) => b.is_end_stream(),
             Body::Channel(_) => false,
+            Body::Replay(b) => b.is_end_stream(),
         }
     }
 
@@ -94,6 +99,7 @@ impl hyper::body::Body for Body {
             Body::Upstream(b) => b.size_hint(),
             Body::Full(b) => b.size_hint(),
             Body::Channel(_) => SizeHint::default(),
+            Body::Replay(b) => b.size_hint(),
         }
     }
 }

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use regex::Regex;
 
+use super::retry::RetryPolicy;
 use crate::config::path::{index, join};
 use crate::config::{
     HeaderMatcherConfig, HeaderValueOptionConfig, RedirectActionConfig, RedirectResponseCode,
@@ -102,10 +103,17 @@ enum ValueMatch {
 }
 
 #[derive(Debug, Clone)]
-struct HeaderMatch {
+pub struct HeaderMatch {
     name: HeaderName,
     value: ValueMatch,
     invert: bool,
+}
+
+/// Where a virtual host wants `x-envoy-attempt-count`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttemptCount {
+    pub on_request: bool,
+    pub on_response: bool,
 }
 
 /// Which upstream clusters a route sends to, and how.
@@ -122,7 +130,12 @@ pub struct Forward {
     /// `priority`: whose circuit breakers the requests count against.
     pub priority: crate::cluster::Priority,
     pub timeout: Option<Duration>,
-    pub retry: Option<RetryPolicy>,
+    /// The route's retry policy, or its virtual host's (boxed: most
+    /// routes have none).
+    pub retry: Option<Box<RetryPolicy>>,
+    /// `include_request_attempt_count` and
+    /// `include_attempt_count_in_response` of the virtual host.
+    pub attempt_count: AttemptCount,
     pub hash_policy: Vec<HashPolicy>,
     /// `x-envoy-expected-rq-timeout-ms`: how long the upstream is given
     /// (the per-try timeout when it is the shorter one), made once here
@@ -214,18 +227,6 @@ enum HashSource {
     Query(String),
 }
 
-/// When and how often a route retries.
-#[derive(Debug, Clone, Default)]
-pub struct RetryPolicy {
-    pub on_5xx: bool,
-    pub on_gateway_error: bool,
-    pub on_connect_failure: bool,
-    pub on_reset: bool,
-    pub retriable_status_codes: Vec<u16>,
-    pub num_retries: u32,
-    pub per_try_timeout: Option<Duration>,
-}
-
 /// What a matched route does.
 #[derive(Debug, Clone)]
 pub enum Action {
@@ -313,9 +314,27 @@ impl RouteTable {
                     DomainMatch::Exact(d)
                 });
             }
+            let host = HostDefaults {
+                retry: match &vh.retry_policy {
+                    Some(r) => Some(Box::new(RetryPolicy::validate(
+                        r,
+                        &join(&at, "retry_policy"),
+                    )?)),
+                    None => None,
+                },
+                attempt_count: AttemptCount {
+                    on_request: vh.include_request_attempt_count,
+                    on_response: vh.include_attempt_count_in_response,
+                },
+            };
             let mut routes = Vec::new();
             for (j, r) in vh.routes.iter().enumerate() {
-                routes.push(Self::route(r, &index(&join(&at, "routes"), j), clusters)?);
+                routes.push(Self::route(
+                    r,
+                    &index(&join(&at, "routes"), j),
+                    clusters,
+                    &host,
+                )?);
             }
             virtual_hosts.push(VirtualHost {
                 domains,
@@ -345,6 +364,7 @@ impl RouteTable {
         r: &RouteEntryConfig,
         at: &str,
         clusters: &std::collections::HashSet<String>,
+        host: &HostDefaults,
     ) -> Result<Route, ValidationError> {
         let m = &r.matcher;
         let mat = join(at, "match");
@@ -376,7 +396,9 @@ impl RouteTable {
             });
         }
         let action = match (&r.route, &r.direct_response, &r.redirect) {
-            (Some(a), None, None) => Action::Forward(forward(a, &join(at, "route"), clusters)?),
+            (Some(a), None, None) => {
+                Action::Forward(forward(a, &join(at, "route"), clusters, host)?)
+            }
             (None, Some(d), None) => Action::Direct {
                 status: StatusCode::from_u16(d.status).map_err(|_| {
                     ValidationError::new(
@@ -511,10 +533,17 @@ impl Route {
     }
 }
 
+/// What a virtual host gives each of its routes.
+struct HostDefaults {
+    retry: Option<Box<RetryPolicy>>,
+    attempt_count: AttemptCount,
+}
+
 fn forward(
     a: &RouteActionConfig,
     at: &str,
     known: &std::collections::HashSet<String>,
+    host: &HostDefaults,
 ) -> Result<Forward, ValidationError> {
     let unknown =
         |path: String, name: &str| ValidationError::new(path, format!("unknown cluster `{name}`"));
@@ -551,38 +580,11 @@ fn forward(
         }
     };
     let retry = match &a.retry_policy {
-        None => None,
-        Some(r) => {
-            let mut p = RetryPolicy {
-                num_retries: r.num_retries.unwrap_or(1),
-                per_try_timeout: r.per_try_timeout.map(|d| d.0).filter(|d| !d.is_zero()),
-                retriable_status_codes: r.retriable_status_codes.clone(),
-                ..RetryPolicy::default()
-            };
-            for cond in r
-                .retry_on
-                .split(',')
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-            {
-                match cond {
-                    "5xx" => p.on_5xx = true,
-                    "gateway-error" => p.on_gateway_error = true,
-                    "connect-failure" => p.on_connect_failure = true,
-                    "reset" => p.on_reset = true,
-                    "retriable-status-codes" => {}
-                    other => {
-                        return Err(ValidationError::new(
-                            join(&join(at, "retry_policy"), "retry_on"),
-                            format!(
-                                "unsupported retry_on `{other}`; supported: 5xx, gateway-error, connect-failure, reset, retriable-status-codes"
-                            ),
-                        ));
-                    }
-                }
-            }
-            Some(p)
-        }
+        Some(r) => Some(Box::new(RetryPolicy::validate(
+            r,
+            &join(at, "retry_policy"),
+        )?)),
+        None => host.retry.clone(),
     };
     let mut hash_policy = Vec::new();
     for (i, h) in a.hash_policy.iter().enumerate() {
@@ -663,6 +665,7 @@ fn forward(
         priority: a.priority.into(),
         timeout,
         retry,
+        attempt_count: host.attempt_count,
         hash_policy,
         expected_timeout: expected
             .map(|t| t.as_millis() as u64)
@@ -671,7 +674,7 @@ fn forward(
     })
 }
 
-fn header_match(h: &HeaderMatcherConfig, at: &str) -> Result<HeaderMatch, ValidationError> {
+pub fn header_match(h: &HeaderMatcherConfig, at: &str) -> Result<HeaderMatch, ValidationError> {
     let name = HeaderName::from_bytes(h.name.as_bytes())
         .map_err(|_| ValidationError::new(join(at, "name"), "not a valid header name"))?;
     let value = if let Some(v) = &h.exact_match {
@@ -735,7 +738,7 @@ impl ValueMatch {
 }
 
 impl HeaderMatch {
-    fn matches(&self, headers: &HeaderMap) -> bool {
+    pub fn matches(&self, headers: &HeaderMap) -> bool {
         let value = headers.get(&self.name).and_then(|v| v.to_str().ok());
         let hit = match (&self.value, value) {
             (ValueMatch::Present(want), v) => v.is_some() == *want,

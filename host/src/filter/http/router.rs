@@ -5,6 +5,7 @@
 //! ([`Pools`]) has the connection (HTTP/1.1 keep-alive, or HTTP/2 when the
 //! cluster sets `http2_protocol_options`).
 
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -12,11 +13,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use tokio::time::Instant;
 
 use super::pool::{InFlight, Pools, SendError};
-use super::route::RetryPolicy;
+use super::replay::Replay;
+use super::retry::{Failure, RetryState};
+use super::route::AttemptCount;
 use crate::access_log::ResponseFlags;
 use crate::cluster::{Breaker, ConnectError, LbContext, Priority, WorkerCluster};
 
@@ -72,11 +75,10 @@ impl Upstream {
     }
 
     /// Sends `req` (its URI holding only path and query) to an endpoint and
-    /// waits for the response head, within `timeout` over all attempts,
-    /// retrying as `retry` says (on another endpoint, if the balancer picks
-    /// one). A retried request's body is buffered first, up to
-    /// [`MAX_RETRY_BODY`]. `sent` is when the router took the request:
-    /// `timeout` and `x-envoy-upstream-service-time` count from it.
+    /// waits for the response head, within `timeout` over all tries,
+    /// retrying as `retry` says (see [`Self::retried`]). `sent` is when the
+    /// router took the request: `timeout` and
+    /// `x-envoy-upstream-service-time` count from it.
     ///
     /// The request is lent, not given: moving a `Request` through each
     /// layer (and the future of each) cost a 272-byte copy apiece. Its
@@ -85,7 +87,8 @@ impl Upstream {
         &self,
         req: &mut Request<Body>,
         timeout: Option<Duration>,
-        retry: Option<&RetryPolicy>,
+        retry: Option<RetryState<'_>>,
+        count: AttemptCount,
         how: Sending,
         sent: Instant,
     ) -> Response<Body> {
@@ -94,69 +97,119 @@ impl Upstream {
             attempt: sent,
         };
         match retry {
-            None => self.attempt(req, timeout, how, began).await.into_response(),
-            Some(retry) => Box::pin(self.retried(req, timeout, retry, how, sent)).await,
+            None if !count.on_request && !count.on_response => self
+                .attempt(req, timeout, how, began, None)
+                .await
+                .into_response(),
+            None => {
+                if count.on_request {
+                    req.headers_mut()
+                        .insert(X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(1));
+                }
+                let mut resp = self
+                    .attempt(req, timeout, how, began, None)
+                    .await
+                    .into_response();
+                if count.on_response {
+                    resp.headers_mut()
+                        .insert(X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(1));
+                }
+                resp
+            }
+            Some(retry) => Box::pin(self.retried(req, timeout, retry, count, how, sent)).await,
         }
     }
 
+    /// Tries until a try's outcome is one the policy does not retry, or
+    /// its retries, the route's timeout or the cluster's retry budget run
+    /// out, waiting a jittered back-off between tries. The body streams
+    /// to the first try and is kept (up to [`MAX_RETRY_BODY`]) for the
+    /// next; a body that outgrew that is not retried.
     async fn retried(
         &self,
         req: &mut Request<Body>,
         timeout: Option<Duration>,
-        retry: &RetryPolicy,
+        mut retry: RetryState<'_>,
+        count: AttemptCount,
         how: Sending,
         sent: Instant,
     ) -> Response<Body> {
         let deadline = timeout.map(|t| sent + t);
-        let body = std::mem::replace(req.body_mut(), Body::empty());
-        let body = match Limited::new(body, MAX_RETRY_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => return local(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
-        };
-        let mut retries = 0;
+        let body = Replay::new(
+            std::mem::replace(req.body_mut(), Body::empty()),
+            MAX_RETRY_BODY,
+        );
+        // `previous_hosts`: the endpoints tried, and how many more picks a
+        // try may make to find another.
+        let avoid = retry.host_selection();
+        let mut tried = Vec::new();
+        let mut tries: u32 = 1;
         // The retry in flight's unit of the cluster's `max_retries`.
         let mut retrying = None;
+        let mut began_try = sent;
         loop {
-            let mut attempt = Request::new(Body::full(body.clone()));
+            let mut attempt = Request::new(body.body());
             *attempt.method_mut() = req.method().clone();
             *attempt.uri_mut() = req.uri().clone();
             *attempt.headers_mut() = req.headers().clone();
+            if count.on_request {
+                attempt
+                    .headers_mut()
+                    .insert(X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(tries));
+            }
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let per_try = match (retry.per_try_timeout, remaining) {
+            let per_try = match (retry.per_try_timeout(), remaining) {
                 (Some(p), Some(r)) => Some(p.min(r)),
                 (p, r) => p.or(r),
             };
             let began = Began {
                 request: sent,
-                attempt: if retries == 0 { sent } else { Instant::now() },
+                attempt: began_try,
             };
-            let outcome = self.attempt(&mut attempt, per_try, how, began).await;
-            let time_left = remaining.is_none_or(|r| !r.is_zero())
-                && deadline.is_none_or(|d| Instant::now() < d);
-            let retriable = time_left && outcome.retriable(retry);
-            drop(retrying.take());
-            if retriable && retries < retry.num_retries {
-                let Some(unit) = self.cluster.try_hold(Breaker::Retries, how.priority) else {
-                    return flagged(outcome.into_response(), ResponseFlags::UPSTREAM_OVERFLOW);
-                };
-                retrying = Some(unit);
-                retries += 1;
-                self.cluster.stats.upstream_rq_retry.inc();
-                continue;
-            }
-            if retries > 0
-                && matches!(&outcome, Attempt::Response(r) if !r.status().is_server_error())
-            {
+            let hosts = avoid.map(|n| (&mut tried, n));
+            let outcome = self.attempt(&mut attempt, per_try, how, began, hosts).await;
+            let time_left = deadline.is_none_or(|d| Instant::now() < d);
+            let retriable = time_left && outcome.retriable(&retry);
+            if retrying.take().is_some() && !retriable {
                 self.cluster.stats.upstream_rq_retry_success.inc();
             }
-            // Would have been retried, but the retries are spent.
-            if retriable {
-                return flagged(
+            if !retriable {
+                return counted(outcome.into_response(), count, tries);
+            }
+            if !body.replayable() {
+                self.cluster.stats.retry_or_shadow_abandoned.inc();
+                return counted(outcome.into_response(), count, tries);
+            }
+            if !retry.take() {
+                self.cluster.stats.upstream_rq_retry_limit_exceeded.inc();
+                let resp = flagged(
                     outcome.into_response(),
                     ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED,
                 );
+                return counted(resp, count, tries);
             }
-            return outcome.into_response();
+            let Some(unit) = self.cluster.try_hold(Breaker::Retries, how.priority) else {
+                let resp = flagged(outcome.into_response(), ResponseFlags::UPSTREAM_OVERFLOW);
+                return counted(resp, count, tries);
+            };
+            retrying = Some(unit);
+            self.cluster.stats.upstream_rq_retry.inc();
+            self.cluster
+                .stats
+                .upstream_rq_retry_backoff_exponential
+                .inc();
+            let wake = Instant::now() + retry.backoff();
+            if deadline.is_some_and(|d| d <= wake) {
+                // The route's timeout passes first: answered as Envoy's
+                // global timeout is.
+                tokio::time::sleep_until(deadline.expect("checked")).await;
+                self.cluster.stats.upstream_rq_timeout.inc();
+                self.cluster.charge(StatusCode::GATEWAY_TIMEOUT);
+                return counted(Attempt::Timeout.into_response(), count, tries);
+            }
+            tokio::time::sleep_until(wake).await;
+            began_try = Instant::now();
+            tries += 1;
         }
     }
 
@@ -170,6 +223,7 @@ impl Upstream {
                 None,
                 Sending::default(),
                 Began::now(),
+                None,
             )
             .await
         {
@@ -178,22 +232,38 @@ impl Upstream {
             | Attempt::Overflow
             | Attempt::ConnectFailure
             | Attempt::ConnectTimeout) => Some(a.into_response()),
-            Attempt::BadRequest | Attempt::Reset | Attempt::Timeout => None,
+            Attempt::BadRequest | Attempt::Reset | Attempt::Refused | Attempt::Timeout => None,
         }
     }
 
+    /// One try. With `hosts`, the endpoints tried before are avoided
+    /// (picking again up to that many times) and this one is added.
     async fn attempt(
         &self,
         req: &mut Request<Body>,
         timeout: Option<Duration>,
         how: Sending,
         began: Began,
+        hosts: Option<(&mut Vec<SocketAddr>, u32)>,
     ) -> Attempt {
         let stats = &self.cluster.stats;
-        let Some(endpoint) = self.cluster.choose(LbContext { hash: how.hash }) else {
+        let cx = LbContext { hash: how.hash };
+        let Some(mut endpoint) = self.cluster.choose(cx) else {
             stats.upstream_cx_none_healthy.inc();
             return Attempt::NoHealthyUpstream;
         };
+        if let Some((tried, picks)) = hosts {
+            for _ in 0..picks {
+                if !tried.contains(&endpoint.address) {
+                    break;
+                }
+                match self.cluster.choose(cx) {
+                    Some(e) => endpoint = e,
+                    None => break,
+                }
+            }
+            tried.push(endpoint.address);
+        }
         if how.auto_host && !endpoint.hostname.is_empty() {
             if let Ok(v) = HeaderValue::from_str(&endpoint.hostname) {
                 req.headers_mut().insert(http::header::HOST, v);
@@ -270,7 +340,11 @@ impl Upstream {
             Ok(Err(SendError::Upstream(e))) => {
                 endpoint.stats.rq_error.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(cluster = %self.cluster.cluster.name(), endpoint = %endpoint.address, error = %e, "upstream request failed");
-                Attempt::Reset
+                if refused_stream(&*e) {
+                    Attempt::Refused
+                } else {
+                    Attempt::Reset
+                }
             }
             Err(()) => {
                 endpoint.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
@@ -283,6 +357,28 @@ impl Upstream {
         }
         outcome
     }
+}
+
+/// Whether an upstream error is an HTTP/2 REFUSED_STREAM reset, somewhere
+/// in its chain of causes.
+fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// `x-envoy-attempt-count` on a response, if the virtual host asks for it.
+fn counted(mut r: Response<Body>, count: AttemptCount, tries: u32) -> Response<Body> {
+    if count.on_response {
+        r.headers_mut()
+            .insert(X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(tries));
+    }
+    r
 }
 
 /// Adds `flag` to the response flags an access log prints for `r`.
@@ -332,6 +428,9 @@ fn milliseconds(d: std::time::Duration) -> HeaderValue {
     HeaderValue::from_static(&DIGITS[at..at + len])
 }
 
+const X_ENVOY_ATTEMPT_COUNT: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-attempt-count");
+
 /// Set on answers a circuit breaker caused.
 const X_ENVOY_OVERLOADED: http::HeaderName = http::HeaderName::from_static("x-envoy-overloaded");
 
@@ -349,6 +448,9 @@ enum Attempt {
     ConnectFailure,
     ConnectTimeout,
     Reset,
+    /// An HTTP/2 upstream refused the stream (REFUSED_STREAM): it did not
+    /// process the request.
+    Refused,
     Timeout,
     /// A circuit breaker refused the request.
     Overflow,
@@ -363,25 +465,22 @@ impl Attempt {
             Attempt::ConnectFailure
             | Attempt::ConnectTimeout
             | Attempt::Reset
+            | Attempt::Refused
             | Attempt::Overflow => Some(StatusCode::SERVICE_UNAVAILABLE),
             Attempt::Timeout => Some(StatusCode::GATEWAY_TIMEOUT),
             Attempt::NoHealthyUpstream | Attempt::BadRequest => None,
         }
     }
 
-    fn retriable(&self, p: &RetryPolicy) -> bool {
+    fn retriable(&self, retry: &RetryState<'_>) -> bool {
         match self {
-            Attempt::Response(r) => {
-                let s = r.status().as_u16();
-                (p.on_5xx && s >= 500)
-                    || (p.on_gateway_error && matches!(s, 502..=504))
-                    || p.retriable_status_codes.contains(&s)
-            }
+            Attempt::Response(r) => retry.retries_response(r.status(), r.headers()),
             Attempt::ConnectFailure | Attempt::ConnectTimeout => {
-                p.on_5xx || p.on_gateway_error || p.on_connect_failure
+                retry.retries_failure(Failure::Connect)
             }
-            Attempt::Reset => p.on_5xx || p.on_reset,
-            Attempt::Timeout => p.on_5xx || p.on_gateway_error,
+            Attempt::Reset => retry.retries_failure(Failure::Reset),
+            Attempt::Refused => retry.retries_failure(Failure::RefusedStream),
+            Attempt::Timeout => retry.retries_failure(Failure::Timeout),
             // Never retried, as in Envoy: a retry would only add load.
             Attempt::NoHealthyUpstream | Attempt::BadRequest | Attempt::Overflow => false,
         }
@@ -413,6 +512,11 @@ impl Attempt {
             Attempt::Reset => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("{BEFORE_HEADERS}remote reset"),
+                ResponseFlags::UPSTREAM_REMOTE_RESET,
+            ),
+            Attempt::Refused => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{BEFORE_HEADERS}remote refused stream reset"),
                 ResponseFlags::UPSTREAM_REMOTE_RESET,
             ),
             Attempt::Timeout => (

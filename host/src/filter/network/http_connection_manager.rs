@@ -31,6 +31,7 @@ use crate::filter::http::codec::{Codec, CountedIo, detect};
 use crate::filter::http::h1;
 use crate::filter::http::h2::{self, Http2Settings};
 use crate::filter::http::pool::LocalExec;
+use crate::filter::http::retry::{RETRY_HEADERS, RetryPolicy, RetryState};
 use crate::filter::http::route::{self, Action, RouteTable, redirect_location};
 use crate::filter::http::router::{self, Body, Upstream};
 use crate::filter::http::wasm::{Stop, WasmStream};
@@ -47,6 +48,8 @@ pub struct HcmSettings {
     pub codec: CodecType,
     pub routes: Arc<RouteTable>,
     pub use_remote_address: bool,
+    /// `internal_address_config.cidr_ranges`: (network, prefix length).
+    pub internal_ranges: Vec<(std::net::IpAddr, u8)>,
     pub generate_request_id: bool,
     pub server_name: HeaderValue,
     pub request_headers_timeout: Option<Duration>,
@@ -193,6 +196,7 @@ impl HcmSettings {
             codec: c.codec_type,
             routes: Arc::new(routes),
             use_remote_address: c.use_remote_address,
+            internal_ranges: internal_ranges(c.internal_address_config.as_ref(), path)?,
             generate_request_id: c.generate_request_id.unwrap_or(true),
             server_name,
             request_headers_timeout: c
@@ -274,6 +278,8 @@ pub struct HttpConnectionManager {
 // on every request.
 const X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
     HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+const X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+const X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -696,10 +702,12 @@ impl HttpConnectionManager {
                     auto_host: fwd.auto_host_rewrite,
                     priority: fwd.priority,
                 };
+                let retry = retry_state(fwd.retry.as_deref(), req.headers_mut());
                 let forwarded = std::pin::pin!(upstream.forward(
                     req,
                     fwd.timeout,
-                    fwd.retry.as_ref(),
+                    retry,
+                    fwd.attempt_count,
                     how,
                     sent
                 ));
@@ -721,18 +729,38 @@ impl HttpConnectionManager {
         resp
     }
 
-    /// What Envoy's connection manager adds before any HTTP filter sees
-    /// the request: x-forwarded-for (with use_remote_address),
-    /// x-forwarded-proto and x-request-id.
+    /// What Envoy's connection manager does to a request before any HTTP
+    /// filter sees it: x-forwarded-for and x-envoy-internal or
+    /// x-envoy-external-address (with use_remote_address),
+    /// x-forwarded-proto and x-request-id. A request is internal when it
+    /// came with no x-forwarded-for from a peer in
+    /// `internal_address_config` (none unless configured, as in Envoy);
+    /// others lose the `x-envoy-*` headers only trusted hops may set.
     fn mutate_request_headers(&self, headers: &mut http::HeaderMap, peer: SocketAddr) {
+        let mut internal = false;
         if self.settings.use_remote_address {
-            let ip = peer.ip().to_string();
-            let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            let ip = peer.ip();
+            let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
                 Some(existing) => format!("{existing},{ip}"),
-                None => ip,
+                None => {
+                    internal = self.is_internal(ip);
+                    ip.to_string()
+                }
             };
             if let Ok(v) = HeaderValue::from_str(&xff) {
                 headers.insert(X_FORWARDED_FOR, v);
+            }
+            if internal {
+                headers.insert(X_ENVOY_INTERNAL, HeaderValue::from_static("true"));
+            } else if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+                headers.insert(X_ENVOY_EXTERNAL_ADDRESS, v);
+            }
+        }
+        // A scan of the names, so that requests with no such header (most)
+        // pay no hashed removals.
+        if !internal && headers.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+            for name in EXTERNAL_STRIPPED.iter().chain(&RETRY_HEADERS) {
+                headers.remove(name);
             }
         }
         // One hash each (`entry`), not a lookup and then an insert.
@@ -745,6 +773,92 @@ impl HttpConnectionManager {
             }
         }
     }
+
+    fn is_internal(&self, ip: std::net::IpAddr) -> bool {
+        self.settings
+            .internal_ranges
+            .iter()
+            .any(|&(net, len)| in_range(ip, net, len))
+    }
+}
+
+/// Whether `ip` is in `net`/`len`.
+fn in_range(ip: std::net::IpAddr, net: std::net::IpAddr, len: u8) -> bool {
+    use std::net::IpAddr;
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+/// `internal_address_config.cidr_ranges`, validated.
+fn internal_ranges(
+    c: Option<&crate::config::InternalAddressConfig>,
+    path: &str,
+) -> Result<Vec<(std::net::IpAddr, u8)>, ValidationError> {
+    let Some(c) = c else { return Ok(Vec::new()) };
+    let at = join(path, "internal_address_config.cidr_ranges");
+    c.cidr_ranges
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let net: std::net::IpAddr = r.address_prefix.parse().map_err(|_| {
+                ValidationError::new(
+                    join(&index(&at, i), "address_prefix"),
+                    format!("`{}` is not an IP address", r.address_prefix),
+                )
+            })?;
+            let max = if net.is_ipv4() { 32 } else { 128 };
+            let len = r.prefix_len.unwrap_or(max);
+            if len > max {
+                return Err(ValidationError::new(
+                    join(&index(&at, i), "prefix_len"),
+                    format!("must be at most {max}"),
+                ));
+            }
+            Ok((net, len as u8))
+        })
+        .collect()
+}
+
+/// What Envoy strips from requests that are not internal, besides the
+/// retry headers: `x-envoy-*` headers that would steer this hop or that
+/// only Envoy itself may set.
+const EXTERNAL_STRIPPED: [HeaderName; 11] = [
+    X_ENVOY_INTERNAL,
+    HeaderName::from_static("x-envoy-decorator-operation"),
+    HeaderName::from_static("x-envoy-downstream-service-cluster"),
+    HeaderName::from_static("x-envoy-downstream-service-node"),
+    HeaderName::from_static("x-envoy-upstream-alt-stat-name"),
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-ms"),
+    HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms"),
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-alt-response"),
+    X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
+    HeaderName::from_static("x-envoy-hedge-on-per-try-timeout"),
+    HeaderName::from_static("x-envoy-original-url"),
+];
+
+/// The retries of a request to a route with `policy`. The
+/// `x-envoy-retry-*` headers steer them on internal requests (those that
+/// still have any: [`HttpConnectionManager::mutate_request_headers`]
+/// removed them from the others) and never go upstream. A scan of the
+/// names first, so that requests without such headers pay no hashed
+/// removals.
+fn retry_state<'p>(
+    policy: Option<&'p RetryPolicy>,
+    headers: &mut http::HeaderMap,
+) -> Option<RetryState<'p>> {
+    if policy.is_none() && !headers.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+        return None;
+    }
+    RetryState::new(policy, headers, true)
 }
 
 /// Envoy's answer when a stream's deadline (request_timeout or
