@@ -692,6 +692,8 @@ impl HttpConnectionManager {
                 for level in matched.levels.iter().rev() {
                     level.0.apply(req.headers_mut());
                 }
+                // Before wasp adds an x-envoy-* header of its own.
+                let retry = retry_state(fwd.retry.as_deref(), req.headers_mut());
                 // Envoy tells the upstream how long it will wait.
                 if let Some(v) = &fwd.expected_timeout {
                     req.headers_mut()
@@ -702,7 +704,6 @@ impl HttpConnectionManager {
                     auto_host: fwd.auto_host_rewrite,
                     priority: fwd.priority,
                 };
-                let retry = retry_state(fwd.retry.as_deref(), req.headers_mut());
                 let forwarded = std::pin::pin!(upstream.forward(
                     req,
                     fwd.timeout,
