@@ -110,17 +110,6 @@ impl ListenerSettings {
             }
             filters.push(NetworkFilterSettings::validate(f, &at, clusters)?);
         }
-        if filters.len() > 1
-            && matches!(
-                filters.last(),
-                Some(NetworkFilterSettings::HttpConnectionManager(_))
-            )
-        {
-            return Err(ValidationError::new(
-                index(&filters_path, 0),
-                "network filters in front of http_connection_manager are not supported yet",
-            ));
-        }
         Ok(ListenerSettings {
             name: c.name.clone().unwrap_or_else(|| address.to_string()),
             address,

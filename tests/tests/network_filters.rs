@@ -149,3 +149,100 @@ fn a_terminal_filter_must_come_last() {
         "{stderr}"
     );
 }
+
+/// connection_limit in front of http_connection_manager: two keep-alive
+/// HTTP connections are served, a third is closed, as in Envoy.
+#[test]
+fn connection_limit_in_front_of_http_like_envoy() {
+    let backend = wasp_tests::http_backend::HttpBackend::start("limited");
+    let config = |port: u16| {
+        format!(
+            r#"static_resources:
+  listeners:
+  - name: l
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.connection_limit
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit
+          stat_prefix: cl
+          max_connections: 2
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: h
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: b }}
+  clusters:
+{}admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+"#,
+            config::cluster("b", "ROUND_ROBIN", &[(backend.addr, 1)], "")
+        )
+    };
+    let (wp, ep) = (free_port(), free_port());
+    let wasp = Proxy::start(&config(wp), &["--concurrency", "1"]);
+    let envoy = Proxy::envoy(&config(ep), &["--concurrency", "1"]);
+    // One request on `c`; the status line, or what ended the read.
+    let ask = |c: &mut TcpStream| -> String {
+        let _ = c.write_all(b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n");
+        let mut buf = [0u8; 4096];
+        match c.read(&mut buf) {
+            Ok(0) => "closed".into(),
+            Ok(n) => String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+            Err(e) => format!("error {:?}", e.kind()),
+        }
+    };
+    let mut seen = Vec::new();
+    for (proxy, port) in [(&wasp, wp), (&envoy, ep)] {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut held: Vec<TcpStream> = (0..2)
+            .map(|_| {
+                let c = TcpStream::connect(addr).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                c
+            })
+            .collect();
+        let mut answers: Vec<String> = held.iter_mut().map(&ask).collect();
+        let mut third = TcpStream::connect(addr).unwrap();
+        third
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let refused = ask(&mut third);
+        answers.push(if refused.starts_with("HTTP") {
+            refused
+        } else {
+            "refused".into()
+        });
+        // The held connections still serve.
+        answers.extend(held.iter_mut().map(&ask));
+        eventually(Duration::from_secs(5), "limited_connections 1", || {
+            (proxy.stat("connection_limit.cl.limited_connections") == 1).then_some(())
+        });
+        seen.push(answers);
+    }
+    assert_eq!(seen[0], seen[1], "wasp, then Envoy");
+    assert_eq!(
+        seen[0],
+        [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 OK",
+            "refused",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 OK"
+        ]
+    );
+}

@@ -473,6 +473,75 @@ fn network_filter_in_front_of_tcp_proxy() {
     }
 }
 
+/// A wasm network filter in front of http_connection_manager (as Istio
+/// puts its own): requests pass it both ways, and it counts the same
+/// bytes in as Envoy's copy does, and every byte wasp sent out.
+#[test]
+fn network_filter_in_front_of_http_connection_manager() {
+    use std::io::{Read, Write};
+    let backend = HttpBackend::start("behind");
+    let code = filter("tcp_probe");
+    let chain = network_filter("tcp_probe", code.to_str().unwrap(), "passthrough");
+    let clusters = cluster("backend", backend.addr);
+    let hcm = r#"      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: behind
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: backend }
+"#;
+    let pair = Pair::start(Box::new(backend), |port| {
+        network_config(port, &chain, hcm, &clusters)
+    });
+    // Two requests on one keep-alive connection, then a last one that
+    // closes it; returns how many answers came and how many bytes.
+    let session = |side: &Side| {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", side.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let answers = |got: &[u8]| {
+            String::from_utf8_lossy(got)
+                .matches("\"name\":\"behind\"")
+                .count()
+        };
+        for sent in 1..=3 {
+            let close = if sent == 3 {
+                "connection: close\r\n"
+            } else {
+                ""
+            };
+            write!(c, "GET /n HTTP/1.1\r\nhost: a\r\n{close}\r\n").unwrap();
+            while answers(&got) < sent {
+                let mut buf = [0u8; 4096];
+                let n = c.read(&mut buf).unwrap();
+                assert!(n > 0, "closed early");
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        c.read_to_end(&mut got).unwrap();
+        let ok = String::from_utf8_lossy(&got)
+            .matches("HTTP/1.1 200 OK")
+            .count();
+        (ok, got.len() as i64)
+    };
+    let (e, w) = (session(&pair.envoy), session(&pair.wasp));
+    assert_eq!(e.0, w.0);
+    assert_eq!(w.0, 3);
+    pair.same_log("tcp_probe", "tcp_probe on_log");
+    let (e_in, w_in) = pair.stat("wasmcustom.tcp_probe.downstream_bytes");
+    assert_eq!(e_in, w_in, "bytes in");
+    let (_, w_out) = pair.stat("wasmcustom.tcp_probe.upstream_bytes");
+    assert_eq!(w_out, w.1, "bytes out: all the client got");
+}
+
 /// A panicking filter: the stream gets the failure policy's answer, the
 /// same from both. With FAIL_RELOAD both then serve from a new VM. (After a
 /// failure under `fail_open` or FAIL_CLOSED Envoy keeps the plugin off or

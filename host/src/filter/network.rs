@@ -263,12 +263,85 @@ impl WorkerChain {
             read_eof: Cell::new(false),
             scratch: Cell::default(),
         };
+        if let (TerminalFilter::HttpConnectionManager(h), Some(_)) =
+            (&self.terminal, &downstream.chain)
+        {
+            return serve_http_behind_filters(h.clone(), downstream, info).await;
+        }
         match &self.terminal {
             TerminalFilter::TcpProxy(p) => p.serve(downstream, info).await,
             TerminalFilter::RedisProxy(p) => p.serve(downstream).await,
             TerminalFilter::HttpConnectionManager(h) => h.clone().serve(downstream, info).await,
             TerminalFilter::Echo => echo::serve(downstream).await,
             TerminalFilter::DirectResponse(b) => direct_response::serve(downstream, b).await,
+        }
+    }
+}
+
+/// Serves HTTP on a connection whose bytes pass network filters first.
+///
+/// The connection manager's codecs read and write their socket directly
+/// (the HTTP/1.1 one polls its readiness and lends buffers around it), so
+/// instead of teaching them the filter chain, the manager gets one end of
+/// a Unix socket pair and the filtered connection is pumped through the
+/// other: two more copies and syscalls per read, paid only by listeners
+/// that put filters in front of HTTP. The pair's ends are typed as
+/// `TcpStream`, which only reads, writes, polls and shuts down on them.
+async fn serve_http_behind_filters(
+    hcm: Rc<HttpConnectionManager>,
+    outer: Downstream,
+    info: StreamInfo,
+) {
+    let pair = std::os::unix::net::UnixStream::pair().and_then(|(a, b)| {
+        let tcp = |s: std::os::unix::net::UnixStream| {
+            s.set_nonblocking(true)?;
+            TcpStream::from_std(std::net::TcpStream::from(std::os::fd::OwnedFd::from(s)))
+        };
+        Ok((tcp(a)?, tcp(b)?))
+    });
+    let (inner, bridge) = match pair {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(error = %e, "no socket pair for a filtered HTTP connection");
+            return;
+        }
+    };
+    let served = Downstream {
+        stream: inner,
+        buffer_limit: outer.buffer_limit,
+        draining: outer.draining.clone(),
+        chain: None,
+        read_eof: Cell::new(false),
+        scratch: Cell::default(),
+    };
+    let limit = outer.buffer_limit;
+    let (activity, copied_in, copied_out) = (
+        Cell::new(tokio::time::Instant::now()),
+        Cell::new(0),
+        Cell::new(0),
+    );
+    let mut http = std::pin::pin!(hcm.serve(served, info));
+    let mut inbound = std::pin::pin!(io::pump(&outer, &bridge, limit, &activity, &copied_in, &[]));
+    let mut outbound = std::pin::pin!(io::pump(
+        &bridge,
+        &outer,
+        limit,
+        &activity,
+        &copied_out,
+        &[]
+    ));
+    let (mut http_done, mut inbound_done) = (false, false);
+    loop {
+        tokio::select! {
+            () = &mut http, if !http_done => http_done = true,
+            r = &mut inbound, if !inbound_done => match r {
+                Ok(()) => inbound_done = true,
+                // A filter closed the connection, or the client reset it.
+                Err(_) => return,
+            },
+            // The manager closed its end and all it wrote went out (or
+            // writing to the client failed).
+            _ = &mut outbound => return,
         }
     }
 }
@@ -371,6 +444,10 @@ impl io::Sink for Downstream {
 
     async fn close_write(&self) {
         if let Some(chain) = &self.chain {
+            // Ending a connection the client has not ended is a local close.
+            if !self.read_eof.get() {
+                chain.borrow_mut().closing_locally();
+            }
             let out = chain.borrow_mut().on_write(&[], true);
             if let Some(bytes) = out.filter(|b| !b.is_empty()) {
                 let _ = io::Sink::write_all(&self.stream, &bytes).await;

@@ -60,6 +60,10 @@ pub trait NetworkFilter {
         FilterStatus::Continue
     }
 
+    /// The terminal filter is closing the connection before the
+    /// downstream did (Envoy's local close).
+    fn on_local_close(&mut self) {}
+
     /// Bytes on their way to the downstream.
     fn on_write(
         &mut self,
@@ -140,6 +144,13 @@ impl FilterChain {
         let n = buf.len().min(self.read_ready.len());
         buf[..n].copy_from_slice(&self.read_ready.split_to(n));
         n
+    }
+
+    /// Tells the filters the connection is ending from this side.
+    pub fn closing_locally(&mut self) {
+        for f in &mut self.filters {
+            f.on_local_close();
+        }
     }
 
     /// Feeds bytes bound for the downstream through the write filters, last

@@ -108,6 +108,10 @@ impl NetworkFilter for WasmNetworkFilter {
         )
     }
 
+    fn on_local_close(&mut self) {
+        self.data.borrow_mut().close = true;
+    }
+
     fn on_write(&mut self, data: &mut BytesMut, end: bool, cx: &mut FilterContext) -> FilterStatus {
         self.run(
             |size| StreamCall::UpstreamData { size, end },
@@ -124,7 +128,8 @@ impl Drop for WasmNetworkFilter {
         };
         let vm = &self.plugin.vm;
         let plugin = &self.plugin.plugin;
-        // The downstream closed (peer REMOTE) or wasp closed it (LOCAL).
+        // The downstream closed (peer REMOTE) or wasp closed it (LOCAL: the
+        // plugin or the terminal filter ended it first).
         let peer = if self.data.borrow().close { 1 } else { 2 };
         vm.call_stream(plugin, &ctx, StreamCall::DownstreamClose { peer });
         vm.call_stream(plugin, &ctx, StreamCall::UpstreamClose { peer: 1 });
