@@ -1,9 +1,9 @@
 //! Network (L4) filters.
 //!
 //! A listener's filter chain is zero or more non-terminal filters
-//! ([`chain::NetworkFilter`]: connection_limit, and later wasm) followed by
-//! one terminal filter that owns the connection: tcp_proxy, echo or
-//! direct_response. Each filter has three forms: validated settings (pure
+//! ([`chain::NetworkFilter`]: connection_limit, wasm) followed by one
+//! terminal filter that owns the connection: tcp_proxy, redis_proxy,
+//! http_connection_manager, echo or direct_response. Each filter has three forms: validated settings (pure
 //! data, all `--mode validate` needs), a factory built once on the main
 //! thread (opening access logs, creating cross-worker counters), and what
 //! each worker instantiates from it (cluster handles, stat shards).
