@@ -2289,3 +2289,143 @@ fn a_retried_route_streams_the_request_body() {
     }
     assert!(String::from_utf8_lossy(&got).contains("last"));
 }
+
+/// CONNECT ended by the proxy (a `connect_matcher` route whose
+/// `upgrade_configs` has `connect_config`), through wasp and Envoy alike:
+/// curl's proxy tunnel reaches the cluster's backend over HTTP/1.1; the
+/// 200 carries no framing; a CONNECT with a body is refused 400; a
+/// CONNECT no route matches is 404; a dead cluster answers 503 with
+/// Envoy's text; over HTTP/2 (`allow_connect`) the stream is the tunnel.
+#[test]
+fn connect_requests_end_at_the_proxy_as_envoy() {
+    use std::io::{Read, Write};
+    let backend = HttpBackend::start("beyond");
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let clusters = wasp_tests::config::cluster("beyond", "ROUND_ROBIN", &[(backend.addr, 1)], "")
+        + &wasp_tests::config::cluster("dead", "ROUND_ROBIN", &[(dead, 1)], "");
+    let vhosts = r#"            - name: dead
+              domains: ["dead.example:1"]
+              routes:
+              - match: { connect_matcher: {} }
+                route: { cluster: dead, upgrade_configs: [{ upgrade_type: CONNECT, connect_config: {} }] }
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: { connect_matcher: {}, headers: [{ name: x-tunnel, present_match: true }] }
+                route: { cluster: beyond, upgrade_configs: [{ upgrade_type: CONNECT, connect_config: {} }] }
+              - match: { prefix: "/" }
+                route: { cluster: beyond }
+"#;
+    let extra = "          http2_protocol_options: { allow_connect: true }\n          upgrade_configs: [{ upgrade_type: CONNECT }]\n";
+    let raw = |port: u16, wire: &[u8]| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        s.write_all(wire).unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n = s.read(&mut answer).unwrap_or(0);
+        String::from_utf8_lossy(&answer[..n]).to_ascii_lowercase()
+    };
+    let mut seen = Vec::new();
+    for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
+        let port = free_port();
+        let _proxy = Proxy::launch(
+            kind,
+            &hcm(port, vhosts, extra, &clusters),
+            &["--concurrency", "1"],
+        );
+        let proxy_url = format!("http://127.0.0.1:{port}");
+        let r = curl(&[
+            "-p",
+            "--suppress-connect-headers",
+            "-x",
+            &proxy_url,
+            "--proxy-header",
+            "x-tunnel: 1",
+            "http://somewhere.example:1234/through",
+        ]);
+        let tunnelled = (r.status, r.json()["name"].clone(), r.json()["path"].clone());
+        // The 200 itself: no framing fields.
+        let ok = raw(
+            port,
+            b"CONNECT a:1 HTTP/1.1\r\nhost: a:1\r\nx-tunnel: 1\r\n\r\n",
+        );
+        let framed = ok.contains("content-length") || ok.contains("transfer-encoding");
+        let with_body = raw(
+            port,
+            b"CONNECT a:1 HTTP/1.1\r\nhost: a:1\r\nx-tunnel: 1\r\ncontent-length: 3\r\n\r\nabc",
+        );
+        let no_route = raw(port, b"CONNECT a:1 HTTP/1.1\r\nhost: a:1\r\n\r\n");
+        let dead_answer = raw(
+            port,
+            b"CONNECT dead.example:1 HTTP/1.1\r\nhost: dead.example:1\r\n\r\n",
+        );
+        let dead_body = dead_answer
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or("")
+            .to_string();
+        let h2 = h2_connect_echo(port);
+        seen.push((
+            tunnelled,
+            ok.lines().next().unwrap_or("").to_string(),
+            framed,
+            with_body.lines().next().unwrap_or("").to_string(),
+            no_route.lines().next().unwrap_or("").to_string(),
+            dead_answer.lines().next().unwrap_or("").to_string(),
+            dead_body,
+            h2,
+        ));
+    }
+    assert_eq!(seen[0], seen[1], "wasp, then Envoy");
+    let s = &seen[0];
+    assert_eq!(s.0, (200, "beyond".into(), "/through".into()));
+    assert_eq!((s.1.as_str(), s.2), ("http/1.1 200 ok", false));
+    assert_eq!(s.3, "http/1.1 400 bad request");
+    assert_eq!(s.4, "http/1.1 404 not found");
+    assert_eq!(s.5, "http/1.1 503 service unavailable");
+    assert!(s.6.contains("upstream connect error"), "{}", s.6);
+    assert_eq!(s.7, (200, "beyond".into()));
+}
+
+/// An HTTP/2 CONNECT with `x-tunnel` to `port`, and an HTTP/1.1 request
+/// sent through the stream: the CONNECT's status and the backend's name.
+fn h2_connect_echo(port: u16) -> (u16, serde_json::Value) {
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut send = h2_client(port).await;
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("somewhere.example:1234")
+            .header("x-tunnel", "1")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let Ok(stream) = hyper::upgrade::on(resp).await else {
+            return (status, serde_json::Value::Null);
+        };
+        let mut stream = TokioIo::new(stream);
+        stream
+            .write_all(b"GET /h2 HTTP/1.1\r\nhost: b\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read_to_end(&mut got),
+        )
+        .await;
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+        let name = serde_json::from_str::<serde_json::Value>(body)
+            .map(|j| j["name"].clone())
+            .unwrap_or(serde_json::Value::Null);
+        (status, name)
+    })
+}

@@ -289,8 +289,10 @@ fn http2_protocol_options_are_checked() {
     );
 }
 
-/// `upgrade_configs` in the connection manager and in a route: CONNECT and
-/// per-upgrade filter chains are refused where they are written.
+/// `upgrade_configs` in the connection manager and in a route: CONNECT
+/// that a route would forward upstream (rather than end, with
+/// `connect_config`) and per-upgrade filter chains are refused where they
+/// are written.
 #[test]
 fn upgrade_configs_are_checked() {
     let tcp = "      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: tcp\n          cluster: c1\n          idle_timeout: 10s\n";
@@ -315,12 +317,20 @@ fn upgrade_configs_are_checked() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    rejects(
+    // CONNECT: enabled on the manager, ended by a route with connect_config.
+    let connect = GOOD.replacen(
         tcp,
-        &hcm("          - upgrade_type: CONNECT\n", ""),
-        &format!("{at}.upgrade_configs[0]"),
-        14,
-        "CONNECT is not supported",
+        &hcm(
+            "          - upgrade_type: CONNECT\n",
+            ", upgrade_configs: [{ upgrade_type: CONNECT, connect_config: {} }]",
+        ),
+        1,
+    );
+    let out = validate(&connect);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     rejects(
         tcp,
@@ -340,7 +350,7 @@ fn upgrade_configs_are_checked() {
         ),
         &format!("{at}.route_config.virtual_hosts[0].routes[0].route.upgrade_configs[0]"),
         21,
-        "CONNECT is not supported",
+        "forwarding CONNECT to an upstream is not supported",
     );
 }
 

@@ -67,7 +67,17 @@ pub struct UpgradeConfig {
 pub struct RouteUpgradeConfig {
     pub upgrade_type: String,
     pub enabled: Option<bool>,
-    pub connect_config: Option<serde_json::Value>,
+    pub connect_config: Option<ConnectConfig>,
+}
+
+/// A route's `connect_config`: wasp ends CONNECT requests itself, opening
+/// a TCP connection to the cluster.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectConfig {
+    /// POST tunnels (Envoy's `allow_post`): refused.
+    #[serde(default)]
+    pub allow_post: bool,
 }
 
 /// Envoy's `Http2ProtocolOptions`, downstream (the connection manager's)
@@ -193,6 +203,8 @@ pub struct RouteMatchConfig {
     pub prefix: Option<String>,
     pub path: Option<String>,
     pub safe_regex: Option<RegexMatcherConfig>,
+    /// Matches CONNECT requests (and only them).
+    pub connect_matcher: Option<Empty>,
     #[serde(default)]
     pub headers: Vec<HeaderMatcherConfig>,
     #[serde(default)]

@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 
 use super::body::{Body, ResponseBody};
 use super::h1;
+use super::tunnel::ConnectTunnel;
 use crate::config::path::join;
 use crate::config::{Http2ProtocolOptionsConfig, ValidationError};
 
@@ -118,17 +119,19 @@ impl Http2Settings {
     }
 }
 
-/// Makes an extended CONNECT (`:protocol`) the HTTP/1.1 upgrade request
-/// the router forwards, and takes the client's side of the tunnel to be.
-/// Any other request is left as it is.
-pub fn extended_connect(req: &mut Request<Body>) -> Option<OnUpgrade> {
+/// Takes the client's side of the tunnel a CONNECT asks for. An extended
+/// CONNECT (`:protocol`) becomes the HTTP/1.1 upgrade request the router
+/// forwards; a plain one stays a CONNECT (for a route that ends it). Any
+/// other request is left as it is.
+pub fn connect(req: &mut Request<Body>) -> Option<OnUpgrade> {
     if req.method() != Method::CONNECT {
         return None;
     }
-    let protocol = req.extensions_mut().remove::<hyper::ext::Protocol>()?;
-    let kind = HeaderValue::from_str(protocol.as_str()).ok()?;
-    *req.method_mut() = Method::GET;
-    req.extensions_mut().insert(h1::Upgrade(kind));
+    if let Some(protocol) = req.extensions_mut().remove::<hyper::ext::Protocol>() {
+        let kind = HeaderValue::from_str(protocol.as_str()).ok()?;
+        *req.method_mut() = Method::GET;
+        req.extensions_mut().insert(h1::Upgrade(kind));
+    }
     req.extensions_mut().remove::<OnUpgrade>()
 }
 
@@ -141,6 +144,9 @@ pub fn answer_upgrade(
     client: OnUpgrade,
     idle: Option<Duration>,
 ) -> Response<ResponseBody> {
+    if resp.extensions().get::<ConnectTunnel>().is_some() {
+        return answer_connect(resp, client, idle);
+    }
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return resp;
     }
@@ -164,5 +170,32 @@ pub fn answer_upgrade(
         // The upstream connection's stats and the request in flight end here.
         drop(body);
     });
+    Response::from_parts(parts, ResponseBody::from(Body::empty()))
+}
+
+/// The answer to a CONNECT wasp ends itself: the 200 goes out, and the
+/// client's stream and the TCP connection to the cluster become one
+/// tunnel on a task of its own.
+fn answer_connect(
+    resp: Response<ResponseBody>,
+    client: OnUpgrade,
+    idle: Option<Duration>,
+) -> Response<ResponseBody> {
+    let (mut parts, _) = resp.into_parts();
+    let upstream = parts
+        .extensions
+        .remove::<ConnectTunnel>()
+        .and_then(|t| t.take());
+    parts.headers.remove(CONTENT_LENGTH);
+    if let Some(upstream) = upstream {
+        tokio::task::spawn_local(async move {
+            let Ok(client) = client.await else {
+                return;
+            };
+            if let Err(e) = super::tunnel::carry(TokioIo::new(client), upstream, idle, None).await {
+                tracing::debug!(error = %e, "http/2 CONNECT tunnel ended with an error");
+            }
+        });
+    }
     Response::from_parts(parts, ResponseBody::from(Body::empty()))
 }

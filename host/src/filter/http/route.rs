@@ -88,6 +88,8 @@ enum PathMatch {
     Prefix(String),
     Exact(String),
     Regex(Regex),
+    /// `connect_matcher`: CONNECT requests, which match nothing else.
+    Connect,
 }
 
 #[derive(Debug, Clone)]
@@ -144,20 +146,15 @@ pub struct Forward {
     /// `upgrade_configs`: upgrades this route allows or refuses whatever
     /// the connection manager says (type, enabled).
     pub upgrades: Vec<(String, bool)>,
+    /// A CONNECT upgrade with `connect_config`: wasp answers the CONNECT
+    /// and carries its bytes over a TCP connection to the cluster.
+    pub terminate_connect: bool,
 }
 
 /// One `upgrade_configs` entry (the connection manager's or a route's) at
-/// `at`: its type and whether it is enabled (unless said, it is). CONNECT
-/// is refused: wasp does not tunnel it.
-pub fn upgrade_entry(
-    kind: &str,
-    enabled: Option<bool>,
-    at: String,
-) -> Result<(String, bool), ValidationError> {
-    if kind.eq_ignore_ascii_case("connect") {
-        return Err(ValidationError::new(at, "CONNECT is not supported"));
-    }
-    Ok((kind.to_string(), enabled.unwrap_or(true)))
+/// `at`: its type and whether it is enabled (unless said, it is).
+pub fn upgrade_entry(kind: &str, enabled: Option<bool>) -> (String, bool) {
+    (kind.to_string(), enabled.unwrap_or(true))
 }
 
 /// Whether a request asking to upgrade to `kind` may: as the route says if
@@ -368,14 +365,15 @@ impl RouteTable {
     ) -> Result<Route, ValidationError> {
         let m = &r.matcher;
         let mat = join(at, "match");
-        let path = match (&m.prefix, &m.path, &m.safe_regex) {
-            (Some(p), None, None) => PathMatch::Prefix(p.clone()),
-            (None, Some(p), None) => PathMatch::Exact(p.clone()),
-            (None, None, Some(re)) => PathMatch::Regex(regex(re, &join(&mat, "safe_regex"))?),
+        let path = match (&m.prefix, &m.path, &m.safe_regex, &m.connect_matcher) {
+            (Some(p), None, None, None) => PathMatch::Prefix(p.clone()),
+            (None, Some(p), None, None) => PathMatch::Exact(p.clone()),
+            (None, None, Some(re), None) => PathMatch::Regex(regex(re, &join(&mat, "safe_regex"))?),
+            (None, None, None, Some(_)) => PathMatch::Connect,
             _ => {
                 return Err(ValidationError::new(
                     mat,
-                    "a route match needs exactly one of prefix, path, safe_regex",
+                    "a route match needs exactly one of prefix, path, safe_regex, connect_matcher",
                 ));
             }
         };
@@ -461,6 +459,24 @@ impl RouteTable {
         })
     }
 
+    /// The route for a CONNECT request to `authority`: the first
+    /// `connect_matcher` route of its virtual host whose headers match.
+    pub fn find_connect(&self, authority: &str, headers: &HeaderMap) -> Option<Matched<'_>> {
+        let host = authority.to_ascii_lowercase();
+        let vh = self.virtual_host(&host).or_else(|| {
+            let (h, port) = host.rsplit_once(':')?;
+            port.parse::<u16>().ok()?;
+            self.virtual_host(h)
+        })?;
+        let route = vh.routes.iter().find(|r| {
+            matches!(r.path, PathMatch::Connect) && r.headers.iter().all(|h| h.matches(headers))
+        })?;
+        Some(Matched {
+            route,
+            levels: [&route.headers_ops, &vh.headers_ops, &self.headers_ops],
+        })
+    }
+
     fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
         let mut best: Option<(u8, usize, &VirtualHost)> = None;
         for vh in &self.virtual_hosts {
@@ -500,6 +516,7 @@ impl Route {
             PathMatch::Exact(p) if self.case_sensitive => path == p,
             PathMatch::Exact(p) => path.eq_ignore_ascii_case(p),
             PathMatch::Regex(r) => r.is_match(path),
+            PathMatch::Connect => false,
         };
         ok && self.headers.iter().all(|h| h.matches(headers)) && self.query_matches(path_and_query)
     }
@@ -641,22 +658,35 @@ fn forward(
         (Some(p), Some(g)) => Some(p.min(g)),
         (p, g) => p.or(g),
     };
-    let upgrades = a
-        .upgrade_configs
-        .iter()
-        .enumerate()
-        .map(|(i, u)| {
-            let at = index(&join(at, "upgrade_configs"), i);
-            // A connect_config is only for CONNECT.
-            let kind = match u.connect_config {
-                Some(_) => "CONNECT",
-                None => &u.upgrade_type,
-            };
-            upgrade_entry(kind, u.enabled, at)
-        })
-        .collect::<Result<_, _>>()?;
+    let mut upgrades = Vec::new();
+    let mut terminate_connect = false;
+    for (i, u) in a.upgrade_configs.iter().enumerate() {
+        let at = index(&join(at, "upgrade_configs"), i);
+        // A connect_config is only for CONNECT.
+        let kind = match &u.connect_config {
+            Some(c) if c.allow_post => {
+                return Err(ValidationError::new(
+                    join(&at, "connect_config.allow_post"),
+                    "POST tunnels are not supported",
+                ));
+            }
+            Some(_) => {
+                terminate_connect = true;
+                "CONNECT"
+            }
+            None if u.upgrade_type.eq_ignore_ascii_case("connect") => {
+                return Err(ValidationError::new(
+                    at,
+                    "forwarding CONNECT to an upstream is not supported; add connect_config: {} to end it here",
+                ));
+            }
+            None => &u.upgrade_type,
+        };
+        upgrades.push(upgrade_entry(kind, u.enabled));
+    }
     Ok(Forward {
         upgrades,
+        terminate_connect,
         clusters,
         prefix_rewrite: a.prefix_rewrite.clone(),
         regex_rewrite,

@@ -213,6 +213,28 @@ impl Upstream {
         }
     }
 
+    /// Opens the TCP connection a terminated CONNECT tunnels to, or the
+    /// answer Envoy gives when it cannot (503, as for a request).
+    pub async fn connect(&self, how: Sending) -> Result<tokio::net::TcpStream, Response<Body>> {
+        let failed = match self.cluster.connect(LbContext { hash: how.hash }).await {
+            Ok((_, stream)) => return Ok(stream),
+            Err(ConnectError::NoHealthyUpstream) => Attempt::NoHealthyUpstream,
+            Err(ConnectError::Timeout(_)) => Attempt::ConnectTimeout,
+            // Envoy's TCP upstream names this reset differently from its
+            // HTTP one.
+            Err(ConnectError::Failed(..)) => {
+                return Err(flagged(
+                    local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("{BEFORE_HEADERS}remote connection failure"),
+                    ),
+                    ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+                ));
+            }
+        };
+        Err(failed.into_response())
+    }
+
     /// Sends a request wasp made (an http_call) to an endpoint, once.
     /// `None` if it could not be sent or the upstream reset; like Envoy's
     /// async client, an unreachable or empty cluster is a 503 answer.
@@ -434,6 +456,10 @@ const X_ENVOY_ATTEMPT_COUNT: http::HeaderName =
 /// Set on answers a circuit breaker caused.
 const X_ENVOY_OVERLOADED: http::HeaderName = http::HeaderName::from_static("x-envoy-overloaded");
 
+/// How Envoy's answers to a try that failed before a response head begin.
+const BEFORE_HEADERS: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: ";
+
 /// Largest request body buffered so that it can be retried.
 pub const MAX_RETRY_BODY: usize = 1024 * 1024;
 
@@ -489,8 +515,6 @@ impl Attempt {
     /// The response the client gets: the upstream's, or Envoy's local one,
     /// which carries the access log's response flag for its cause.
     fn into_response(self) -> Response<Body> {
-        const BEFORE_HEADERS: &str =
-            "upstream connect error or disconnect/reset before headers. reset reason: ";
         let (status, body, flag) = match self {
             Attempt::Response(r) => return r,
             Attempt::BadRequest => return local(StatusCode::BAD_REQUEST, "bad request path"),

@@ -5,9 +5,30 @@
 use std::io;
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex};
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::stats::Counter;
+
+/// The upstream connection of a CONNECT wasp ends itself (a route's
+/// `connect_config`), riding on the 200 answer as an extension until the
+/// downstream codec has sent the answer and takes it. (Extensions must be
+/// `Clone + Send + Sync`; the lock is taken once per tunnel.)
+#[derive(Clone)]
+pub struct ConnectTunnel(Arc<Mutex<Option<TcpStream>>>);
+
+impl ConnectTunnel {
+    pub fn new(upstream: TcpStream) -> Self {
+        ConnectTunnel(Arc::new(Mutex::new(Some(upstream))))
+    }
+
+    /// The connection, for the one codec that carries the tunnel.
+    pub fn take(&self) -> Option<TcpStream> {
+        self.0.lock().ok()?.take()
+    }
+}
 
 /// Copies bytes from `client` to `upstream` and back until both have
 /// ended their side (each end passed on to the other), or nothing has gone

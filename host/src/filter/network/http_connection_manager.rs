@@ -34,6 +34,7 @@ use crate::filter::http::pool::LocalExec;
 use crate::filter::http::retry::{RETRY_HEADERS, RetryPolicy, RetryState};
 use crate::filter::http::route::{self, Action, RouteTable, redirect_location};
 use crate::filter::http::router::{self, Body, Upstream};
+use crate::filter::http::tunnel::ConnectTunnel;
 use crate::filter::http::wasm::{Stop, WasmStream};
 use crate::filter::network::gated::Gated;
 use crate::stats::{Counter, Gauge, Histogram, Scope};
@@ -187,7 +188,7 @@ impl HcmSettings {
                         "filter chains of their own for upgrades are not supported",
                     ));
                 }
-                route::upgrade_entry(&u.upgrade_type, u.enabled, at)
+                Ok(route::upgrade_entry(&u.upgrade_type, u.enabled))
             })
             .collect::<Result<_, _>>()?;
         Ok(HcmSettings {
@@ -395,7 +396,7 @@ impl HttpConnectionManager {
                     let (hcm, info, last) = (hcm.clone(), info.clone(), last_request.clone());
                     async move {
                         let mut req = req.map(Body::Incoming);
-                        let tunnel = h2::extended_connect(&mut req);
+                        let tunnel = h2::connect(&mut req);
                         let resp = hcm.handle(req, &info, &last).await?;
                         Ok::<_, BoxError>(match tunnel {
                             Some(client) => {
@@ -621,12 +622,24 @@ impl HttpConnectionManager {
         let path_and_query = req.uri().path_and_query().cloned();
         let path = path_and_query.as_ref().map_or("/", |p| p.as_str());
         let routes = &self.settings.routes;
-        // A CONNECT matches only a route with a `connect_matcher` in Envoy,
-        // which wasp does not take: none here.
-        let matched = match req.method() == Method::CONNECT {
-            true => None,
+        // A CONNECT matches only a route with a `connect_matcher`, as in
+        // Envoy, and needs the CONNECT upgrade enabled.
+        let connect = req.method() == Method::CONNECT;
+        let matched = match connect {
+            true => routes.find_connect(&host, req.headers()),
             false => routes.find(&host, path, req.headers()),
         };
+        if connect {
+            if let Some(Action::Forward(fwd)) = matched.as_ref().map(|m| &m.route.action) {
+                // Only ended here: forwarding CONNECT upstream is not
+                // supported (a route can only enable it with connect_config).
+                if !fwd.terminate_connect
+                    || !route::upgrade_allowed(&self.settings.upgrades, &fwd.upgrades, "CONNECT")
+                {
+                    return router::local(StatusCode::FORBIDDEN, "");
+                }
+            }
+        }
         if let Some(h1::Upgrade(kind)) = req.extensions().get() {
             let by_route = match matched.as_ref().map(|m| &m.route.action) {
                 Some(Action::Forward(fwd)) => fwd.upgrades.as_slice(),
@@ -664,6 +677,21 @@ impl HttpConnectionManager {
                     return router::local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
                 };
                 let hash = fwd.hash(req.headers(), req.uri().query(), peer.ip());
+                if connect {
+                    let how = router::Sending {
+                        hash,
+                        auto_host: false,
+                        priority: fwd.priority,
+                    };
+                    return match upstream.connect(how).await {
+                        Ok(stream) => {
+                            let mut resp = router::local(StatusCode::OK, "");
+                            resp.extensions_mut().insert(ConnectTunnel::new(stream));
+                            resp
+                        }
+                        Err(answer) => answer,
+                    };
+                }
                 let rewritten = match (&fwd.prefix_rewrite, &fwd.regex_rewrite) {
                     (Some(pr), _) => Some(route.rewrite_path(path, pr)),
                     (None, Some((re, substitution))) => {

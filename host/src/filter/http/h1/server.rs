@@ -37,7 +37,7 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::super::body::{Body, BoxError, ResponseBody};
-use super::super::tunnel::carry;
+use super::super::tunnel::{ConnectTunnel, carry};
 use super::{
     Chunk, Decoded, Decoder, Error, MAX_HEADERS, encode_chunk, encode_field, encode_last_chunk,
     header_map, is_connection_field, lists, spans,
@@ -413,6 +413,11 @@ fn parse_head(read: &mut BytesMut, settings: &Settings) -> Result<Option<Head>, 
         (None, Some(length)) => Decoder::Length(length.map_err(|_| BAD_REQUEST)?),
         (None, None) => Decoder::Length(0),
     };
+    // A CONNECT's bytes after its head are the tunnel's: a body is
+    // refused, as Envoy's codec does.
+    if method == Method::CONNECT && !matches!(body, Decoder::Length(0)) {
+        return Err(BAD_REQUEST);
+    }
     if !fields.host {
         match version {
             Version::HTTP_11 => return Err(BAD_REQUEST),
@@ -493,10 +498,13 @@ async fn respond(
     version: Version,
     mut keep_alive: bool,
 ) -> io::Result<bool> {
-    let (parts, mut body) = resp.into_parts();
+    let (mut parts, mut body) = resp.into_parts();
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
         // Boxed: rare, and it would widen every response's future.
         return Box::pin(tunnel(conn, out, parts, body)).await;
+    }
+    if let Some(upstream) = parts.extensions.remove::<ConnectTunnel>() {
+        return Box::pin(connected(conn, out, parts, upstream)).await;
     }
     let status = parts.status;
     out.clear();
@@ -671,6 +679,43 @@ async fn tunnel(
     carry(&mut *io, upstream, conn.tunnel_idle_timeout, counted).await?;
     // The upstream connection's stats and the request in flight end here.
     drop(body);
+    Ok(false)
+}
+
+/// Answers a CONNECT that wasp ends itself (200, with no framing fields,
+/// as Envoy answers), then carries bytes both ways between the client and
+/// the TCP connection to the cluster, as [`tunnel`] does.
+#[allow(clippy::await_holding_refcell_ref)]
+async fn connected(
+    conn: &Shared,
+    out: &mut Vec<u8>,
+    parts: http::response::Parts,
+    upstream: ConnectTunnel,
+) -> io::Result<bool> {
+    use tokio::io::AsyncWriteExt;
+    let Some(mut upstream) = upstream.take() else {
+        return Ok(false);
+    };
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    let mut has_date = false;
+    for (name, value) in &parts.headers {
+        if !is_connection_field(name) && name != CONTENT_LENGTH {
+            has_date |= name == DATE;
+            encode_field(out, name, value);
+        }
+    }
+    if !has_date {
+        write_date(out);
+    }
+    out.extend_from_slice(b"\r\n");
+    conn.write_all(out, &[]).await?;
+    // What the client sent after its request head goes first.
+    let early = conn.read.borrow_mut().split();
+    upstream.write_all(&early).await?;
+    let mut io = conn.io.borrow_mut();
+    let counted = Some((&conn.rx_bytes, &conn.tx_bytes));
+    carry(&mut *io, upstream, conn.tunnel_idle_timeout, counted).await?;
     Ok(false)
 }
 
