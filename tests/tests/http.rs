@@ -2068,7 +2068,13 @@ fn retry_policies_match_envoy() {
         "RANDOM",
         &[(dead[0], 1), (dead[1], 1), (live.addr, 1)],
         "",
-    ) + &cluster("live", "ROUND_ROBIN", &[(live.addr, 1)], "");
+    ) + &cluster("live", "ROUND_ROBIN", &[(live.addr, 1)], "")
+        + &cluster(
+            "live_h2",
+            "ROUND_ROBIN",
+            &[(live.addr, 1)],
+            &protocol_options("explicit_http_config: { http2_protocol_options: {} }"),
+        );
     let vhosts = r#"            - name: all
               domains: ["*"]
               include_request_attempt_count: true
@@ -2100,6 +2106,8 @@ fn retry_policies_match_envoy() {
                     retry_on: 5xx
                     num_retries: 3
                     retry_back_off: { base_interval: 0.01s, max_interval: 0.02s }
+              - match: { prefix: "/h2" }
+                route: { cluster: live_h2, retry_policy: { retry_on: 5xx, num_retries: 2 } }
               - match: { prefix: "/plain" }
                 route: { cluster: live, retry_policy: { retry_on: "", num_retries: 1 } }
               - match: { prefix: "/" }
@@ -2157,6 +2165,11 @@ fn retry_policies_match_envoy() {
             "/limited?status=503",
         ),
         (
+            "HTTP/2 upstream, body replayed",
+            vec!["--data-binary", "hello"],
+            "/h2?status=503",
+        ),
+        (
             "retry headers",
             vec![
                 "-H",
@@ -2167,7 +2180,9 @@ fn retry_policies_match_envoy() {
             "/plain?status=503",
         ),
     ];
-    let retries = |p: &Proxy| p.stat("cluster.live.upstream_rq_retry");
+    let retries = |p: &Proxy| {
+        p.stat("cluster.live.upstream_rq_retry") + p.stat("cluster.live_h2.upstream_rq_retry")
+    };
     for (what, extra, path) in &cases {
         let mut seen = Vec::new();
         for (proxy, port) in [(&wasp, wp), (&envoy, ep), (&wasp_in, wi), (&envoy_in, ei)] {
@@ -2215,6 +2230,19 @@ fn retry_policies_match_envoy() {
         Some("3")
     );
     assert_eq!(tries("/limited?status=503", &[], wp).as_deref(), Some("4"));
+    let h2 = curl(&[
+        "--data-binary",
+        "hello",
+        &format!("http://127.0.0.1:{wp}/h2?status=503"),
+    ]);
+    assert_eq!(h2.header("x-envoy-attempt-count"), Some("3"));
+    assert_eq!(
+        (
+            h2.json()["version"].as_str(),
+            h2.json()["body_len"].as_u64()
+        ),
+        (Some("HTTP/2.0"), Some(5))
+    );
     assert_eq!(
         tries("/gated?status=503", &["-H", "x-retryable: 1"], wp).as_deref(),
         Some("2")
