@@ -2165,6 +2165,11 @@ fn retry_policies_match_envoy() {
             "/limited?status=503",
         ),
         (
+            "timeout header",
+            vec!["-H", "x-envoy-upstream-rq-timeout-ms: 200"],
+            "/?delay_ms=700",
+        ),
+        (
             "HTTP/2 upstream, body replayed",
             vec!["--data-binary", "hello"],
             "/h2?status=503",
@@ -2264,6 +2269,19 @@ fn retry_policies_match_envoy() {
         tries("/plain?status=503", &retry_headers, wi).as_deref(),
         Some("2")
     );
+
+    // What the upstream is told to expect: the route's 15 s, or what an
+    // internal client asked for.
+    for (proxy_port, internal) in [(wp, false), (ep, false), (wi, true), (ei, true)] {
+        let r = curl(&[
+            "-H",
+            "x-envoy-upstream-rq-timeout-ms: 3000",
+            &format!("http://127.0.0.1:{proxy_port}/"),
+        ]);
+        let expected = r.json()["headers"]["x-envoy-expected-rq-timeout-ms"].clone();
+        let want = if internal { "3000" } else { "15000" };
+        assert_eq!(expected, want, "port {proxy_port}");
+    }
 
     // previous_hosts: two of three endpoints are dead, and two retries
     // that never go back to an endpoint tried always find the live one.

@@ -200,19 +200,24 @@ pub struct RetryState<'p> {
     header_names: Vec<HeaderName>,
     /// The back-off's next ceiling.
     next_interval: Duration,
+    /// A per-try timeout the request set, overriding the policy's.
+    per_try: Option<Option<Duration>>,
 }
 
 impl<'p> RetryState<'p> {
-    /// The state for a request to a route with `policy` (if any), taking
-    /// the `x-envoy-retry-*` headers out of `headers` (read only when
-    /// `trusted`, dropped either way). `None` when nothing can be retried.
+    /// The state for a request to a route with `policy` (if any). With
+    /// `steered` (a request trusted to carry them), the `x-envoy-retry-*`
+    /// headers are taken out of `headers` and add to the policy. `None`
+    /// when nothing can be retried.
     pub fn new(
         policy: Option<&'p RetryPolicy>,
         headers: &mut HeaderMap,
-        trusted: bool,
+        steered: bool,
     ) -> Option<Self> {
-        let [retry_on, grpc_on, max_retries, codes, names] =
-            RETRY_HEADERS.each_ref().map(|h| headers.remove(h));
+        let [retry_on, grpc_on, max_retries, codes, names] = match steered {
+            true => RETRY_HEADERS.each_ref().map(|h| headers.remove(h)),
+            false => Default::default(),
+        };
         let text = |v: &Option<HeaderValue>| {
             v.as_ref()
                 .and_then(|v| v.to_str().ok())
@@ -227,8 +232,9 @@ impl<'p> RetryState<'p> {
             status_codes: Vec::new(),
             header_names: Vec::new(),
             next_interval: policy.map_or(BASE_INTERVAL, |p| p.base_interval),
+            per_try: None,
         };
-        if trusted {
+        if steered {
             let (http, grpc) = CONDITIONS.split_at(CONDITIONS.len() - GRPC.len());
             on |= parse_conditions(&text(&retry_on), http).0;
             on |= parse_conditions(&text(&grpc_on), grpc).0;
@@ -254,7 +260,7 @@ impl<'p> RetryState<'p> {
         if on == 0 {
             return None;
         }
-        if let Some(n) = trusted.then(|| text(&max_retries).parse().ok()).flatten() {
+        if let Some(n) = steered.then(|| text(&max_retries).parse().ok()).flatten() {
             state.remaining = n;
         }
         state.on = on;
@@ -334,9 +340,17 @@ impl<'p> RetryState<'p> {
         Duration::from_millis(fastrand::u64(..ms)).min(max)
     }
 
-    /// The route's per-try timeout.
+    /// Each try's timeout: the route's, unless the request set one.
     pub fn per_try_timeout(&self) -> Option<Duration> {
-        self.policy.and_then(|p| p.per_try_timeout)
+        match self.per_try {
+            Some(set) => set,
+            None => self.policy.and_then(|p| p.per_try_timeout),
+        }
+    }
+
+    /// Sets each try's timeout (`None`: none), as a request header may.
+    pub fn set_per_try_timeout(&mut self, timeout: Option<Duration>) {
+        self.per_try = Some(timeout);
     }
 
     /// Whether retries avoid endpoints already tried, and how many more
@@ -401,7 +415,7 @@ mod tests {
     }
 
     #[test]
-    fn request_headers_are_read_only_when_trusted_and_always_removed() {
+    fn request_headers_steer_only_when_trusted_and_are_taken() {
         let p = policy("retry_on: connect-failure\nnum_retries: 1").unwrap();
         let mut h = HeaderMap::new();
         h.insert("x-envoy-retry-on", HeaderValue::from_static("5xx"));

@@ -31,7 +31,7 @@ use crate::filter::http::codec::{Codec, CountedIo, detect};
 use crate::filter::http::h1;
 use crate::filter::http::h2::{self, Http2Settings};
 use crate::filter::http::pool::LocalExec;
-use crate::filter::http::retry::{RETRY_HEADERS, RetryPolicy, RetryState};
+use crate::filter::http::retry::{RETRY_HEADERS, RetryState};
 use crate::filter::http::route::{self, Action, RouteTable, redirect_location};
 use crate::filter::http::router::{self, Body, Upstream};
 use crate::filter::http::tunnel::ConnectTunnel;
@@ -280,6 +280,10 @@ pub struct HttpConnectionManager {
 const X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
     HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 const X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+const X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-ms");
+const X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms");
 const X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -721,11 +725,14 @@ impl HttpConnectionManager {
                     level.0.apply(req.headers_mut());
                 }
                 // Before wasp adds an x-envoy-* header of its own.
-                let retry = retry_state(fwd.retry.as_deref(), req.headers_mut());
+                let Controls {
+                    retry,
+                    timeout,
+                    expected,
+                } = controls(fwd, req.headers_mut());
                 // Envoy tells the upstream how long it will wait.
-                if let Some(v) = &fwd.expected_timeout {
-                    req.headers_mut()
-                        .insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, v.clone());
+                if let Some(v) = expected {
+                    req.headers_mut().insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, v);
                 }
                 let how = router::Sending {
                     hash,
@@ -734,14 +741,14 @@ impl HttpConnectionManager {
                 };
                 let forwarded = std::pin::pin!(upstream.forward(
                     req,
-                    fwd.timeout,
+                    timeout,
                     retry,
                     fwd.attempt_count,
                     how,
                     sent
                 ));
                 match deadline {
-                    Some(d) if fwd.timeout.is_none_or(|t| t > d) => {
+                    Some(d) if timeout.is_none_or(|t| t > d) => {
                         match clock::timeout_at(sent + d, forwarded).await {
                             Ok(r) => r,
                             Err(_) => return stream_timeout(),
@@ -866,28 +873,84 @@ const EXTERNAL_STRIPPED: [HeaderName; 11] = [
     HeaderName::from_static("x-envoy-downstream-service-cluster"),
     HeaderName::from_static("x-envoy-downstream-service-node"),
     HeaderName::from_static("x-envoy-upstream-alt-stat-name"),
-    HeaderName::from_static("x-envoy-upstream-rq-timeout-ms"),
-    HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms"),
+    X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS,
+    X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS,
     HeaderName::from_static("x-envoy-upstream-rq-timeout-alt-response"),
     X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
     HeaderName::from_static("x-envoy-hedge-on-per-try-timeout"),
     HeaderName::from_static("x-envoy-original-url"),
 ];
 
-/// The retries of a request to a route with `policy`. The
-/// `x-envoy-retry-*` headers steer them on internal requests (those that
-/// still have any: [`HttpConnectionManager::mutate_request_headers`]
-/// removed them from the others) and never go upstream. A scan of the
-/// names first, so that requests without such headers pay no hashed
-/// removals.
-fn retry_state<'p>(
-    policy: Option<&'p RetryPolicy>,
-    headers: &mut http::HeaderMap,
-) -> Option<RetryState<'p>> {
-    if policy.is_none() && !headers.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
-        return None;
+/// What a request's route and its `x-envoy-*` headers say about its
+/// retries and timeouts.
+struct Controls<'p> {
+    retry: Option<RetryState<'p>>,
+    timeout: Option<Duration>,
+    /// `x-envoy-expected-rq-timeout-ms`: the per-try timeout, else the
+    /// route's.
+    expected: Option<HeaderValue>,
+}
+
+/// The controls of a request to `fwd`. Internal requests (the only ones
+/// that still have them: [`HttpConnectionManager::mutate_request_headers`]
+/// removed them from the others) may steer retries with the
+/// `x-envoy-retry-*` headers and set the timeouts with
+/// `x-envoy-upstream-rq-timeout-ms` (0: none) and
+/// `x-envoy-upstream-rq-per-try-timeout-ms` (ignored unless shorter); none
+/// of these go upstream. Requests with no `x-envoy-*` header at all (most)
+/// pay a scan of the names and no hashed lookups.
+fn controls<'p>(fwd: &'p route::Forward, headers: &mut http::HeaderMap) -> Controls<'p> {
+    let mut plain = Controls {
+        retry: None,
+        timeout: fwd.timeout,
+        expected: fwd.expected_timeout.clone(),
+    };
+    let steered = headers.keys().any(|k| k.as_str().starts_with("x-envoy-"));
+    let mut retry = match (&fwd.retry, steered) {
+        (None, false) => return plain,
+        (policy, _) => RetryState::new(policy.as_deref(), headers, steered),
+    };
+    if !steered {
+        plain.retry = retry;
+        return plain;
     }
-    RetryState::new(policy, headers, true)
+    let mut ms = |name: &HeaderName| {
+        let v = headers.remove(name)?;
+        v.to_str().ok()?.parse().ok().map(Duration::from_millis)
+    };
+    let (global, per_try) = (
+        ms(&X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS),
+        ms(&X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS),
+    );
+    if global.is_none() && per_try.is_none() {
+        plain.retry = retry;
+        return plain;
+    }
+    let timeout = match global {
+        Some(t) if t.is_zero() => None,
+        Some(t) => Some(t),
+        None => fwd.timeout,
+    };
+    let per_try = per_try
+        .or_else(|| fwd.retry.as_ref().and_then(|p| p.per_try_timeout))
+        .filter(|p| !p.is_zero() && timeout.is_none_or(|t| *p < t));
+    let (retry_per_try, timeout) = match &mut retry {
+        Some(r) => {
+            r.set_per_try_timeout(per_try);
+            (per_try, timeout)
+        }
+        // A single try: its timeout is the shorter one.
+        None => (None, per_try.or(timeout)),
+    };
+    Controls {
+        retry,
+        timeout,
+        expected: retry_per_try
+            .or(timeout)
+            .map(|t| t.as_millis() as u64)
+            .filter(|&ms| ms > 0)
+            .map(HeaderValue::from),
+    }
 }
 
 /// Envoy's answer when a stream's deadline (request_timeout or
