@@ -2475,3 +2475,77 @@ fn h2_connect_echo(port: u16) -> (u16, serde_json::Value) {
         (status, name)
     })
 }
+
+/// Connection manager options that rewrite requests before routing, through
+/// wasp and Envoy alike: `via`, `always_set_request_id_in_response`, an edge
+/// request's new x-request-id (or the client's, with
+/// `preserve_external_request_id`), `skip_xff_append`, and Host ports
+/// stripped (`strip_any_host_port`, `strip_matching_host_port`) before the
+/// virtual host is chosen.
+#[test]
+fn request_rewriting_options_match_envoy() {
+    let backend = HttpBackend::start("rewritten");
+    let clusters = wasp_tests::config::cluster("b", "ROUND_ROBIN", &[(backend.addr, 1)], "");
+    let vhosts = "            - name: only\n              domains: [\"example.com\"]\n              routes:\n              - match: { prefix: \"/\" }\n                route: { cluster: b }\n";
+    let first = "          use_remote_address: true\n          skip_xff_append: true\n          via: proxy-under-test\n          always_set_request_id_in_response: true\n          strip_any_host_port: true\n";
+    let second = "          use_remote_address: true\n          preserve_external_request_id: true\n          strip_matching_host_port: true\n";
+    let mut seen = Vec::new();
+    for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
+        let (p1, p2) = (free_port(), free_port());
+        let _a = Proxy::launch(
+            kind,
+            &hcm(p1, vhosts, first, &clusters),
+            &["--concurrency", "1"],
+        );
+        let _b = Proxy::launch(
+            kind,
+            &hcm(p2, vhosts, second, &clusters),
+            &["--concurrency", "1"],
+        );
+        let ask = |port: u16, host: &str| {
+            curl(&[
+                "-H",
+                &format!("host: {host}"),
+                "-H",
+                "via: 1.1 client",
+                "-H",
+                "x-request-id: from-client",
+                &format!("http://127.0.0.1:{port}/x"),
+            ])
+        };
+        let r = ask(p1, "example.com:8080");
+        let j = r.json();
+        let upstream_id = j["headers"]["x-request-id"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let first_seen = (
+            r.status,
+            j["authority"].clone(),
+            j["headers"]["via"].clone(),
+            j["headers"].get("x-forwarded-for").is_some(),
+            upstream_id != "from-client" && !upstream_id.is_empty(),
+            r.header("x-request-id") == Some(upstream_id.as_str()),
+            r.header("via").map(String::from),
+        );
+        // strip_matching_host_port: only the listener's own port goes.
+        let own = ask(p2, &format!("example.com:{p2}"));
+        let other = ask(p2, "example.com:8080");
+        let second_seen = (
+            own.status,
+            own.json()["headers"]["x-request-id"].clone(),
+            other.status,
+            own.header("x-request-id").is_some(),
+        );
+        seen.push((first_seen, second_seen));
+    }
+    assert_eq!(seen[0], seen[1], "wasp, then Envoy");
+    let (first, second) = &seen[0];
+    assert_eq!(first.0, 200);
+    assert_eq!(first.1, "example.com");
+    assert_eq!(first.2, "1.1 client, proxy-under-test");
+    assert!(!first.3, "x-forwarded-for was appended");
+    assert!(first.4 && first.5, "{first:?}");
+    assert_eq!(first.6.as_deref(), Some("proxy-under-test"));
+    assert_eq!(second, &(200, serde_json::json!("from-client"), 404, false));
+}

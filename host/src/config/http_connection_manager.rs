@@ -19,7 +19,18 @@ pub struct HttpConnectionManagerConfig {
     #[serde(default)]
     pub use_remote_address: bool,
     pub internal_address_config: Option<InternalAddressConfig>,
+    #[serde(default)]
+    pub skip_xff_append: bool,
+    pub via: Option<String>,
     pub generate_request_id: Option<bool>,
+    #[serde(default)]
+    pub preserve_external_request_id: bool,
+    #[serde(default)]
+    pub always_set_request_id_in_response: bool,
+    #[serde(default)]
+    pub strip_any_host_port: bool,
+    #[serde(default)]
+    pub strip_matching_host_port: bool,
     pub server_name: Option<String>,
     pub stream_idle_timeout: Option<Duration>,
     pub request_timeout: Option<Duration>,
@@ -141,6 +152,8 @@ pub enum CodecType {
 #[serde(deny_unknown_fields)]
 pub struct RouteConfigurationConfig {
     pub name: Option<String>,
+    #[serde(default)]
+    pub ignore_port_in_host_matching: bool,
     #[serde(default)]
     pub virtual_hosts: Vec<VirtualHostConfig>,
     #[serde(default)]

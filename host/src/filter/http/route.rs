@@ -262,6 +262,8 @@ pub struct RouteTable {
     virtual_hosts: Vec<VirtualHost>,
     /// (request, response) header changes of the whole table.
     pub headers_ops: (HeaderOps, HeaderOps),
+    /// `ignore_port_in_host_matching`.
+    ignore_port: bool,
 }
 
 /// The result of matching: the route, and the header changes of each level
@@ -347,6 +349,7 @@ impl RouteTable {
         }
         Ok(RouteTable {
             virtual_hosts,
+            ignore_port: c.ignore_port_in_host_matching,
             headers_ops: ops(
                 &c.request_headers_to_add,
                 &c.request_headers_to_remove,
@@ -439,19 +442,15 @@ impl RouteTable {
     }
 
     /// The route for a request: virtual host by Host (exact, then the
-    /// longest `*.suffix`, then the longest `prefix.*`, then `*`; with the
-    /// port, then without it), then the first route that matches.
+    /// longest `*.suffix`, then the longest `prefix.*`, then `*`), then
+    /// the first route that matches.
     pub fn find(&self, host: &str, path: &str, headers: &HeaderMap) -> Option<Matched<'_>> {
         let host: std::borrow::Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             host.to_ascii_lowercase().into()
         } else {
             host.into()
         };
-        let vh = self.virtual_host(&host).or_else(|| {
-            let (h, port) = host.rsplit_once(':')?;
-            port.parse::<u16>().ok()?;
-            self.virtual_host(h)
-        })?;
+        let vh = self.virtual_host(&host)?;
         let route = vh.routes.iter().find(|r| r.matches(path, headers))?;
         Some(Matched {
             route,
@@ -462,12 +461,7 @@ impl RouteTable {
     /// The route for a CONNECT request to `authority`: the first
     /// `connect_matcher` route of its virtual host whose headers match.
     pub fn find_connect(&self, authority: &str, headers: &HeaderMap) -> Option<Matched<'_>> {
-        let host = authority.to_ascii_lowercase();
-        let vh = self.virtual_host(&host).or_else(|| {
-            let (h, port) = host.rsplit_once(':')?;
-            port.parse::<u16>().ok()?;
-            self.virtual_host(h)
-        })?;
+        let vh = self.virtual_host(&authority.to_ascii_lowercase())?;
         let route = vh.routes.iter().find(|r| {
             matches!(r.path, PathMatch::Connect) && r.headers.iter().all(|h| h.matches(headers))
         })?;
@@ -477,7 +471,18 @@ impl RouteTable {
         })
     }
 
+    /// The virtual host for a (lower-cased) Host: its port is part of
+    /// what the domains match, as in Envoy, unless the table says
+    /// `ignore_port_in_host_matching`.
     fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
+        let host = match host.rsplit_once(':') {
+            Some((name, port))
+                if self.ignore_port && !name.is_empty() && port.parse::<u16>().is_ok() =>
+            {
+                name
+            }
+            _ => host,
+        };
         let mut best: Option<(u8, usize, &VirtualHost)> = None;
         for vh in &self.virtual_hosts {
             for d in &vh.domains {
@@ -826,4 +831,28 @@ pub fn redirect_location(
         }
     }
     (status, format!("{scheme}://{authority}{new_path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(extra: &str) -> RouteTable {
+        let yaml = format!(
+            "{extra}virtual_hosts:\n- name: a\n  domains: [example.com]\n  routes:\n  - match: {{ prefix: / }}\n    direct_response: {{ status: 200 }}\n"
+        );
+        let c: RouteConfigurationConfig = serde_norway::from_str(&yaml).unwrap();
+        RouteTable::validate(&c, "route_config", &Default::default()).unwrap()
+    }
+
+    #[test]
+    fn a_host_port_is_matched_unless_ignored() {
+        let h = HeaderMap::new();
+        let strict = table("");
+        assert!(strict.find("example.com", "/", &h).is_some());
+        assert!(strict.find("example.com:8080", "/", &h).is_none());
+        let lenient = table("ignore_port_in_host_matching: true\n");
+        assert!(lenient.find("example.com:8080", "/", &h).is_some());
+        assert!(lenient.find("example.org:8080", "/", &h).is_none());
+    }
 }

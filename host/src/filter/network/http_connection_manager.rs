@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::time::Instant;
@@ -42,6 +42,16 @@ use crate::wasm::{ConnectionFacts, PluginHandle, PluginSettings};
 
 use super::Downstream;
 
+/// Which port a request's Host loses before filters and routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StripPort {
+    Keep,
+    /// `strip_any_host_port`.
+    Any,
+    /// `strip_matching_host_port`: the listener's own port only.
+    Matching,
+}
+
 /// A validated http_connection_manager.
 #[derive(Debug, Clone)]
 pub struct HcmSettings {
@@ -52,6 +62,17 @@ pub struct HcmSettings {
     /// `internal_address_config.cidr_ranges`: (network, prefix length).
     pub internal_ranges: Vec<(std::net::IpAddr, u8)>,
     pub generate_request_id: bool,
+    /// Keep an x-request-id from an external client (else an edge
+    /// request gets a new one).
+    pub preserve_external_request_id: bool,
+    /// Copy the request's x-request-id onto its response.
+    pub request_id_in_response: bool,
+    /// `skip_xff_append`: use_remote_address without adding to x-forwarded-for.
+    pub skip_xff_append: bool,
+    /// `via`: appended to the Via of requests and responses.
+    pub via: Option<HeaderValue>,
+    /// Which Host ports are dropped before routing.
+    pub strip_port: StripPort,
     pub server_name: HeaderValue,
     pub request_headers_timeout: Option<Duration>,
     /// How long a connection may go without a new request before it is
@@ -199,6 +220,26 @@ impl HcmSettings {
             use_remote_address: c.use_remote_address,
             internal_ranges: internal_ranges(c.internal_address_config.as_ref(), path)?,
             generate_request_id: c.generate_request_id.unwrap_or(true),
+            preserve_external_request_id: c.preserve_external_request_id,
+            request_id_in_response: c.always_set_request_id_in_response,
+            skip_xff_append: c.skip_xff_append,
+            via: match c.via.as_deref() {
+                None | Some("") => None,
+                Some(v) => Some(HeaderValue::from_str(v).map_err(|_| {
+                    ValidationError::new(join(path, "via"), "not a valid header value")
+                })?),
+            },
+            strip_port: match (c.strip_any_host_port, c.strip_matching_host_port) {
+                (true, true) => {
+                    return Err(ValidationError::new(
+                        join(path, "strip_any_host_port"),
+                        "set strip_any_host_port or strip_matching_host_port, not both",
+                    ));
+                }
+                (true, false) => StripPort::Any,
+                (false, true) => StripPort::Matching,
+                (false, false) => StripPort::Keep,
+            },
             server_name,
             request_headers_timeout: c
                 .request_headers_timeout
@@ -448,7 +489,11 @@ impl HttpConnectionManager {
         last_request: &Cell<Instant>,
     ) -> Result<Response<ResponseBody>, BoxError> {
         let peer = conn.downstream_remote;
-        self.mutate_request_headers(req.headers_mut(), peer);
+        self.mutate_request_headers(&mut req, peer, conn.downstream_local);
+        let request_id = match self.settings.request_id_in_response {
+            true => req.headers().get(X_REQUEST_ID).cloned(),
+            false => None,
+        };
         let stats = &self.stats;
         stats.downstream_rq_total.inc();
         stats.downstream_rq_active.inc();
@@ -501,6 +546,12 @@ impl HttpConnectionManager {
         *resp.version_mut() = version;
         resp.headers_mut()
             .insert(header::SERVER, self.settings.server_name.clone());
+        if let Some(id) = request_id {
+            resp.headers_mut().insert(X_REQUEST_ID, id);
+        }
+        if let Some(via) = &self.settings.via {
+            append_via(resp.headers_mut(), via);
+        }
         let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
         stats.downstream_rq_xx[class].inc();
         stats.downstream_rq_active.dec();
@@ -772,9 +823,17 @@ impl HttpConnectionManager {
     /// came with no x-forwarded-for from a peer in
     /// `internal_address_config` (none unless configured, as in Envoy);
     /// others lose the `x-envoy-*` headers only trusted hops may set.
-    fn mutate_request_headers(&self, headers: &mut http::HeaderMap, peer: SocketAddr) {
+    fn mutate_request_headers(&self, req: &mut Request<Body>, peer: SocketAddr, local: SocketAddr) {
+        let s = &self.settings;
+        if s.strip_port != StripPort::Keep {
+            strip_host_port(
+                req,
+                (s.strip_port == StripPort::Matching).then_some(local.port()),
+            );
+        }
+        let headers = req.headers_mut();
         let mut internal = false;
-        if self.settings.use_remote_address {
+        if s.use_remote_address {
             let ip = peer.ip();
             let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
                 Some(existing) => format!("{existing},{ip}"),
@@ -783,8 +842,10 @@ impl HttpConnectionManager {
                     ip.to_string()
                 }
             };
-            if let Ok(v) = HeaderValue::from_str(&xff) {
-                headers.insert(X_FORWARDED_FOR, v);
+            if !s.skip_xff_append {
+                if let Ok(v) = HeaderValue::from_str(&xff) {
+                    headers.insert(X_FORWARDED_FOR, v);
+                }
             }
             if internal {
                 headers.insert(X_ENVOY_INTERNAL, HeaderValue::from_static("true"));
@@ -803,10 +864,17 @@ impl HttpConnectionManager {
         headers
             .entry(X_FORWARDED_PROTO)
             .or_insert(HeaderValue::from_static("http"));
-        if self.settings.generate_request_id {
-            if let header::Entry::Vacant(slot) = headers.entry(X_REQUEST_ID) {
+        if s.generate_request_id {
+            // An edge request's id is wasp's own unless told to keep it.
+            let edge = s.use_remote_address && !internal;
+            if edge && !s.preserve_external_request_id {
+                headers.insert(X_REQUEST_ID, request_id());
+            } else if let header::Entry::Vacant(slot) = headers.entry(X_REQUEST_ID) {
                 slot.insert(request_id());
             }
+        }
+        if let Some(via) = &s.via {
+            append_via(headers, via);
         }
     }
 
@@ -815,6 +883,51 @@ impl HttpConnectionManager {
             .internal_ranges
             .iter()
             .any(|&(net, len)| in_range(ip, net, len))
+    }
+}
+
+/// Adds `via` to a message's Via list.
+fn append_via(headers: &mut http::HeaderMap, via: &HeaderValue) {
+    let value = match headers.get(header::VIA) {
+        Some(old) => {
+            let mut v = old.as_bytes().to_vec();
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(via.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or_else(|_| via.clone())
+        }
+        None => via.clone(),
+    };
+    headers.insert(header::VIA, value);
+}
+
+/// Drops the port of a request's Host (or HTTP/2 authority): any port, or
+/// only `port`.
+fn strip_host_port(req: &mut Request<Body>, port: Option<u16>) {
+    let strip = |host: &str| -> Option<String> {
+        let (name, p) = host.rsplit_once(':')?;
+        // An IPv6 literal without a port ("[::1]") has its colons inside.
+        if name.is_empty() || p.contains(']') {
+            return None;
+        }
+        let p: u16 = p.parse().ok()?;
+        port.is_none_or(|want| want == p).then(|| name.to_string())
+    };
+    if let Some(h) = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
+        if let Some(v) = strip(h).and_then(|h| HeaderValue::from_str(&h).ok()) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    let stripped = req.uri().authority().and_then(|a| strip(a.as_str()));
+    if let Some(authority) = stripped {
+        let mut parts = req.uri().clone().into_parts();
+        parts.authority = authority.parse().ok();
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
     }
 }
 
