@@ -45,8 +45,8 @@ pub use health_check::{
     HealthCheckConfig, HealthCheckerConfig, RedisHealthCheckConfig, TcpHealthCheckConfig,
 };
 pub use http_connection_manager::{
-    ClusterWeightConfig, CodecType, DirectResponseActionConfig, HashPolicyConfig,
-    HeaderMatcherConfig, HeaderValueOptionConfig, Http2ProtocolOptionsConfig,
+    ClusterWeightConfig, CodecType, DirectResponseActionConfig, EscapedSlashesAction,
+    HashPolicyConfig, HeaderMatcherConfig, HeaderValueOptionConfig, Http2ProtocolOptionsConfig,
     HttpConnectionManagerConfig, HttpFilterConfig, HttpProtocolOptionsConfig,
     InternalAddressConfig, KeepaliveSettingsConfig, RedirectActionConfig, RedirectResponseCode,
     RegexMatcherConfig, RetryBackOffConfig, RetryHostPredicateConfig, RetryPolicyConfig,

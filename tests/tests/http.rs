@@ -2549,3 +2549,77 @@ fn request_rewriting_options_match_envoy() {
     assert_eq!(first.6.as_deref(), Some("proxy-under-test"));
     assert_eq!(second, &(200, serde_json::json!("from-client"), 404, false));
 }
+
+/// `normalize_path` and `merge_slashes` (and escaped slashes refused)
+/// through wasp and Envoy: for paths with dot segments (plain and
+/// escaped), runs of slashes, backslashes, escapes and characters a
+/// canonical path escapes, the same status and the same path upstream.
+#[test]
+fn paths_are_normalized_as_envoy_normalizes_them() {
+    use std::io::{Read, Write};
+    let backend = HttpBackend::start("normal");
+    let clusters = wasp_tests::config::cluster("b", "ROUND_ROBIN", &[(backend.addr, 1)], "");
+    let vhosts = &prefix_routes(&[("/".into(), "cluster: b".into())]);
+    let paths = [
+        "/a/./b/../c",
+        "/a/b/..",
+        "/../a",
+        "//a///b//",
+        "/a/%2e%2e/b",
+        "/a/.%2E/b",
+        "/%41%7e%2f%20x",
+        "/a\\b",
+        "/a/b?x=/../y//z",
+        "/a/..b/c",
+        "/%zz",
+        "/a;b/../c",
+        "/a|b",
+        "/a%00b",
+        "/plain",
+    ];
+    let ask = |port: u16, path: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let status = text.split(' ').nth(1).unwrap_or("").to_string();
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+        let upstream = serde_json::from_str::<serde_json::Value>(body)
+            .map(|j| j["path"].clone())
+            .unwrap_or(serde_json::Value::Null);
+        (status, upstream)
+    };
+    let extra = "          normalize_path: true\n          merge_slashes: true\n";
+    let reject = "          path_with_escaped_slashes_action: REJECT_REQUEST\n";
+    let mut seen = Vec::new();
+    for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
+        let (port, strict) = (free_port(), free_port());
+        let _p = Proxy::launch(
+            kind,
+            &hcm(port, vhosts, extra, &clusters),
+            &["--concurrency", "1"],
+        );
+        let _s = Proxy::launch(
+            kind,
+            &hcm(strict, vhosts, reject, &clusters),
+            &["--concurrency", "1"],
+        );
+        let mut answers: Vec<_> = paths.iter().map(|p| ask(port, p)).collect();
+        answers.push(ask(strict, "/a%2Fb"));
+        answers.push(ask(strict, "/a/b"));
+        seen.push(answers);
+    }
+    for (i, (w, e)) in seen[0].iter().zip(&seen[1]).enumerate() {
+        let path = paths.get(i).copied().unwrap_or("(escaped slashes)");
+        assert_eq!(w, e, "{path}: wasp, then Envoy");
+    }
+    assert_eq!(seen[0][0], ("200".to_string(), serde_json::json!("/a/c")));
+    assert_eq!(seen[0][paths.len()].0, "400");
+}

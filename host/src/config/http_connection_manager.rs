@@ -31,6 +31,11 @@ pub struct HttpConnectionManagerConfig {
     pub strip_any_host_port: bool,
     #[serde(default)]
     pub strip_matching_host_port: bool,
+    pub normalize_path: Option<bool>,
+    #[serde(default)]
+    pub merge_slashes: bool,
+    #[serde(default)]
+    pub path_with_escaped_slashes_action: EscapedSlashesAction,
     pub server_name: Option<String>,
     pub stream_idle_timeout: Option<Duration>,
     pub request_timeout: Option<Duration>,
@@ -41,6 +46,18 @@ pub struct HttpConnectionManagerConfig {
     pub http2_protocol_options: Option<Http2ProtocolOptionsConfig>,
     #[serde(default)]
     pub upgrade_configs: Vec<UpgradeConfig>,
+}
+
+/// `path_with_escaped_slashes_action`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EscapedSlashesAction {
+    #[default]
+    ImplementationSpecificDefault,
+    KeepUnchanged,
+    RejectRequest,
+    UnescapeAndRedirect,
+    UnescapeAndForward,
 }
 
 /// Which downstream peers are internal: their requests get

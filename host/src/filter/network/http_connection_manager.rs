@@ -25,11 +25,14 @@ use crate::access_log::{AccessLog, AccessLogSettings, HttpInfo, ResponseFlags, S
 use crate::clock;
 use crate::cluster::WorkerClusters;
 use crate::config::path::{index, join};
-use crate::config::{CodecType, HttpConnectionManagerConfig, HttpFilterConfig, ValidationError};
+use crate::config::{
+    CodecType, EscapedSlashesAction, HttpConnectionManagerConfig, HttpFilterConfig, ValidationError,
+};
 use crate::filter::http::body::{BoxError, ResponseBody};
 use crate::filter::http::codec::{Codec, CountedIo, detect};
 use crate::filter::http::h1;
 use crate::filter::http::h2::{self, Http2Settings};
+use crate::filter::http::path::{self, EscapedSlashes, Normalization};
 use crate::filter::http::pool::LocalExec;
 use crate::filter::http::retry::{RETRY_HEADERS, RetryState};
 use crate::filter::http::route::{self, Action, RouteTable, redirect_location};
@@ -73,6 +76,8 @@ pub struct HcmSettings {
     pub via: Option<HeaderValue>,
     /// Which Host ports are dropped before routing.
     pub strip_port: StripPort,
+    /// How paths are normalized before filters and routing.
+    pub paths: Normalization,
     pub server_name: HeaderValue,
     pub request_headers_timeout: Option<Duration>,
     /// How long a connection may go without a new request before it is
@@ -239,6 +244,22 @@ impl HcmSettings {
                 (true, false) => StripPort::Any,
                 (false, true) => StripPort::Matching,
                 (false, false) => StripPort::Keep,
+            },
+            paths: Normalization {
+                dot_segments: c.normalize_path.unwrap_or(false),
+                merge_slashes: c.merge_slashes,
+                escaped_slashes: match c.path_with_escaped_slashes_action {
+                    EscapedSlashesAction::ImplementationSpecificDefault
+                    | EscapedSlashesAction::KeepUnchanged => EscapedSlashes::Keep,
+                    EscapedSlashesAction::RejectRequest => EscapedSlashes::Reject,
+                    EscapedSlashesAction::UnescapeAndForward => EscapedSlashes::Unescape,
+                    EscapedSlashesAction::UnescapeAndRedirect => {
+                        return Err(ValidationError::new(
+                            join(path, "path_with_escaped_slashes_action"),
+                            "UNESCAPE_AND_REDIRECT is not supported (UNESCAPE_AND_FORWARD is)",
+                        ));
+                    }
+                },
             },
             server_name,
             request_headers_timeout: c
@@ -489,6 +510,8 @@ impl HttpConnectionManager {
         last_request: &Cell<Instant>,
     ) -> Result<Response<ResponseBody>, BoxError> {
         let peer = conn.downstream_remote;
+        // Before filters and routing see the path, as Envoy does.
+        let refused = !self.settings.paths.is_off() && !self.normalize_path(&mut req);
         self.mutate_request_headers(&mut req, peer, conn.downstream_local);
         let request_id = match self.settings.request_id_in_response {
             true => req.headers().get(X_REQUEST_ID).cloned(),
@@ -521,7 +544,9 @@ impl HttpConnectionManager {
         // keeps them small: the wasm one is boxed. Without filters the
         // stream's deadline is the router's to keep (see `route`).
         let deadline = self.settings.response_deadline;
-        let result = if self.filters.is_empty() {
+        let result = if refused {
+            Ok(router::local(StatusCode::BAD_REQUEST, "Bad Request").map(ResponseBody::from))
+        } else if self.filters.is_empty() {
             let resp = self.route(&mut req, peer, deadline, started).await;
             h1::recycle(std::mem::take(req.headers_mut()));
             Ok(resp.map(ResponseBody::from))
@@ -875,6 +900,28 @@ impl HttpConnectionManager {
         }
         if let Some(via) = &s.via {
             append_via(headers, via);
+        }
+    }
+
+    /// Normalizes the request's path as configured; false if the path is
+    /// refused.
+    fn normalize_path(&self, req: &mut Request<Body>) -> bool {
+        let Some(pq) = req.uri().path_and_query() else {
+            return true;
+        };
+        let normal = match path::normalize(pq.as_str(), self.settings.paths) {
+            Ok(None) => return true,
+            Ok(Some(normal)) => normal,
+            Err(path::Rejected) => return false,
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = normal.parse().ok();
+        match Uri::from_parts(parts) {
+            Ok(uri) => {
+                *req.uri_mut() = uri;
+                true
+            }
+            Err(_) => false,
         }
     }
 
