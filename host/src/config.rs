@@ -46,12 +46,13 @@ pub use health_check::{
 };
 pub use http_connection_manager::{
     ClusterWeightConfig, CodecType, DirectResponseActionConfig, EscapedSlashesAction,
-    HashPolicyConfig, HeaderMatcherConfig, HeaderValueOptionConfig, Http2ProtocolOptionsConfig,
-    HttpConnectionManagerConfig, HttpFilterConfig, HttpProtocolOptionsConfig,
-    InternalAddressConfig, KeepaliveSettingsConfig, RedirectActionConfig, RedirectResponseCode,
-    RegexMatcherConfig, RetryBackOffConfig, RetryHostPredicateConfig, RetryPolicyConfig,
-    RouteActionConfig, RouteConfigurationConfig, RouteEntryConfig, RouteMatchConfig,
-    RouteWeightedClustersConfig, StringMatcherConfig, VirtualHostConfig,
+    ForwardClientCertDetails, HashPolicyConfig, HeaderMatcherConfig, HeaderValueOptionConfig,
+    Http2ProtocolOptionsConfig, HttpConnectionManagerConfig, HttpFilterConfig,
+    HttpProtocolOptionsConfig, InternalAddressConfig, KeepaliveSettingsConfig,
+    RedirectActionConfig, RedirectResponseCode, RegexMatcherConfig, RetryBackOffConfig,
+    RetryHostPredicateConfig, RetryPolicyConfig, RouteActionConfig, RouteConfigurationConfig,
+    RouteEntryConfig, RouteMatchConfig, RouteWeightedClustersConfig, StringMatcherConfig,
+    VirtualHostConfig,
 };
 pub use listener::{FilterChainConfig, ListenerConfig, TrafficDirection};
 pub use network_filter::{ConnectionLimitConfig, DirectResponseConfig, NetworkFilterConfig};

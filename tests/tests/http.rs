@@ -2486,9 +2486,10 @@ fn h2_connect_echo(port: u16) -> (u16, serde_json::Value) {
 fn request_rewriting_options_match_envoy() {
     let backend = HttpBackend::start("rewritten");
     let clusters = wasp_tests::config::cluster("b", "ROUND_ROBIN", &[(backend.addr, 1)], "");
-    let vhosts = "            - name: only\n              domains: [\"example.com\"]\n              routes:\n              - match: { prefix: \"/\" }\n                route: { cluster: b }\n";
+    // decorator and metadata (about tracing and filters) are accepted.
+    let vhosts = "            - name: only\n              domains: [\"example.com\"]\n              routes:\n              - match: { prefix: \"/\" }\n                route: { cluster: b }\n                decorator: { operation: only-route }\n                metadata: { filter_metadata: { example: { k: v } } }\n";
     let first = "          use_remote_address: true\n          skip_xff_append: true\n          via: proxy-under-test\n          always_set_request_id_in_response: true\n          strip_any_host_port: true\n";
-    let second = "          use_remote_address: true\n          preserve_external_request_id: true\n          strip_matching_host_port: true\n";
+    let second = "          use_remote_address: true\n          preserve_external_request_id: true\n          strip_matching_host_port: true\n          forward_client_cert_details: ALWAYS_FORWARD_ONLY\n          set_current_client_cert_details: { subject: true }\n          request_id_extension:\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig\n              use_request_id_for_trace_sampling: true\n";
     let mut seen = Vec::new();
     for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
         let (p1, p2) = (free_port(), free_port());
@@ -2510,6 +2511,8 @@ fn request_rewriting_options_match_envoy() {
                 "via: 1.1 client",
                 "-H",
                 "x-request-id: from-client",
+                "-H",
+                "x-forwarded-client-cert: By=spiffe://a;Hash=1",
                 &format!("http://127.0.0.1:{port}/x"),
             ])
         };
@@ -2527,6 +2530,7 @@ fn request_rewriting_options_match_envoy() {
             upstream_id != "from-client" && !upstream_id.is_empty(),
             r.header("x-request-id") == Some(upstream_id.as_str()),
             r.header("via").map(String::from),
+            j["headers"].get("x-forwarded-client-cert").is_some(),
         );
         // strip_matching_host_port: only the listener's own port goes.
         let own = ask(p2, &format!("example.com:{p2}"));
@@ -2536,6 +2540,7 @@ fn request_rewriting_options_match_envoy() {
             own.json()["headers"]["x-request-id"].clone(),
             other.status,
             own.header("x-request-id").is_some(),
+            own.json()["headers"]["x-forwarded-client-cert"].clone(),
         );
         seen.push((first_seen, second_seen));
     }
@@ -2547,7 +2552,17 @@ fn request_rewriting_options_match_envoy() {
     assert!(!first.3, "x-forwarded-for was appended");
     assert!(first.4 && first.5, "{first:?}");
     assert_eq!(first.6.as_deref(), Some("proxy-under-test"));
-    assert_eq!(second, &(200, serde_json::json!("from-client"), 404, false));
+    assert!(!first.7, "x-forwarded-client-cert went upstream by default");
+    assert_eq!(
+        second,
+        &(
+            200,
+            serde_json::json!("from-client"),
+            404,
+            false,
+            serde_json::json!("By=spiffe://a;Hash=1")
+        )
+    );
 }
 
 /// `normalize_path` and `merge_slashes` (and escaped slashes refused)

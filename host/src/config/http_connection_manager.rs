@@ -31,6 +31,13 @@ pub struct HttpConnectionManagerConfig {
     pub strip_any_host_port: bool,
     #[serde(default)]
     pub strip_matching_host_port: bool,
+    #[serde(default)]
+    pub forward_client_cert_details: ForwardClientCertDetails,
+    /// Only about mTLS clients' certificates, which wasp (plaintext only)
+    /// never has: accepted and without effect.
+    pub set_current_client_cert_details: Option<serde_json::Value>,
+    /// Only the UUID extension, which is what wasp makes.
+    pub request_id_extension: Option<RequestIdExtension>,
     pub normalize_path: Option<bool>,
     #[serde(default)]
     pub merge_slashes: bool,
@@ -46,6 +53,62 @@ pub struct HttpConnectionManagerConfig {
     pub http2_protocol_options: Option<Http2ProtocolOptionsConfig>,
     #[serde(default)]
     pub upgrade_configs: Vec<UpgradeConfig>,
+}
+
+/// `forward_client_cert_details`: what becomes of a request's
+/// x-forwarded-client-cert. All but ALWAYS_FORWARD_ONLY act on mTLS
+/// clients only and sanitize (remove) it for the others, which on wasp's
+/// plaintext listeners is every client.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ForwardClientCertDetails {
+    #[default]
+    Sanitize,
+    ForwardOnly,
+    AppendForward,
+    SanitizeSet,
+    AlwaysForwardOnly,
+}
+
+/// `request_id_extension` (a `typed_config` alone).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestIdExtension {
+    pub typed_config: RequestIdExtensionConfig,
+}
+
+/// The request id extension's config: `envoy.request_id.uuid`'s.
+#[derive(Debug, Clone)]
+pub struct RequestIdExtensionConfig;
+
+impl<'de> Deserialize<'de> for RequestIdExtensionConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::DeserializeSeed;
+        super::TypedConfig::<Self>::new().deserialize(d)
+    }
+}
+
+const REQUEST_ID_TYPES: &[&str] = &["envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig"];
+
+impl Extensions for RequestIdExtensionConfig {
+    const KIND: &'static str = "request id extension";
+
+    fn from_type<'de, D: Deserializer<'de>>(type_name: &str, d: D) -> Result<Self, D::Error> {
+        if !REQUEST_ID_TYPES.contains(&type_name) {
+            return Err(unsupported(Self::KIND, type_name, REQUEST_ID_TYPES));
+        }
+        // Its options are about trace sampling and packing the trace
+        // decision into the id, which wasp (no tracing) has no use for.
+        serde_json::Value::deserialize(d)?;
+        Ok(RequestIdExtensionConfig)
+    }
+
+    fn from_name<'de, D: Deserializer<'de>>(name: &str, d: D) -> Result<Self, D::Error> {
+        match name {
+            "envoy.request_id.uuid" => Self::from_type(REQUEST_ID_TYPES[0], d),
+            _ => Err(unsupported(Self::KIND, name, &["envoy.request_id.uuid"])),
+        }
+    }
 }
 
 /// `path_with_escaped_slashes_action`.
@@ -212,6 +275,10 @@ pub struct VirtualHostConfig {
 #[serde(deny_unknown_fields)]
 pub struct RouteEntryConfig {
     pub name: Option<String>,
+    /// For tracing (operation names), which wasp does not do: accepted.
+    pub decorator: Option<serde_json::Value>,
+    /// Opaque to wasp's router: accepted.
+    pub metadata: Option<serde_json::Value>,
     #[serde(rename = "match")]
     pub matcher: RouteMatchConfig,
     pub route: Option<RouteActionConfig>,

@@ -26,7 +26,8 @@ use crate::clock;
 use crate::cluster::WorkerClusters;
 use crate::config::path::{index, join};
 use crate::config::{
-    CodecType, EscapedSlashesAction, HttpConnectionManagerConfig, HttpFilterConfig, ValidationError,
+    CodecType, EscapedSlashesAction, ForwardClientCertDetails, HttpConnectionManagerConfig,
+    HttpFilterConfig, ValidationError,
 };
 use crate::filter::http::body::{BoxError, ResponseBody};
 use crate::filter::http::codec::{Codec, CountedIo, detect};
@@ -78,6 +79,9 @@ pub struct HcmSettings {
     pub strip_port: StripPort,
     /// How paths are normalized before filters and routing.
     pub paths: Normalization,
+    /// `forward_client_cert_details: ALWAYS_FORWARD_ONLY`: the client's
+    /// x-forwarded-client-cert goes on (else it is removed).
+    pub forward_client_cert: bool,
     pub server_name: HeaderValue,
     pub request_headers_timeout: Option<Duration>,
     /// How long a connection may go without a new request before it is
@@ -245,6 +249,8 @@ impl HcmSettings {
                 (false, true) => StripPort::Matching,
                 (false, false) => StripPort::Keep,
             },
+            forward_client_cert: c.forward_client_cert_details
+                == ForwardClientCertDetails::AlwaysForwardOnly,
             paths: Normalization {
                 dot_segments: c.normalize_path.unwrap_or(false),
                 merge_slashes: c.merge_slashes,
@@ -348,6 +354,7 @@ const X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS: HeaderName =
     HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms");
 const X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -880,10 +887,18 @@ impl HttpConnectionManager {
         }
         // A scan of the names, so that requests with no such header (most)
         // pay no hashed removals.
-        if !internal && headers.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+        let (mut envoy, mut client_cert) = (false, false);
+        for name in headers.keys() {
+            envoy |= name.as_str().starts_with("x-envoy-");
+            client_cert |= name == X_FORWARDED_CLIENT_CERT;
+        }
+        if envoy && !internal {
             for name in EXTERNAL_STRIPPED.iter().chain(&RETRY_HEADERS) {
                 headers.remove(name);
             }
+        }
+        if client_cert && !s.forward_client_cert {
+            headers.remove(X_FORWARDED_CLIENT_CERT);
         }
         // One hash each (`entry`), not a lookup and then an insert.
         headers
