@@ -266,7 +266,8 @@ impl WorkerChain {
         if let (TerminalFilter::HttpConnectionManager(h), Some(_)) =
             (&self.terminal, &downstream.chain)
         {
-            return serve_http_behind_filters(h.clone(), downstream, info).await;
+            // Boxed: rare, and inline it would widen every connection's task.
+            return Box::pin(serve_http_behind_filters(h.clone(), downstream, info)).await;
         }
         match &self.terminal {
             TerminalFilter::TcpProxy(p) => p.serve(downstream, info).await,

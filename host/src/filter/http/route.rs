@@ -475,12 +475,8 @@ impl RouteTable {
     /// what the domains match, as in Envoy, unless the table says
     /// `ignore_port_in_host_matching`.
     fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
-        let host = match host.rsplit_once(':') {
-            Some((name, port))
-                if self.ignore_port && !name.is_empty() && port.parse::<u16>().is_ok() =>
-            {
-                name
-            }
+        let host = match self.ignore_port.then(|| host.rsplit_once(':')).flatten() {
+            Some((name, port)) if !name.is_empty() && port.parse::<u16>().is_ok() => name,
             _ => host,
         };
         let mut best: Option<(u8, usize, &VirtualHost)> = None;

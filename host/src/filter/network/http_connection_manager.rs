@@ -520,10 +520,6 @@ impl HttpConnectionManager {
         // Before filters and routing see the path, as Envoy does.
         let refused = !self.settings.paths.is_off() && !self.normalize_path(&mut req);
         self.mutate_request_headers(&mut req, peer, conn.downstream_local);
-        let request_id = match self.settings.request_id_in_response {
-            true => req.headers().get(X_REQUEST_ID).cloned(),
-            false => None,
-        };
         let stats = &self.stats;
         stats.downstream_rq_total.inc();
         stats.downstream_rq_active.inc();
@@ -554,18 +550,30 @@ impl HttpConnectionManager {
         let result = if refused {
             Ok(router::local(StatusCode::BAD_REQUEST, "Bad Request").map(ResponseBody::from))
         } else if self.filters.is_empty() {
-            let resp = self.route(&mut req, peer, deadline, started).await;
+            let mut resp = self.route(&mut req, peer, deadline, started).await;
+            if let Some(id) = self.request_id_for_response(req.headers()) {
+                resp.headers_mut().insert(X_REQUEST_ID, id);
+            }
             h1::recycle(std::mem::take(req.headers_mut()));
             Ok(resp.map(ResponseBody::from))
         } else {
+            // (Taken here rather than before the branches, where it would
+            // live across the router's await and widen its future.)
+            let id = self.request_id_for_response(req.headers());
             let filtered = Box::pin(self.filtered(req, conn));
-            match deadline {
+            let result = match deadline {
                 None => filtered.await,
                 Some(limit) => match clock::timeout_at(started + limit, filtered).await {
                     Ok(r) => r,
                     Err(_) => Ok(stream_timeout().map(ResponseBody::from)),
                 },
-            }
+            };
+            result.map(|mut r| {
+                if let Some(id) = id {
+                    r.headers_mut().insert(X_REQUEST_ID, id);
+                }
+                r
+            })
         };
         let mut resp = match result {
             Ok(r) => r,
@@ -578,9 +586,6 @@ impl HttpConnectionManager {
         *resp.version_mut() = version;
         resp.headers_mut()
             .insert(header::SERVER, self.settings.server_name.clone());
-        if let Some(id) = request_id {
-            resp.headers_mut().insert(X_REQUEST_ID, id);
-        }
         if let Some(via) = &self.settings.via {
             append_via(resp.headers_mut(), via);
         }
@@ -918,6 +923,15 @@ impl HttpConnectionManager {
         }
     }
 
+    /// `always_set_request_id_in_response`: the x-request-id a request's
+    /// response gets.
+    fn request_id_for_response(&self, request: &http::HeaderMap) -> Option<HeaderValue> {
+        match self.settings.request_id_in_response {
+            true => request.get(X_REQUEST_ID).cloned(),
+            false => None,
+        }
+    }
+
     /// Normalizes the request's path as configured; false if the path is
     /// refused.
     fn normalize_path(&self, req: &mut Request<Body>) -> bool {
@@ -1059,7 +1073,9 @@ const EXTERNAL_STRIPPED: [HeaderName; 11] = [
 /// What a request's route and its `x-envoy-*` headers say about its
 /// retries and timeouts.
 struct Controls<'p> {
-    retry: Option<RetryState<'p>>,
+    /// Boxed: most requests have none, and inline it would widen every
+    /// request's future (and so every connection's task).
+    retry: Option<Box<RetryState<'p>>>,
     timeout: Option<Duration>,
     /// `x-envoy-expected-rq-timeout-ms`: the per-try timeout, else the
     /// route's.
@@ -1083,7 +1099,7 @@ fn controls<'p>(fwd: &'p route::Forward, headers: &mut http::HeaderMap) -> Contr
     let steered = headers.keys().any(|k| k.as_str().starts_with("x-envoy-"));
     let mut retry = match (&fwd.retry, steered) {
         (None, false) => return plain,
-        (policy, _) => RetryState::new(policy.as_deref(), headers, steered),
+        (policy, _) => RetryState::new(policy.as_deref(), headers, steered).map(Box::new),
     };
     if !steered {
         plain.retry = retry;

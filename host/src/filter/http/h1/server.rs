@@ -503,7 +503,12 @@ async fn respond(
         // Boxed: rare, and it would widen every response's future.
         return Box::pin(tunnel(conn, out, parts, body)).await;
     }
-    if let Some(upstream) = parts.extensions.remove::<ConnectTunnel>() {
+    // (Most responses carry no extension: the check is one branch.)
+    let tunnel = match parts.extensions.is_empty() {
+        true => None,
+        false => parts.extensions.remove::<ConnectTunnel>(),
+    };
+    if let Some(upstream) = tunnel {
         return Box::pin(connected(conn, out, parts, upstream)).await;
     }
     let status = parts.status;
