@@ -775,7 +775,8 @@ impl HttpConnectionManager {
                         auto_host: false,
                         priority: fwd.priority,
                     };
-                    return match upstream.connect(how).await {
+                    // Boxed: rare, and inline it would widen every request's future.
+                    return match Box::pin(upstream.connect(how)).await {
                         Ok(stream) => {
                             let mut resp = router::local(StatusCode::OK, "");
                             resp.extensions_mut().insert(ConnectTunnel::new(stream));
