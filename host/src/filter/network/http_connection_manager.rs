@@ -873,11 +873,12 @@ impl HttpConnectionManager {
         let mut internal = false;
         if s.use_remote_address {
             let ip = peer.ip();
+            let ip_text = ip.to_string();
             let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-                Some(existing) => format!("{existing},{ip}"),
+                Some(existing) => format!("{existing},{ip_text}"),
                 None => {
                     internal = self.is_internal(ip);
-                    ip.to_string()
+                    ip_text.clone()
                 }
             };
             if !s.skip_xff_append {
@@ -887,7 +888,7 @@ impl HttpConnectionManager {
             }
             if internal {
                 headers.insert(X_ENVOY_INTERNAL, HeaderValue::from_static("true"));
-            } else if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+            } else if let Ok(v) = HeaderValue::from_str(&ip_text) {
                 headers.insert(X_ENVOY_EXTERNAL_ADDRESS, v);
             }
         }
