@@ -116,6 +116,11 @@ fn the_v2_front_proxy_example_routes_each_service() {
     assert_eq!(wasp.stat("cluster.service1.upstream_rq_total"), 2);
 }
 
+/// `kind` (wasp or Envoy) on `config`, with one worker.
+fn one_worker(kind: wasp_tests::Kind, config: &str) -> Proxy {
+    Proxy::launch(kind, config, &["--concurrency", "1"])
+}
+
 fn hcm(port: u16, virtual_hosts: &str, hcm_extra: &str, clusters: &str) -> String {
     format!(
         r#"static_resources:
@@ -1775,11 +1780,7 @@ fn websocket_over_http2_extended_connect_as_envoy() {
     let extra = "          http2_protocol_options: { allow_connect: true }\n          upgrade_configs:\n          - upgrade_type: websocket\n";
     for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
         let port = free_port();
-        let proxy = Proxy::launch(
-            kind,
-            &hcm(port, vhosts, extra, &clusters),
-            &["--concurrency", "1"],
-        );
+        let proxy = one_worker(kind, &hcm(port, vhosts, extra, &clusters));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -1883,11 +1884,7 @@ fn connect_requests_find_no_route_as_envoy() {
     let vhosts = &prefix_routes(&[("/".into(), "cluster: tunnelled".into())]);
     for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
         let port = free_port();
-        let proxy = Proxy::launch(
-            kind,
-            &hcm(port, vhosts, "", &clusters),
-            &["--concurrency", "1"],
-        );
+        let proxy = one_worker(kind, &hcm(port, vhosts, "", &clusters));
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
@@ -2375,11 +2372,7 @@ fn connect_requests_end_at_the_proxy_as_envoy() {
     let mut seen = Vec::new();
     for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
         let port = free_port();
-        let _proxy = Proxy::launch(
-            kind,
-            &hcm(port, vhosts, extra, &clusters),
-            &["--concurrency", "1"],
-        );
+        let _proxy = one_worker(kind, &hcm(port, vhosts, extra, &clusters));
         let proxy_url = format!("http://127.0.0.1:{port}");
         let r = curl(&[
             "-p",
@@ -2493,16 +2486,8 @@ fn request_rewriting_options_match_envoy() {
     let mut seen = Vec::new();
     for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
         let (p1, p2) = (free_port(), free_port());
-        let _a = Proxy::launch(
-            kind,
-            &hcm(p1, vhosts, first, &clusters),
-            &["--concurrency", "1"],
-        );
-        let _b = Proxy::launch(
-            kind,
-            &hcm(p2, vhosts, second, &clusters),
-            &["--concurrency", "1"],
-        );
+        let _a = one_worker(kind, &hcm(p1, vhosts, first, &clusters));
+        let _b = one_worker(kind, &hcm(p2, vhosts, second, &clusters));
         let ask = |port: u16, host: &str| {
             curl(&[
                 "-H",
@@ -2616,16 +2601,8 @@ fn paths_are_normalized_as_envoy_normalizes_them() {
     let mut seen = Vec::new();
     for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
         let (port, strict) = (free_port(), free_port());
-        let _p = Proxy::launch(
-            kind,
-            &hcm(port, vhosts, extra, &clusters),
-            &["--concurrency", "1"],
-        );
-        let _s = Proxy::launch(
-            kind,
-            &hcm(strict, vhosts, reject, &clusters),
-            &["--concurrency", "1"],
-        );
+        let _p = one_worker(kind, &hcm(port, vhosts, extra, &clusters));
+        let _s = one_worker(kind, &hcm(strict, vhosts, reject, &clusters));
         let mut answers: Vec<_> = paths.iter().map(|p| ask(port, p)).collect();
         answers.push(ask(strict, "/a%2Fb"));
         answers.push(ask(strict, "/a/b"));
