@@ -1896,7 +1896,7 @@ fn connect_requests_find_no_route_as_envoy() {
         assert!(answer.starts_with("http/1.1 404"), "{kind:?}: {answer}");
         assert!(answer.contains("connection: close"), "{kind:?}: {answer}");
 
-        assert_eq!(h2_connect_status(port), 404, "{kind:?}: HTTP/2");
+        assert_eq!(h2_connect(port, false).0, 404, "{kind:?}: HTTP/2");
         assert_eq!(
             proxy.stat("cluster.tunnelled.upstream_rq_total"),
             0,
@@ -1904,24 +1904,6 @@ fn connect_requests_find_no_route_as_envoy() {
         );
         assert_eq!(proxy.stat("http.edge.no_route"), 2, "{kind:?}");
     }
-}
-
-/// A plain HTTP/2 CONNECT (no `:protocol`) to `port`: its status.
-fn h2_connect_status(port: u16) -> u16 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut send = h2_client(port).await;
-        let req = http::Request::builder()
-            .method(http::Method::CONNECT)
-            .uri("example.com:443")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .unwrap();
-        let resp = send.send_request(req).await.unwrap();
-        resp.status().as_u16()
-    })
 }
 
 /// The SETTINGS an HTTP/2 server at `port` sends first (identifier to
@@ -2404,7 +2386,7 @@ fn connect_requests_end_at_the_proxy_as_envoy() {
             .nth(1)
             .unwrap_or("")
             .to_string();
-        let h2 = h2_connect_echo(port);
+        let h2 = h2_connect(port, true);
         seen.push((
             tunnelled,
             ok.lines().next().unwrap_or("").to_string(),
@@ -2427,9 +2409,11 @@ fn connect_requests_end_at_the_proxy_as_envoy() {
     assert_eq!(s.7, (200, "beyond".into()));
 }
 
-/// An HTTP/2 CONNECT with `x-tunnel` to `port`, and an HTTP/1.1 request
-/// sent through the stream: the CONNECT's status and the backend's name.
-fn h2_connect_echo(port: u16) -> (u16, serde_json::Value) {
+/// A plain HTTP/2 CONNECT (no `:protocol`) to `port`, with `x-tunnel` if
+/// `tunnel`, and if it is answered 2xx an HTTP/1.1 request sent through
+/// the stream: the CONNECT's status and the name of the backend that
+/// answered inside (null if none did).
+fn h2_connect(port: u16, tunnel: bool) -> (u16, serde_json::Value) {
     use hyper_util::rt::TokioIo;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -2438,12 +2422,15 @@ fn h2_connect_echo(port: u16) -> (u16, serde_json::Value) {
         .unwrap();
     rt.block_on(async {
         let mut send = h2_client(port).await;
-        let req = http::Request::builder()
+        let mut req = http::Request::builder()
             .method(http::Method::CONNECT)
             .uri("somewhere.example:1234")
-            .header("x-tunnel", "1")
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .unwrap();
+        if tunnel {
+            req.headers_mut()
+                .insert("x-tunnel", http::HeaderValue::from_static("1"));
+        }
         let resp = send.send_request(req).await.unwrap();
         let status = resp.status().as_u16();
         let Ok(stream) = hyper::upgrade::on(resp).await else {

@@ -33,6 +33,9 @@ admin:
     socket_address: { address: 127.0.0.1, port_value: 9901 }
 "#;
 
+/// `GOOD`'s filter, for tests that put another in its place.
+const TCP_PROXY: &str = "      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: tcp\n          cluster: c1\n          idle_timeout: 10s\n";
+
 /// Validates `GOOD` with `from` replaced by `to` and expects an error that
 /// names `path` and `line`.
 fn rejects(from: &str, to: &str, path: &str, line: usize, message: &str) {
@@ -295,7 +298,7 @@ fn http2_protocol_options_are_checked() {
 /// are written.
 #[test]
 fn upgrade_configs_are_checked() {
-    let tcp = "      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: tcp\n          cluster: c1\n          idle_timeout: 10s\n";
+    let tcp = TCP_PROXY;
     let hcm = |upgrades: &str, route: &str| {
         format!(
             "      - name: envoy.filters.network.http_connection_manager\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n          stat_prefix: h\n          http_filters: [{{ name: envoy.filters.http.router }}]\n          upgrade_configs:\n{upgrades}          route_config:\n            virtual_hosts:\n            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {{ prefix: \"/\" }}\n                route: {{ cluster: c1{route} }}\n"
@@ -359,7 +362,7 @@ fn upgrade_configs_are_checked() {
 /// place.
 #[test]
 fn retry_policies_are_checked() {
-    let tcp = "      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: tcp\n          cluster: c1\n          idle_timeout: 10s\n";
+    let tcp = TCP_PROXY;
     let hcm = |policy: &str| {
         format!(
             "      - name: envoy.filters.network.http_connection_manager\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n          stat_prefix: h\n          http_filters: [{{ name: envoy.filters.http.router }}]\n          route_config:\n            virtual_hosts:\n            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {{ prefix: \"/\" }}\n                route:\n                  cluster: c1\n                  retry_policy:\n{policy}"
