@@ -2190,7 +2190,7 @@ fn retry_policies_match_envoy() {
                 r.status,
                 r.header("x-envoy-attempt-count").map(String::from),
                 backend_count,
-                eventually_stat(proxy, before, &retries),
+                settled_delta(proxy, before, &retries),
             ));
         }
         assert_eq!(seen[0], seen[1], "{what}: wasp, then Envoy");
@@ -2272,8 +2272,9 @@ fn retry_policies_match_envoy() {
     }
 }
 
-/// A retry counter once it has settled (Envoy counts after answering).
-fn eventually_stat(proxy: &Proxy, before: i64, stat: &dyn Fn(&Proxy) -> i64) -> i64 {
+/// How far a counter moved since `before`, read 50 ms after the answer
+/// (Envoy counts retries only after answering).
+fn settled_delta(proxy: &Proxy, before: i64, stat: &dyn Fn(&Proxy) -> i64) -> i64 {
     std::thread::sleep(std::time::Duration::from_millis(50));
     stat(proxy) - before
 }
@@ -2543,7 +2544,6 @@ fn request_rewriting_options_match_envoy() {
 /// canonical path escapes, the same status and the same path upstream.
 #[test]
 fn paths_are_normalized_as_envoy_normalizes_them() {
-    use std::io::{Read, Write};
     let backend = HttpBackend::start("normal");
     let clusters = wasp_tests::config::cluster("b", "ROUND_ROBIN", &[(backend.addr, 1)], "");
     let vhosts = &prefix_routes(&[("/".into(), "cluster: b".into())]);
@@ -2565,17 +2565,8 @@ fn paths_are_normalized_as_envoy_normalizes_them() {
         "/plain",
     ];
     let ask = |port: u16, path: &str| {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut got = Vec::new();
-        let _ = s.read_to_end(&mut got);
-        let text = String::from_utf8_lossy(&got).into_owned();
+        let wire = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        let (text, _) = raw_exchange(port, wire.as_bytes());
         let status = text.split(' ').nth(1).unwrap_or("").to_string();
         let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
         let upstream = serde_json::from_str::<serde_json::Value>(body)

@@ -445,26 +445,26 @@ impl RouteTable {
     /// longest `*.suffix`, then the longest `prefix.*`, then `*`), then
     /// the first route that matches.
     pub fn find(&self, host: &str, path: &str, headers: &HeaderMap) -> Option<Matched<'_>> {
+        self.find_where(host, |r| r.matches(path, headers))
+    }
+
+    /// The route for a CONNECT request to `authority`: the first
+    /// `connect_matcher` route of its virtual host whose headers match.
+    pub fn find_connect(&self, authority: &str, headers: &HeaderMap) -> Option<Matched<'_>> {
+        self.find_where(authority, |r| {
+            matches!(r.path, PathMatch::Connect) && r.headers.iter().all(|h| h.matches(headers))
+        })
+    }
+
+    /// The first route of `host`'s virtual host that `matches`.
+    fn find_where(&self, host: &str, matches: impl Fn(&Route) -> bool) -> Option<Matched<'_>> {
         let host: std::borrow::Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             host.to_ascii_lowercase().into()
         } else {
             host.into()
         };
         let vh = self.virtual_host(&host)?;
-        let route = vh.routes.iter().find(|r| r.matches(path, headers))?;
-        Some(Matched {
-            route,
-            levels: [&route.headers_ops, &vh.headers_ops, &self.headers_ops],
-        })
-    }
-
-    /// The route for a CONNECT request to `authority`: the first
-    /// `connect_matcher` route of its virtual host whose headers match.
-    pub fn find_connect(&self, authority: &str, headers: &HeaderMap) -> Option<Matched<'_>> {
-        let vh = self.virtual_host(&authority.to_ascii_lowercase())?;
-        let route = vh.routes.iter().find(|r| {
-            matches!(r.path, PathMatch::Connect) && r.headers.iter().all(|h| h.matches(headers))
-        })?;
+        let route = vh.routes.iter().find(|r| matches(r))?;
         Some(Matched {
             route,
             levels: [&route.headers_ops, &vh.headers_ops, &self.headers_ops],
