@@ -48,7 +48,7 @@ pub use http_connection_manager::{
     ClusterWeightConfig, CodecType, DirectResponseActionConfig, EscapedSlashesAction,
     ForwardClientCertDetails, HashPolicyConfig, HeaderMatcherConfig, HeaderValueOptionConfig,
     Http2ProtocolOptionsConfig, HttpConnectionManagerConfig, HttpFilterConfig,
-    HttpProtocolOptionsConfig, InternalAddressConfig, KeepaliveSettingsConfig,
+    HttpProtocolOptionsConfig, InternalAddressConfig, KeepaliveSettingsConfig, PerFilterConfig,
     RedirectActionConfig, RedirectResponseCode, RegexMatcherConfig, RetryBackOffConfig,
     RetryHostPredicateConfig, RetryPolicyConfig, RouteActionConfig, RouteConfigurationConfig,
     RouteEntryConfig, RouteMatchConfig, RouteWeightedClustersConfig, StringMatcherConfig,

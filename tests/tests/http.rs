@@ -2593,3 +2593,107 @@ fn paths_are_normalized_as_envoy_normalizes_them() {
     assert_eq!(seen[0][0], ("200".to_string(), serde_json::json!("/a/c")));
     assert_eq!(seen[0][paths.len()].0, "400");
 }
+
+/// Who the client is, as Envoy decides it from x-forwarded-for: with and
+/// without use_remote_address, with `xff_num_trusted_hops`, and with
+/// `internal_address_config`. Through wasp and Envoy, for several
+/// x-forwarded-for values, the same x-envoy-internal,
+/// x-envoy-external-address and x-forwarded-proto upstream, and the same
+/// `%DOWNSTREAM_REMOTE_ADDRESS%` and `%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%`
+/// in the access log.
+#[test]
+fn client_address_from_forwarded_for_as_envoy() {
+    let backend = HttpBackend::start("forwarded");
+    let clusters = wasp_tests::config::cluster("b", "ROUND_ROBIN", &[(backend.addr, 1)], "");
+    let vhosts = &prefix_routes(&[("/".into(), "cluster: b".into())]);
+    let internal = "          internal_address_config: { cidr_ranges: [ { address_prefix: 1.0.0.0, prefix_len: 8 }, { address_prefix: 127.0.0.0, prefix_len: 8 } ] }\n";
+    let edge = "          use_remote_address: true\n".to_string();
+    let trusted = format!("{edge}          xff_num_trusted_hops: 1\n{internal}");
+    let forwarded = [
+        None,
+        Some("1.1.1.1"),
+        Some("2.1.1.1, 1.1.1.1"),
+        Some("1.1.1.1,bogus"),
+        Some("::1"),
+    ];
+    let mut seen = Vec::new();
+    for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
+        let log = wasp_tests::temp_dir("forwarded-log").join("access.log");
+        let behind = format!(
+            "{internal}          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}\n              log_format: {{ text_format_source: {{ inline_string: \"%DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%\\n\" }} }}\n",
+            log.display()
+        );
+        let mut args = vec!["--concurrency", "1"];
+        if kind == wasp_tests::Kind::Envoy {
+            // Envoy writes its log file every 10 s by default.
+            args.extend(["--file-flush-interval-msec", "20"]);
+        }
+        let (mut answers, mut proxies) = (Vec::new(), Vec::new());
+        for extra in [&edge, &trusted, &behind] {
+            let port = free_port();
+            // Kept running until the access log has been read.
+            proxies.push(Proxy::launch(
+                kind,
+                &hcm(port, vhosts, extra, &clusters),
+                &args,
+            ));
+            for xff in forwarded {
+                let url = format!("http://127.0.0.1:{port}/");
+                let mut a = vec!["-H", "x-forwarded-proto: https", &url];
+                let header = xff.map(|x| format!("x-forwarded-for: {x}"));
+                if let Some(h) = &header {
+                    a.extend(["-H", h]);
+                }
+                let j = curl(&a).json();
+                let h = &j["headers"];
+                answers.push([
+                    h["x-envoy-internal"].clone(),
+                    h["x-envoy-external-address"].clone(),
+                    h["x-forwarded-proto"].clone(),
+                ]);
+            }
+        }
+        // The peer's port differs from run to run: only its address is kept.
+        let lines =
+            wasp_tests::eventually(std::time::Duration::from_secs(10), "the access log", || {
+                let text = std::fs::read_to_string(&log).ok()?;
+                let lines: Vec<String> = text
+                    .lines()
+                    .map(|l| match l.split_once(' ') {
+                        Some((remote, direct)) if remote.starts_with("127.0.0.1:") => {
+                            format!("127.0.0.1:peer {direct}")
+                        }
+                        _ => l.to_string(),
+                    })
+                    .collect();
+                (lines.len() == forwarded.len()).then_some(lines)
+            });
+        seen.push((answers, lines));
+    }
+    assert_eq!(seen[0], seen[1], "wasp, then Envoy");
+    let (answers, lines) = &seen[0];
+    let row = |i: usize| {
+        answers[i]
+            .iter()
+            .map(|v| v.as_str().unwrap_or("-"))
+            .collect::<Vec<_>>()
+    };
+    // At the edge, the client's x-forwarded-proto is replaced.
+    assert_eq!(row(1), ["-", "127.0.0.1", "http"]);
+    // One hop trusted: the address it appended is the client.
+    assert_eq!(row(7), ["-", "1.1.1.1", "https"]);
+    assert_eq!(row(5), ["true", "-", "https"]);
+    // Behind a proxy: the last address is the client, internal if alone.
+    assert_eq!(row(11), ["true", "-", "https"]);
+    assert_eq!(row(12), ["-", "-", "https"]);
+    assert_eq!(
+        lines,
+        &[
+            "127.0.0.1:peer 127.0.0.1",
+            "1.1.1.1:0 127.0.0.1",
+            "1.1.1.1:0 127.0.0.1",
+            "127.0.0.1:peer 127.0.0.1",
+            "[::1]:0 127.0.0.1",
+        ]
+    );
+}

@@ -407,3 +407,61 @@ fn retry_policies_are_checked() {
         "unsupported retry host predicate",
     );
 }
+
+/// Per-route filter switches are read as Envoy reads them: a
+/// `FilterConfig` with neither `disabled` nor `config` is an error, as is
+/// a filter's own per-route config (wasp's filters take none) and a
+/// disabled router; each is named with its place.
+#[test]
+fn per_route_filter_configs_are_checked() {
+    let tcp = TCP_PROXY;
+    let fc = "\"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig";
+    let hcm = |router: &str, per_filter: &str| {
+        format!(
+            "      - name: envoy.filters.network.http_connection_manager\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n          stat_prefix: h\n          http_filters:\n          - name: envoy.filters.http.router\n{router}          route_config:\n            virtual_hosts:\n            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {{ prefix: \"/\" }}\n                route: {{ cluster: c1 }}\n                typed_per_filter_config:\n{per_filter}"
+        )
+    };
+    let at = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config";
+    let routes = format!("{at}.route_config.virtual_hosts[0].routes[0].typed_per_filter_config");
+    let good = GOOD.replacen(
+        tcp,
+        &hcm(
+            "",
+            &format!("                  off: {{ {fc}, disabled: true }}\n                  on: {{ {fc}, config: {{}} }}\n"),
+        ),
+        1,
+    );
+    let out = validate(&good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rejects(
+        tcp,
+        &hcm("", &format!("                  empty: {{ {fc} }}\n")),
+        &format!("{routes}.empty"),
+        22,
+        "empty per-filter configuration for filter `empty`",
+    );
+    rejects(
+        tcp,
+        &hcm(
+            "",
+            "                  own: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy, allow_credentials: true }\n",
+        ),
+        &format!("{routes}.own"),
+        22,
+        "per-route config `envoy.extensions.filters.http.cors.v3.CorsPolicy` is not supported",
+    );
+    rejects(
+        tcp,
+        &hcm(
+            "            disabled: true\n",
+            &format!("                  off: {{ {fc}, disabled: true }}\n"),
+        ),
+        &format!("{at}.http_filters[0].disabled"),
+        14,
+        "the router, the last HTTP filter, cannot be disabled",
+    );
+}

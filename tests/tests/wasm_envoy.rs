@@ -569,3 +569,77 @@ fn a_trapping_filter_and_failure_policies() {
     let (e, _) = pair.same(&["-H", "x-probe: panic"], "/p");
     assert_eq!(e.status, 200);
 }
+
+/// Filters switched off and on per route (`typed_per_filter_config` with
+/// Envoy's `FilterConfig`, and `disabled` on the filter): two instances
+/// of `add_header`, the second off by default; the route table turns the
+/// first off, a virtual host turns it back on, its routes turn the first
+/// off or the second on. Each request sees the same filters run in both.
+#[test]
+fn filters_switched_per_route() {
+    let backend = HttpBackend::start("backend");
+    let code = filter("add_header");
+    let code = code.to_str().unwrap();
+    let named = |name: &str, value: &str, disabled: &str| {
+        http_filter("add_header", code, value, "").replacen(
+            "- name: envoy.filters.http.wasm\n",
+            &format!("- name: {name}\n{disabled}"),
+            1,
+        )
+    };
+    let filters =
+        named("first", "one", "") + &named("second", "two", "            disabled: true\n");
+    let on = "{ \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig, config: {} }";
+    let off =
+        "{ \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig, disabled: true }";
+    // Turned on by a config the filter does not take, but which is optional.
+    let optional = "{ \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig, is_optional: true, config: { \"@type\": type.googleapis.com/google.protobuf.Struct } }";
+    let routes = format!(
+        r#"          route_config:
+            typed_per_filter_config: {{ first: {off} }}
+            virtual_hosts:
+            - name: switched
+              domains: ["switched.example"]
+              typed_per_filter_config: {{ first: {on} }}
+              routes:
+              - match: {{prefix: "/none"}}
+                route: {{cluster: backend}}
+                typed_per_filter_config: {{ first: {off} }}
+              - match: {{prefix: "/both"}}
+                route: {{cluster: backend}}
+                typed_per_filter_config: {{ second: {on} }}
+              - match: {{prefix: "/optional"}}
+                route: {{cluster: backend}}
+                typed_per_filter_config: {{ second: {optional} }}
+              - match: {{prefix: "/"}}
+                route: {{cluster: backend}}
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: backend}}
+"#
+    );
+    let clusters = cluster("backend", backend.addr);
+    let pair = Pair::start(Box::new(backend), |port| {
+        let config = http_config(port, &filters, &clusters);
+        let start = config.find("          route_config:").unwrap();
+        let end = config.find("          http_filters:").unwrap();
+        format!("{}{routes}{}", &config[..start], &config[end..])
+    });
+    // The x-wasm-filter values of the response: each filter that ran
+    // added its own (in reverse order, responses going back through them).
+    let ran = |host: &str, path: &str| {
+        let (e, _) = pair.same(&["-H", &format!("host: {host}")], path);
+        e.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("x-wasm-filter"))
+            .map(|(_, v)| v.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ran("switched.example", "/none"), [""; 0]);
+    assert_eq!(ran("other.example", "/x"), [""; 0]);
+    assert_eq!(ran("switched.example", "/x"), ["one"]);
+    assert_eq!(ran("switched.example", "/both"), ["two", "one"]);
+    assert_eq!(ran("switched.example", "/optional"), ["two", "one"]);
+}

@@ -42,6 +42,8 @@ pub enum Operator {
     UpstreamLocalAddress,
     DownstreamRemoteAddress,
     DownstreamRemoteAddressWithoutPort,
+    DownstreamDirectRemoteAddress,
+    DownstreamDirectRemoteAddressWithoutPort,
     DownstreamLocalAddress,
     DownstreamLocalAddressWithoutPort,
     ConnectionId,
@@ -218,12 +220,11 @@ fn operator(token: &str) -> Result<(Operator, Option<usize>), String> {
         "UPSTREAM_HOST" => Operator::UpstreamHost,
         "UPSTREAM_CLUSTER" => Operator::UpstreamCluster,
         "UPSTREAM_LOCAL_ADDRESS" => Operator::UpstreamLocalAddress,
-        "DOWNSTREAM_REMOTE_ADDRESS" | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => {
-            Operator::DownstreamRemoteAddress
-        }
-        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT"
-        | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => {
-            Operator::DownstreamRemoteAddressWithoutPort
+        "DOWNSTREAM_REMOTE_ADDRESS" => Operator::DownstreamRemoteAddress,
+        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Operator::DownstreamRemoteAddressWithoutPort,
+        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => Operator::DownstreamDirectRemoteAddress,
+        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => {
+            Operator::DownstreamDirectRemoteAddressWithoutPort
         }
         "DOWNSTREAM_LOCAL_ADDRESS" => Operator::DownstreamLocalAddress,
         "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Operator::DownstreamLocalAddressWithoutPort,
@@ -309,6 +310,10 @@ fn render_operator(op: &Operator, info: &StreamInfo, out: &mut String) {
         Operator::DownstreamRemoteAddress => write!(out, "{}", info.downstream_remote),
         Operator::DownstreamRemoteAddressWithoutPort => {
             write!(out, "{}", info.downstream_remote.ip())
+        }
+        Operator::DownstreamDirectRemoteAddress => write!(out, "{}", info.downstream_direct_remote),
+        Operator::DownstreamDirectRemoteAddressWithoutPort => {
+            write!(out, "{}", info.downstream_direct_remote.ip())
         }
         Operator::DownstreamLocalAddress => write!(out, "{}", info.downstream_local),
         Operator::DownstreamLocalAddressWithoutPort => {

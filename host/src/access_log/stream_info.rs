@@ -12,7 +12,11 @@ pub struct StreamInfo {
     pub start_time: SystemTime,
     pub start: Instant,
     pub connection_id: u64,
+    /// The client's address: the peer's, or for an HTTP request the one
+    /// its x-forwarded-for names (see `filter::http::mutation`).
     pub downstream_remote: SocketAddr,
+    /// The peer's address, whatever x-forwarded-for says.
+    pub downstream_direct_remote: SocketAddr,
     pub downstream_local: SocketAddr,
     pub upstream_host: Option<SocketAddr>,
     pub upstream_local: Option<SocketAddr>,
@@ -67,6 +71,7 @@ impl StreamInfo {
             start: Instant::now(),
             connection_id,
             downstream_remote,
+            downstream_direct_remote: downstream_remote,
             downstream_local,
             upstream_host: None,
             upstream_local: None,

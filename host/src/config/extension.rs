@@ -20,6 +20,10 @@ pub trait Extensions: Sized {
     /// What the family is called in errors ("network filter").
     const KIND: &'static str;
 
+    /// Whether an entry may carry `disabled` and `is_optional` beside its
+    /// config, as Envoy's HTTP filters may.
+    const SWITCHABLE: bool = false;
+
     /// Reads the config of the extension whose proto message is `type_name`
     /// (`envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy`).
     fn from_type<'de, D: Deserializer<'de>>(type_name: &str, d: D) -> Result<Self, D::Error>;
@@ -41,6 +45,9 @@ const TYPED_STRUCTS: [&str; 2] = ["udpa.type.v1.TypedStruct", "xds.type.v3.Typed
 pub struct Extension<E> {
     pub name: String,
     pub config: E,
+    /// `disabled` (families that are [`Extensions::SWITCHABLE`]): off
+    /// unless a route turns it on.
+    pub disabled: bool,
 }
 
 impl<'de, E: Extensions> Deserialize<'de> for Extension<E> {
@@ -61,6 +68,7 @@ impl<'de, E: Extensions> Visitor<'de> for ExtensionVisitor<E> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut name: Option<String> = None;
         let mut config: Option<E> = None;
+        let mut disabled = false;
         // A legacy `config:` that came before `name:`.
         let mut early_config: Option<serde_norway::Value> = None;
         while let Some(key) = map.next_key::<String>()? {
@@ -71,10 +79,19 @@ impl<'de, E: Extensions> Visitor<'de> for ExtensionVisitor<E> {
                     Some(n) => config = Some(map.next_value_seed(ByName::<E>::new(n))?),
                     None => early_config = Some(map.next_value()?),
                 },
+                "disabled" if E::SWITCHABLE => disabled = map.next_value()?,
+                // Whether a proxy without the filter may go on without it:
+                // wasp still refuses filters it does not have.
+                "is_optional" if E::SWITCHABLE => {
+                    map.next_value::<bool>()?;
+                }
                 other => {
                     return Err(de::Error::unknown_field(
                         other,
-                        &["name", "typed_config", "config"],
+                        match E::SWITCHABLE {
+                            true => &["name", "typed_config", "config", "disabled", "is_optional"],
+                            false => &["name", "typed_config", "config"],
+                        },
                     ));
                 }
             }
@@ -85,7 +102,11 @@ impl<'de, E: Extensions> Visitor<'de> for ExtensionVisitor<E> {
             (None, Some(v)) => E::from_name(&name, v).map_err(de::Error::custom)?,
             (None, None) => E::from_name(&name, empty_map()).map_err(de::Error::custom)?,
         };
-        Ok(Extension { name, config })
+        Ok(Extension {
+            name,
+            config,
+            disabled,
+        })
     }
 }
 

@@ -21,6 +21,8 @@ pub struct HttpConnectionManagerConfig {
     pub internal_address_config: Option<InternalAddressConfig>,
     #[serde(default)]
     pub skip_xff_append: bool,
+    #[serde(default)]
+    pub xff_num_trusted_hops: u32,
     pub via: Option<String>,
     pub generate_request_id: Option<bool>,
     #[serde(default)]
@@ -244,6 +246,9 @@ pub struct RouteConfigurationConfig {
     pub request_headers_to_remove: Vec<String>,
     #[serde(default)]
     pub response_headers_to_remove: Vec<String>,
+    /// Filters switched off (or on) here, by filter name.
+    #[serde(default)]
+    pub typed_per_filter_config: std::collections::BTreeMap<String, PerFilterConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -269,6 +274,9 @@ pub struct VirtualHostConfig {
     /// `x-envoy-attempt-count` on the response.
     #[serde(default)]
     pub include_attempt_count_in_response: bool,
+    /// Filters switched off (or on) here, by filter name.
+    #[serde(default)]
+    pub typed_per_filter_config: std::collections::BTreeMap<String, PerFilterConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -292,6 +300,9 @@ pub struct RouteEntryConfig {
     pub request_headers_to_remove: Vec<String>,
     #[serde(default)]
     pub response_headers_to_remove: Vec<String>,
+    /// Filters switched off (or on) here, by filter name.
+    #[serde(default)]
+    pub typed_per_filter_config: std::collections::BTreeMap<String, PerFilterConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -557,6 +568,7 @@ const WASM_NAME: &str = "envoy.filters.http.wasm";
 
 impl Extensions for HttpFilterConfig {
     const KIND: &'static str = "HTTP filter";
+    const SWITCHABLE: bool = true;
 
     fn from_type<'de, D: Deserializer<'de>>(type_name: &str, d: D) -> Result<Self, D::Error> {
         if ROUTER_TYPES.contains(&type_name) {
@@ -590,5 +602,62 @@ impl Extensions for HttpFilterConfig {
             name,
             &[ROUTER_NAMES[0], ROUTER_NAMES[1], WASM_NAME],
         ))
+    }
+}
+
+/// A `typed_per_filter_config` value. wasp's HTTP filters have no
+/// per-route settings, so what one can say is whether the filter runs:
+/// Envoy's generic `envoy.config.route.v3.FilterConfig`.
+#[derive(Debug, Clone)]
+pub enum PerFilterConfig {
+    Generic {
+        disabled: bool,
+        is_optional: bool,
+        /// `config`: absent (`None`), empty (`Some("")`, which turns the
+        /// filter on), or a config of the given type.
+        config: Option<String>,
+    },
+    /// A filter's own per-route config, of this type.
+    Specific(String),
+}
+
+const FILTER_CONFIG_TYPE: &str = "envoy.config.route.v3.FilterConfig";
+
+impl Extensions for PerFilterConfig {
+    const KIND: &'static str = "per-filter config";
+
+    fn from_type<'de, D: Deserializer<'de>>(type_name: &str, d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Fields {
+            #[serde(default)]
+            disabled: bool,
+            #[serde(default)]
+            is_optional: bool,
+            config: Option<serde_norway::Mapping>,
+        }
+        if type_name != FILTER_CONFIG_TYPE {
+            serde::de::IgnoredAny::deserialize(d)?;
+            return Ok(PerFilterConfig::Specific(type_name.to_string()));
+        }
+        let f = Fields::deserialize(d)?;
+        Ok(PerFilterConfig::Generic {
+            disabled: f.disabled,
+            is_optional: f.is_optional,
+            config: f.config.map(|c| match c.get("@type") {
+                Some(serde_norway::Value::String(t)) => super::proto_name(t).to_string(),
+                _ => String::new(),
+            }),
+        })
+    }
+
+    fn from_name<'de, D: Deserializer<'de>>(name: &str, _: D) -> Result<Self, D::Error> {
+        Err(unsupported(Self::KIND, name, &[FILTER_CONFIG_TYPE]))
+    }
+}
+
+impl<'de> Deserialize<'de> for PerFilterConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::DeserializeSeed::deserialize(super::TypedConfig::<Self>::new(), d)
     }
 }

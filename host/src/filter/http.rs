@@ -5,6 +5,7 @@ pub mod body;
 pub mod codec;
 pub mod h1;
 pub mod h2;
+pub mod mutation;
 pub mod path;
 pub mod pool;
 pub mod replay;

@@ -10,9 +10,9 @@ use regex::Regex;
 use super::retry::RetryPolicy;
 use crate::config::path::{index, join};
 use crate::config::{
-    HeaderMatcherConfig, HeaderValueOptionConfig, RedirectActionConfig, RedirectResponseCode,
-    RegexMatcherConfig, RouteActionConfig, RouteConfigurationConfig, RouteEntryConfig,
-    StringMatcherConfig, ValidationError,
+    HeaderMatcherConfig, HeaderValueOptionConfig, PerFilterConfig, RedirectActionConfig,
+    RedirectResponseCode, RegexMatcherConfig, RouteActionConfig, RouteConfigurationConfig,
+    RouteEntryConfig, StringMatcherConfig, ValidationError,
 };
 
 /// Headers to add and remove at one level (route, virtual host, route table).
@@ -247,6 +247,7 @@ pub struct Route {
     query: Vec<QueryMatch>,
     pub action: Action,
     pub headers_ops: (HeaderOps, HeaderOps),
+    filters: FilterSwitches,
 }
 
 #[derive(Debug, Clone)]
@@ -254,7 +255,11 @@ struct VirtualHost {
     domains: Vec<DomainMatch>,
     routes: Vec<Route>,
     headers_ops: (HeaderOps, HeaderOps),
+    filters: FilterSwitches,
 }
+
+/// A level's `typed_per_filter_config`: (HTTP filter name, disabled).
+pub type FilterSwitches = Vec<(String, bool)>;
 
 /// A validated route configuration.
 #[derive(Debug, Clone, Default)]
@@ -264,6 +269,9 @@ pub struct RouteTable {
     pub headers_ops: (HeaderOps, HeaderOps),
     /// `ignore_port_in_host_matching`.
     ignore_port: bool,
+    filters: FilterSwitches,
+    /// Whether any level switches a filter off or on.
+    pub switches_filters: bool,
 }
 
 /// The result of matching: the route, and the header changes of each level
@@ -271,6 +279,61 @@ pub struct RouteTable {
 pub struct Matched<'a> {
     pub route: &'a Route,
     pub levels: [&'a (HeaderOps, HeaderOps); 3],
+    filters: [&'a FilterSwitches; 3],
+}
+
+impl Matched<'_> {
+    /// Whether the route, else its virtual host, else the route table,
+    /// switches the HTTP filter `name` off (`Some(true)`) or on.
+    pub fn filter_disabled(&self, name: &str) -> Option<bool> {
+        self.filters
+            .iter()
+            .find_map(|level| level.iter().find(|(n, _)| n == name))
+            .map(|&(_, disabled)| disabled)
+    }
+}
+
+/// A level's `typed_per_filter_config`, read as Envoy reads it: a
+/// `FilterConfig` that is `disabled`, or whose `config` is empty (`{}`) or
+/// optional, switches its filter off or on; one with no `config` is an
+/// error. wasp's filters take no per-route settings, so any other config
+/// is refused.
+fn filter_switches(
+    c: &std::collections::BTreeMap<String, PerFilterConfig>,
+    at: &str,
+) -> Result<FilterSwitches, ValidationError> {
+    let at = join(at, "typed_per_filter_config");
+    c.iter()
+        .map(|(name, f)| {
+            let disabled = match f {
+                PerFilterConfig::Generic { disabled: true, .. } => true,
+                PerFilterConfig::Generic { config: None, .. } => {
+                    return Err(ValidationError::new(
+                        join(&at, name),
+                        format!(
+                            "empty per-filter configuration for filter `{name}`: set `disabled: true`, \
+                             or `config: {{}}` to turn the filter on"
+                        ),
+                    ));
+                }
+                PerFilterConfig::Generic {
+                    config: Some(t),
+                    is_optional,
+                    ..
+                } if t.is_empty() || *is_optional => false,
+                PerFilterConfig::Generic { config: Some(t), .. } | PerFilterConfig::Specific(t) => {
+                    return Err(ValidationError::new(
+                        join(&at, name),
+                        format!(
+                            "per-route config `{t}` is not supported: wasp's HTTP filters take \
+                             none (a FilterConfig may switch the filter off or on)"
+                        ),
+                    ));
+                }
+            };
+            Ok((name.clone(), disabled))
+        })
+        .collect()
 }
 
 fn regex(r: &RegexMatcherConfig, at: &str) -> Result<Regex, ValidationError> {
@@ -345,11 +408,19 @@ impl RouteTable {
                     &vh.response_headers_to_remove,
                     &at,
                 )?,
+                filters: filter_switches(&vh.typed_per_filter_config, &at)?,
             });
         }
+        let filters = filter_switches(&c.typed_per_filter_config, path)?;
+        let switches_filters = !filters.is_empty()
+            || virtual_hosts.iter().any(|vh| {
+                !vh.filters.is_empty() || vh.routes.iter().any(|r| !r.filters.is_empty())
+            });
         Ok(RouteTable {
             virtual_hosts,
             ignore_port: c.ignore_port_in_host_matching,
+            filters,
+            switches_filters,
             headers_ops: ops(
                 &c.request_headers_to_add,
                 &c.request_headers_to_remove,
@@ -438,6 +509,7 @@ impl RouteTable {
                 &r.response_headers_to_remove,
                 at,
             )?,
+            filters: filter_switches(&r.typed_per_filter_config, at)?,
         })
     }
 
@@ -468,6 +540,7 @@ impl RouteTable {
         Some(Matched {
             route,
             levels: [&route.headers_ops, &vh.headers_ops, &self.headers_ops],
+            filters: [&route.filters, &vh.filters, &self.filters],
         })
     }
 

@@ -99,8 +99,8 @@ pub fn local_response(l: LocalResponse) -> Response<Body> {
 
 impl WasmStream {
     /// Creates the stream's context on each plugin.
-    pub fn start(
-        plugins: &[PluginHandle],
+    pub fn start<'p>(
+        plugins: impl ExactSizeIterator<Item = &'p PluginHandle>,
         connection: &ConnectionFacts,
         protocol: &'static str,
     ) -> Result<Rc<Self>, Stop> {

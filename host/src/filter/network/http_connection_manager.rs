@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::time::Instant;
@@ -25,17 +25,17 @@ use crate::access_log::{AccessLog, AccessLogSettings, HttpInfo, ResponseFlags, S
 use crate::clock;
 use crate::cluster::WorkerClusters;
 use crate::config::path::{index, join};
-use crate::config::{
-    CodecType, EscapedSlashesAction, ForwardClientCertDetails, HttpConnectionManagerConfig,
-    HttpFilterConfig, ValidationError,
-};
+use crate::config::{CodecType, HttpConnectionManagerConfig, HttpFilterConfig, ValidationError};
 use crate::filter::http::body::{BoxError, ResponseBody};
 use crate::filter::http::codec::{Codec, CountedIo, detect};
 use crate::filter::http::h1;
 use crate::filter::http::h2::{self, Http2Settings};
-use crate::filter::http::path::{self, EscapedSlashes, Normalization};
+use crate::filter::http::mutation::{
+    RequestMutation, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS,
+    X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS, X_REQUEST_ID,
+};
 use crate::filter::http::pool::LocalExec;
-use crate::filter::http::retry::{RETRY_HEADERS, RetryState};
+use crate::filter::http::retry::RetryState;
 use crate::filter::http::route::{self, Action, RouteTable, redirect_location};
 use crate::filter::http::router::{self, Body, Upstream};
 use crate::filter::http::tunnel::ConnectTunnel;
@@ -46,42 +46,14 @@ use crate::wasm::{ConnectionFacts, PluginHandle, PluginSettings};
 
 use super::Downstream;
 
-/// Which port a request's Host loses before filters and routing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StripPort {
-    Keep,
-    /// `strip_any_host_port`.
-    Any,
-    /// `strip_matching_host_port`: the listener's own port only.
-    Matching,
-}
-
 /// A validated http_connection_manager.
 #[derive(Debug, Clone)]
 pub struct HcmSettings {
     pub stat_prefix: String,
     pub codec: CodecType,
     pub routes: Arc<RouteTable>,
-    pub use_remote_address: bool,
-    /// `internal_address_config.cidr_ranges`: (network, prefix length).
-    pub internal_ranges: Vec<(std::net::IpAddr, u8)>,
-    pub generate_request_id: bool,
-    /// Keep an x-request-id from an external client (else an edge
-    /// request gets a new one).
-    pub preserve_external_request_id: bool,
-    /// Copy the request's x-request-id onto its response.
-    pub request_id_in_response: bool,
-    /// `skip_xff_append`: use_remote_address without adding to x-forwarded-for.
-    pub skip_xff_append: bool,
-    /// `via`: appended to the Via of requests and responses.
-    pub via: Option<HeaderValue>,
-    /// Which Host ports are dropped before routing.
-    pub strip_port: StripPort,
-    /// How paths are normalized before filters and routing.
-    pub paths: Normalization,
-    /// `forward_client_cert_details: ALWAYS_FORWARD_ONLY`: the client's
-    /// x-forwarded-client-cert goes on (else it is removed).
-    pub forward_client_cert: bool,
+    /// What is done to requests before the filters, and to responses.
+    pub mutation: RequestMutation,
     pub server_name: HeaderValue,
     pub request_headers_timeout: Option<Duration>,
     /// How long a connection may go without a new request before it is
@@ -114,6 +86,11 @@ pub struct HcmSettings {
     pub access_logs: Vec<AccessLogSettings>,
     /// The wasm HTTP filters before the router, in order.
     pub wasm_filters: Vec<Arc<PluginSettings>>,
+    /// When some filter is off by default (`disabled`) or some level of
+    /// the route table switches one: each wasm filter's name and whether
+    /// it is off by default. A request then finds its route before the
+    /// filters run, to know which of them do (as Envoy does since 1.26).
+    pub filter_switches: Option<Vec<(String, bool)>>,
 }
 
 impl HcmSettings {
@@ -138,13 +115,20 @@ impl HcmSettings {
                         "the last HTTP filter must be envoy.filters.http.router",
                     ));
                 }
+                if last.disabled {
+                    return Err(ValidationError::new(
+                        join(&index(&filters, c.http_filters.len() - 1), "disabled"),
+                        "the router, the last HTTP filter, cannot be disabled",
+                    ));
+                }
             }
         }
-        let mut wasm_filters = Vec::new();
+        let (mut wasm_filters, mut switches) = (Vec::new(), Vec::new());
         for (i, f) in c.http_filters[..c.http_filters.len() - 1]
             .iter()
             .enumerate()
         {
+            switches.push((f.name.clone(), f.disabled));
             match &f.config {
                 HttpFilterConfig::Wasm(w) => wasm_filters.push(PluginSettings::validate(
                     &w.config,
@@ -172,6 +156,8 @@ impl HcmSettings {
             )
         })?;
         let routes = RouteTable::validate(route_config, &join(path, "route_config"), known)?;
+        let filter_switches =
+            (routes.switches_filters || switches.iter().any(|s| s.1)).then_some(switches);
         let mut clusters: Vec<String> = route_config
             .virtual_hosts
             .iter()
@@ -226,47 +212,7 @@ impl HcmSettings {
             stat_prefix: c.stat_prefix.clone(),
             codec: c.codec_type,
             routes: Arc::new(routes),
-            use_remote_address: c.use_remote_address,
-            internal_ranges: internal_ranges(c.internal_address_config.as_ref(), path)?,
-            generate_request_id: c.generate_request_id.unwrap_or(true),
-            preserve_external_request_id: c.preserve_external_request_id,
-            request_id_in_response: c.always_set_request_id_in_response,
-            skip_xff_append: c.skip_xff_append,
-            via: match c.via.as_deref() {
-                None | Some("") => None,
-                Some(v) => Some(HeaderValue::from_str(v).map_err(|_| {
-                    ValidationError::new(join(path, "via"), "not a valid header value")
-                })?),
-            },
-            strip_port: match (c.strip_any_host_port, c.strip_matching_host_port) {
-                (true, true) => {
-                    return Err(ValidationError::new(
-                        join(path, "strip_any_host_port"),
-                        "set strip_any_host_port or strip_matching_host_port, not both",
-                    ));
-                }
-                (true, false) => StripPort::Any,
-                (false, true) => StripPort::Matching,
-                (false, false) => StripPort::Keep,
-            },
-            forward_client_cert: c.forward_client_cert_details
-                == ForwardClientCertDetails::AlwaysForwardOnly,
-            paths: Normalization {
-                dot_segments: c.normalize_path.unwrap_or(false),
-                merge_slashes: c.merge_slashes,
-                escaped_slashes: match c.path_with_escaped_slashes_action {
-                    EscapedSlashesAction::ImplementationSpecificDefault
-                    | EscapedSlashesAction::KeepUnchanged => EscapedSlashes::Keep,
-                    EscapedSlashesAction::RejectRequest => EscapedSlashes::Reject,
-                    EscapedSlashesAction::UnescapeAndForward => EscapedSlashes::Unescape,
-                    EscapedSlashesAction::UnescapeAndRedirect => {
-                        return Err(ValidationError::new(
-                            join(path, "path_with_escaped_slashes_action"),
-                            "UNESCAPE_AND_REDIRECT is not supported (UNESCAPE_AND_FORWARD is)",
-                        ));
-                    }
-                },
-            },
+            mutation: RequestMutation::validate(c, path)?,
             server_name,
             request_headers_timeout: c
                 .request_headers_timeout
@@ -310,6 +256,7 @@ impl HcmSettings {
             clusters,
             access_logs,
             wasm_filters,
+            filter_switches,
         })
     }
 }
@@ -342,21 +289,6 @@ pub struct HttpConnectionManager {
     stats: HttpStats,
     h1: h1::server::Settings,
 }
-
-// Consts, so that their names are checked once, at compile time, and not
-// on every request.
-const X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
-    HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
-const X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
-const X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS: HeaderName =
-    HeaderName::from_static("x-envoy-upstream-rq-timeout-ms");
-const X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS: HeaderName =
-    HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms");
-const X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 impl HttpConnectionManager {
     pub fn new(
@@ -516,10 +448,10 @@ impl HttpConnectionManager {
         conn: &StreamInfo,
         last_request: &Cell<Instant>,
     ) -> Result<Response<ResponseBody>, BoxError> {
-        let peer = conn.downstream_remote;
-        // Before filters and routing see the path, as Envoy does.
-        let refused = !self.settings.paths.is_off() && !self.normalize_path(&mut req);
-        self.mutate_request_headers(&mut req, peer, conn.downstream_local);
+        // Before filters and routing see the request, as Envoy does.
+        let mutation = &self.settings.mutation;
+        let readied = mutation.request(&mut req, conn.downstream_remote, conn.downstream_local);
+        let client = readied.client;
         let stats = &self.stats;
         stats.downstream_rq_total.inc();
         stats.downstream_rq_active.inc();
@@ -547,11 +479,11 @@ impl HttpConnectionManager {
         // keeps them small: the wasm one is boxed. Without filters the
         // stream's deadline is the router's to keep (see `route`).
         let deadline = self.settings.response_deadline;
-        let result = if refused {
+        let result = if !readied.path_accepted {
             Ok(router::local(StatusCode::BAD_REQUEST, "Bad Request").map(ResponseBody::from))
         } else if self.filters.is_empty() {
-            let mut resp = self.route(&mut req, peer, deadline, started).await;
-            if let Some(id) = self.request_id_for_response(req.headers()) {
+            let mut resp = self.route(&mut req, client, deadline, started).await;
+            if let Some(id) = mutation.request_id_for_response(req.headers()) {
                 resp.headers_mut().insert(X_REQUEST_ID, id);
             }
             h1::recycle(std::mem::take(req.headers_mut()));
@@ -559,8 +491,8 @@ impl HttpConnectionManager {
         } else {
             // (Taken here rather than before the branches, where it would
             // live across the router's await and widen its future.)
-            let id = self.request_id_for_response(req.headers());
-            let filtered = Box::pin(self.filtered(req, conn));
+            let id = mutation.request_id_for_response(req.headers());
+            let filtered = Box::pin(self.filtered(req, conn, client));
             let result = match deadline {
                 None => filtered.await,
                 Some(limit) => match clock::timeout_at(started + limit, filtered).await {
@@ -586,9 +518,7 @@ impl HttpConnectionManager {
         *resp.version_mut() = version;
         resp.headers_mut()
             .insert(header::SERVER, self.settings.server_name.clone());
-        if let Some(via) = &self.settings.via {
-            append_via(resp.headers_mut(), via);
-        }
+        mutation.response(resp.headers_mut());
         let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
         stats.downstream_rq_xx[class].inc();
         stats.downstream_rq_active.dec();
@@ -597,7 +527,7 @@ impl HttpConnectionManager {
             .downstream_rq_time
             .record(started.elapsed().as_millis() as u64);
         if let Some(mut http) = log_request {
-            self.log(conn, &mut http, &resp);
+            self.log(conn, client, &mut http, &resp);
         }
         Ok(resp)
     }
@@ -607,15 +537,20 @@ impl HttpConnectionManager {
         &self,
         req: Request<Body>,
         conn: &StreamInfo,
+        client: SocketAddr,
     ) -> Result<Response<ResponseBody>, BoxError> {
         let facts = ConnectionFacts {
             id: conn.connection_id,
-            source: conn.downstream_remote,
+            source: client,
             destination: conn.downstream_local,
             direction: 0,
         };
         let protocol = protocol_name(req.version());
-        let stream = match WasmStream::start(&self.filters, &facts, protocol) {
+        let started = match self.enabled_filters(&req) {
+            None => WasmStream::start(self.filters.iter(), &facts, protocol),
+            Some(enabled) => WasmStream::start(enabled.into_iter(), &facts, protocol),
+        };
+        let stream = match started {
             Ok(s) => s,
             Err(stop) => return stopped(stop),
         };
@@ -629,7 +564,7 @@ impl HttpConnectionManager {
         };
         let (body, aborted) = stream.request_body(body);
         let mut req = Request::from_parts(parts, body);
-        let route = self.route(&mut req, conn.downstream_remote, None, Instant::now());
+        let route = self.route(&mut req, client, None, Instant::now());
         let resp = match aborted {
             None => route.await,
             // A plugin may stop the stream while the body streams up.
@@ -667,12 +602,15 @@ impl HttpConnectionManager {
     /// Writes the access log entry of a request once its response head is
     /// ready (durations and byte counts are to that point; bodies stream
     /// on afterwards).
-    fn log(&self, conn: &StreamInfo, http: &mut HttpInfo, resp: &Response<ResponseBody>) {
-        let mut info = StreamInfo::new(
-            conn.connection_id,
-            conn.downstream_remote,
-            conn.downstream_local,
-        );
+    fn log(
+        &self,
+        conn: &StreamInfo,
+        client: SocketAddr,
+        http: &mut HttpInfo,
+        resp: &Response<ResponseBody>,
+    ) {
+        let mut info = StreamInfo::new(conn.connection_id, client, conn.downstream_local);
+        info.downstream_direct_remote = conn.downstream_remote;
         let length = |h: &http::HeaderMap| {
             h.get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse().ok())
@@ -701,7 +639,7 @@ impl HttpConnectionManager {
     async fn route(
         &self,
         req: &mut Request<Body>,
-        peer: SocketAddr,
+        client: SocketAddr,
         deadline: Option<std::time::Duration>,
         sent: Instant,
     ) -> Response<Body> {
@@ -713,14 +651,9 @@ impl HttpConnectionManager {
         };
         let path_and_query = req.uri().path_and_query().cloned();
         let path = path_and_query.as_ref().map_or("/", |p| p.as_str());
-        let routes = &self.settings.routes;
-        // A CONNECT matches only a route with a `connect_matcher`, as in
-        // Envoy, and needs the CONNECT upgrade enabled.
+        let matched = self.find_route(req, &host, path);
         let connect = req.method() == Method::CONNECT;
-        let matched = match connect {
-            true => routes.find_connect(&host, req.headers()),
-            false => routes.find(&host, path, req.headers()),
-        };
+        // A CONNECT needs the CONNECT upgrade enabled.
         if connect {
             if let Some(Action::Forward(fwd)) = matched.as_ref().map(|m| &m.route.action) {
                 // Only ended here: forwarding CONNECT upstream is not
@@ -768,7 +701,7 @@ impl HttpConnectionManager {
                 let Some(upstream) = self.upstreams.get(fwd.pick_cluster()) else {
                     return router::local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
                 };
-                let hash = fwd.hash(req.headers(), req.uri().query(), peer.ip());
+                let hash = fwd.hash(req.headers(), req.uri().query(), client.ip());
                 if connect {
                     let how = router::Sending {
                         hash,
@@ -854,223 +787,46 @@ impl HttpConnectionManager {
         resp
     }
 
-    /// What Envoy's connection manager does to a request before any HTTP
-    /// filter sees it: x-forwarded-for and x-envoy-internal or
-    /// x-envoy-external-address (with use_remote_address),
-    /// x-forwarded-proto and x-request-id. A request is internal when it
-    /// came with no x-forwarded-for from a peer in
-    /// `internal_address_config` (none unless configured, as in Envoy);
-    /// others lose the `x-envoy-*` headers only trusted hops may set.
-    fn mutate_request_headers(&self, req: &mut Request<Body>, peer: SocketAddr, local: SocketAddr) {
-        let s = &self.settings;
-        if s.strip_port != StripPort::Keep {
-            strip_host_port(
-                req,
-                (s.strip_port == StripPort::Matching).then_some(local.port()),
-            );
-        }
-        let headers = req.headers_mut();
-        let mut internal = false;
-        if s.use_remote_address {
-            let ip = peer.ip();
-            let ip_text = ip.to_string();
-            let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-                Some(existing) => format!("{existing},{ip_text}"),
-                None => {
-                    internal = self.is_internal(ip);
-                    ip_text.clone()
-                }
-            };
-            if !s.skip_xff_append {
-                if let Ok(v) = HeaderValue::from_str(&xff) {
-                    headers.insert(X_FORWARDED_FOR, v);
-                }
-            }
-            if internal {
-                headers.insert(X_ENVOY_INTERNAL, HeaderValue::from_static("true"));
-            } else if let Ok(v) = HeaderValue::from_str(&ip_text) {
-                headers.insert(X_ENVOY_EXTERNAL_ADDRESS, v);
-            }
-        }
-        // A scan of the names, so that requests with no such header (most)
-        // pay no hashed removals.
-        let (mut envoy, mut client_cert) = (false, false);
-        for name in headers.keys() {
-            envoy |= name.as_str().starts_with("x-envoy-");
-            client_cert |= name == X_FORWARDED_CLIENT_CERT;
-        }
-        if envoy && !internal {
-            for name in EXTERNAL_STRIPPED.iter().chain(&RETRY_HEADERS) {
-                headers.remove(name);
-            }
-        }
-        if client_cert && !s.forward_client_cert {
-            headers.remove(X_FORWARDED_CLIENT_CERT);
-        }
-        // One hash each (`entry`), not a lookup and then an insert.
-        headers
-            .entry(X_FORWARDED_PROTO)
-            .or_insert(HeaderValue::from_static("http"));
-        if s.generate_request_id {
-            // An edge request's id is wasp's own unless told to keep it.
-            let edge = s.use_remote_address && !internal;
-            if edge && !s.preserve_external_request_id {
-                headers.insert(X_REQUEST_ID, request_id());
-            } else if let header::Entry::Vacant(slot) = headers.entry(X_REQUEST_ID) {
-                slot.insert(request_id());
-            }
-        }
-        if let Some(via) = &s.via {
-            append_via(headers, via);
+    /// The route for a request to `host` and `path`. A CONNECT matches only
+    /// a route with a `connect_matcher`, as in Envoy.
+    fn find_route<'s>(
+        &'s self,
+        req: &Request<Body>,
+        host: &str,
+        path: &str,
+    ) -> Option<route::Matched<'s>> {
+        let routes = &self.settings.routes;
+        match req.method() == Method::CONNECT {
+            true => routes.find_connect(host, req.headers()),
+            false => routes.find(host, path, req.headers()),
         }
     }
 
-    /// `always_set_request_id_in_response`: the x-request-id a request's
-    /// response gets.
-    fn request_id_for_response(&self, request: &http::HeaderMap) -> Option<HeaderValue> {
-        match self.settings.request_id_in_response {
-            true => request.get(X_REQUEST_ID).cloned(),
-            false => None,
-        }
-    }
-
-    /// Normalizes the request's path as configured; false if the path is
-    /// refused.
-    fn normalize_path(&self, req: &mut Request<Body>) -> bool {
-        let Some(pq) = req.uri().path_and_query() else {
-            return true;
+    /// Which wasm filters a request runs, when some are off by default or
+    /// a route switches some (`HcmSettings::filter_switches`); else
+    /// `None`: all of them.
+    fn enabled_filters(&self, req: &Request<Body>) -> Option<Vec<&PluginHandle>> {
+        let switches = self.settings.filter_switches.as_ref()?;
+        let host = match req.headers().get(header::HOST) {
+            Some(h) => std::borrow::Cow::Borrowed(h.to_str().unwrap_or("")),
+            None => authority(req).into(),
         };
-        let normal = match path::normalize(pq.as_str(), self.settings.paths) {
-            Ok(None) => return true,
-            Ok(Some(normal)) => normal,
-            Err(path::Rejected) => return false,
-        };
-        let mut parts = req.uri().clone().into_parts();
-        parts.path_and_query = normal.parse().ok();
-        match Uri::from_parts(parts) {
-            Ok(uri) => {
-                *req.uri_mut() = uri;
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    fn is_internal(&self, ip: std::net::IpAddr) -> bool {
-        self.settings
-            .internal_ranges
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let matched = self.find_route(req, &host, path);
+        self.filters
             .iter()
-            .any(|&(net, len)| in_range(ip, net, len))
+            .zip(switches)
+            .filter(|(_, (name, by_default))| {
+                !matched
+                    .as_ref()
+                    .and_then(|m| m.filter_disabled(name))
+                    .unwrap_or(*by_default)
+            })
+            .map(|(f, _)| f)
+            .collect::<Vec<_>>()
+            .into()
     }
 }
-
-/// Adds `via` to a message's Via list.
-fn append_via(headers: &mut http::HeaderMap, via: &HeaderValue) {
-    let value = match headers.get(header::VIA) {
-        Some(old) => {
-            let mut v = old.as_bytes().to_vec();
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(via.as_bytes());
-            HeaderValue::from_bytes(&v).unwrap_or_else(|_| via.clone())
-        }
-        None => via.clone(),
-    };
-    headers.insert(header::VIA, value);
-}
-
-/// Drops the port of a request's Host (or HTTP/2 authority): any port, or
-/// only `port`.
-fn strip_host_port(req: &mut Request<Body>, port: Option<u16>) {
-    let strip = |host: &str| -> Option<String> {
-        let (name, p) = host.rsplit_once(':')?;
-        // An IPv6 literal without a port ("[::1]") has its colons inside.
-        if name.is_empty() || p.contains(']') {
-            return None;
-        }
-        let p: u16 = p.parse().ok()?;
-        port.is_none_or(|want| want == p).then(|| name.to_string())
-    };
-    if let Some(h) = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-    {
-        if let Some(v) = strip(h).and_then(|h| HeaderValue::from_str(&h).ok()) {
-            req.headers_mut().insert(header::HOST, v);
-        }
-    }
-    let stripped = req.uri().authority().and_then(|a| strip(a.as_str()));
-    if let Some(authority) = stripped {
-        let mut parts = req.uri().clone().into_parts();
-        parts.authority = authority.parse().ok();
-        if let Ok(uri) = Uri::from_parts(parts) {
-            *req.uri_mut() = uri;
-        }
-    }
-}
-
-/// Whether `ip` is in `net`/`len`.
-fn in_range(ip: std::net::IpAddr, net: std::net::IpAddr, len: u8) -> bool {
-    use std::net::IpAddr;
-    match (ip, net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-            u32::from(a) & mask == u32::from(n) & mask
-        }
-        (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            u128::from(a) & mask == u128::from(n) & mask
-        }
-        _ => false,
-    }
-}
-
-/// `internal_address_config.cidr_ranges`, validated.
-fn internal_ranges(
-    c: Option<&crate::config::InternalAddressConfig>,
-    path: &str,
-) -> Result<Vec<(std::net::IpAddr, u8)>, ValidationError> {
-    let Some(c) = c else { return Ok(Vec::new()) };
-    let at = join(path, "internal_address_config.cidr_ranges");
-    c.cidr_ranges
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let net: std::net::IpAddr = r.address_prefix.parse().map_err(|_| {
-                ValidationError::new(
-                    join(&index(&at, i), "address_prefix"),
-                    format!("`{}` is not an IP address", r.address_prefix),
-                )
-            })?;
-            let max = if net.is_ipv4() { 32 } else { 128 };
-            let len = r.prefix_len.unwrap_or(max);
-            if len > max {
-                return Err(ValidationError::new(
-                    join(&index(&at, i), "prefix_len"),
-                    format!("must be at most {max}"),
-                ));
-            }
-            Ok((net, len as u8))
-        })
-        .collect()
-}
-
-/// What Envoy strips from requests that are not internal, besides the
-/// retry headers: `x-envoy-*` headers that would steer this hop or that
-/// only Envoy itself may set.
-const EXTERNAL_STRIPPED: [HeaderName; 11] = [
-    X_ENVOY_INTERNAL,
-    HeaderName::from_static("x-envoy-decorator-operation"),
-    HeaderName::from_static("x-envoy-downstream-service-cluster"),
-    HeaderName::from_static("x-envoy-downstream-service-node"),
-    HeaderName::from_static("x-envoy-upstream-alt-stat-name"),
-    X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS,
-    X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS,
-    HeaderName::from_static("x-envoy-upstream-rq-timeout-alt-response"),
-    X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
-    HeaderName::from_static("x-envoy-hedge-on-per-try-timeout"),
-    HeaderName::from_static("x-envoy-original-url"),
-];
 
 /// What a request's route and its `x-envoy-*` headers say about its
 /// retries and timeouts.
@@ -1085,7 +841,7 @@ struct Controls<'p> {
 }
 
 /// The controls of a request to `fwd`. Internal requests (the only ones
-/// that still have them: [`HttpConnectionManager::mutate_request_headers`]
+/// that still have them: [`RequestMutation::request`]
 /// removed them from the others) may steer retries with the
 /// `x-envoy-retry-*` headers and set the timeouts with
 /// `x-envoy-upstream-rq-timeout-ms` (0: none) and
@@ -1176,76 +932,4 @@ fn authority<B>(req: &Request<B>) -> String {
         .map(str::to_string)
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default()
-}
-
-/// A random (version 4) UUID as a header value. The values are cut from
-/// a per-thread block of a few KiB, one allocation per ~100 requests
-/// rather than one each.
-fn request_id() -> HeaderValue {
-    thread_local! {
-        static BLOCK: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
-    }
-    BLOCK.with_borrow_mut(|block| {
-        if block.capacity() < 36 {
-            *block = BytesMut::with_capacity(4096);
-        }
-        block.extend_from_slice(&uuid_v4());
-        let id = block.split().freeze();
-        HeaderValue::from_maybe_shared(id).expect("hex digits and dashes")
-    })
-}
-
-/// A random (version 4) UUID, as Envoy's x-request-id, written out
-/// without the formatting machinery (this runs for every request).
-fn uuid_v4() -> [u8; 36] {
-    /// Each byte's two hex digits.
-    const HEX: [[u8; 2]; 256] = {
-        let digits = b"0123456789abcdef";
-        let mut table = [[0; 2]; 256];
-        let mut b = 0;
-        while b < 256 {
-            table[b] = [digits[b >> 4], digits[b & 0xf]];
-            b += 1;
-        }
-        table
-    };
-    let mut bytes =
-        (u128::from(fastrand::u64(..)) << 64 | u128::from(fastrand::u64(..))).to_be_bytes();
-    // 122 random bits, then the version (4) and variant (10) bits.
-    bytes[6] = bytes[6] & 0x0f | 0x40;
-    bytes[8] = bytes[8] & 0x3f | 0x80;
-    let mut out = [b'-'; 36];
-    // Where each byte's digits go: groups of 4, 2, 2, 2 and 6 bytes.
-    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
-    for (b, at) in bytes.iter().zip(AT) {
-        out[at..at + 2].copy_from_slice(&HEX[usize::from(*b)]);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn request_ids_are_version_4_uuids() {
-        let a = super::uuid_v4();
-        let s = std::str::from_utf8(&a).unwrap();
-        let groups: Vec<&str> = s.split('-').collect();
-        assert_eq!(
-            groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
-            [8, 4, 4, 4, 12]
-        );
-        assert!(
-            s.bytes()
-                .all(|b| b == b'-' || b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        );
-        assert!(groups[2].starts_with('4'), "{s}");
-        assert!(
-            matches!(groups[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'),
-            "{s}"
-        );
-        assert_ne!(a, super::uuid_v4());
-        let (x, y) = (super::request_id(), super::request_id());
-        assert_ne!(x, y);
-        assert_eq!((x.len(), y.len()), (36, 36));
-    }
 }
