@@ -2697,3 +2697,79 @@ fn client_address_from_forwarded_for_as_envoy() {
         ]
     );
 }
+
+/// wasp's own answers to gRPC requests (no route, no upstream, a direct
+/// response, a redirect) go out as Envoy sends them: HTTP 200,
+/// `content-type: application/grpc`, `grpc-status` from the HTTP status
+/// and the body, percent-encoded, as `grpc-message`; over HTTP/2 and
+/// HTTP/1.1, through wasp and Envoy alike. A request that is not gRPC
+/// still gets the plain answer.
+#[test]
+fn local_replies_to_grpc_requests_as_envoy() {
+    let dead = free_port();
+    let clusters = wasp_tests::config::cluster(
+        "dead",
+        "ROUND_ROBIN",
+        &[(SocketAddr::from(([127, 0, 0, 1], dead)), 1)],
+        "",
+    );
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/dead\" }\n                route: { cluster: dead }\n              - match: { prefix: \"/direct\" }\n                direct_response: { status: 503, body: { inline_string: \"direct: é 100%\" } }\n              - match: { prefix: \"/moved\" }\n                redirect: { path_redirect: \"/elsewhere\" }\n";
+    let ask = |port: u16, path: &str, h2: bool, content_type: &str| {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        let ct = format!("content-type: {content_type}");
+        let mut args = vec!["-H", &ct, "--data-binary", "grpc!", &url];
+        if h2 {
+            args.push("--http2-prior-knowledge");
+        }
+        let r = curl(&args);
+        let header = |n: &str| r.header(n).unwrap_or("-").to_string();
+        (
+            r.status,
+            header("content-type"),
+            header("grpc-status"),
+            header("grpc-message"),
+            header("location").replace(&port.to_string(), "<port>"),
+            r.body.clone(),
+        )
+    };
+    let mut seen = Vec::new();
+    for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
+        let port = free_port();
+        let _p = one_worker(kind, &hcm(port, vhosts, "", &clusters));
+        let mut answers = Vec::new();
+        for h2 in [true, false] {
+            for path in ["/dead", "/direct", "/moved", "/nowhere"] {
+                answers.push(ask(port, path, h2, "application/grpc"));
+            }
+            answers.push(ask(port, "/dead", h2, "application/grpc+proto"));
+            answers.push(ask(port, "/dead", h2, "application/json"));
+        }
+        seen.push(answers);
+    }
+    assert_eq!(seen[0], seen[1], "wasp, then Envoy");
+    let grpc = |status: &str, message: &str| {
+        (
+            200,
+            "application/grpc".to_string(),
+            status.to_string(),
+            message.to_string(),
+        )
+    };
+    let head = |a: &(u16, String, String, String, String, String)| {
+        (a.0, a.1.clone(), a.2.clone(), a.3.clone())
+    };
+    let answers = &seen[0];
+    let refused = "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
+    assert_eq!(head(&answers[0]), grpc("14", refused));
+    assert_eq!(head(&answers[1]), grpc("14", "direct: %C3%A9 100%25"));
+    assert_eq!(head(&answers[2]), grpc("2", "-"));
+    assert_eq!(answers[2].4, "http://127.0.0.1:<port>/elsewhere");
+    assert_eq!(head(&answers[3]), grpc("12", "-"));
+    assert_eq!(head(&answers[4]), grpc("14", refused));
+    assert_eq!((answers[5].0, answers[5].5.as_str()), (503, refused));
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.1 != "application/grpc" || a.5.is_empty())
+    );
+}

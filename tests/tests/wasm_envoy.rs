@@ -285,6 +285,17 @@ fn local_responses() {
     let pair = probe_pair("");
     let (e, _) = probe_same(&pair, "deny", &[]);
     assert_eq!(e.status, 403);
+    // To a gRPC client, the same reply as a gRPC status, over HTTP/2 and
+    // HTTP/1.1: 403 is PERMISSION_DENIED, the body its message.
+    for h2 in [&["--http2-prior-knowledge"][..], &[]] {
+        let args = probe_args("deny", &["content-type: application/grpc"]);
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend_from_slice(h2);
+        let (e, _) = pair.same(&args, "/some/path?q=1");
+        assert_eq!((e.status, e.header("grpc-status")), (200, Some("7")));
+        assert_eq!(e.header("grpc-message"), Some("denied by probe%0A"));
+        assert_eq!(e.header("x-denied"), Some("yes"));
+    }
     // A filter that rejects its configuration fails the config in both.
     pair.finish("probe");
 }

@@ -25,7 +25,8 @@ use crate::cluster::{Breaker, ConnectError, LbContext, Priority, WorkerCluster};
 
 pub use super::body::Body;
 
-/// A response wasp makes itself.
+/// A response wasp makes itself: marked as a local reply, which a gRPC
+/// client gets recast (see [`super::grpc`]).
 pub fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let body: Bytes = body.into();
     let mut r = Response::new(Body::full(body.clone()));
@@ -36,6 +37,10 @@ pub fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
             HeaderValue::from_static("text/plain"),
         );
     }
+    r.extensions_mut().insert(super::grpc::LocalReply {
+        message: body,
+        grpc_status: None,
+    });
     r
 }
 
@@ -220,17 +225,7 @@ impl Upstream {
             Ok((_, stream)) => return Ok(stream),
             Err(ConnectError::NoHealthyUpstream) => Attempt::NoHealthyUpstream,
             Err(ConnectError::Timeout(_)) => Attempt::ConnectTimeout,
-            // Envoy's TCP upstream names this reset differently from its
-            // HTTP one.
-            Err(ConnectError::Failed(..)) => {
-                return Err(flagged(
-                    local(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("{BEFORE_HEADERS}remote connection failure"),
-                    ),
-                    ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
-                ));
-            }
+            Err(ConnectError::Failed(..)) => Attempt::ConnectFailure,
         };
         Err(failed.into_response())
     }
@@ -525,7 +520,7 @@ impl Attempt {
             ),
             Attempt::ConnectFailure => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("{BEFORE_HEADERS}connection failure"),
+                format!("{BEFORE_HEADERS}remote connection failure"),
                 ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
             ),
             Attempt::ConnectTimeout => (

@@ -86,6 +86,13 @@ fn failure_reply(filter: &Filter) -> Option<Stop> {
 pub fn local_response(l: LocalResponse) -> Response<Body> {
     let status = StatusCode::from_u16(l.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = super::router::local(status, l.body);
+    // The SDKs pass -1 for none.
+    if let (Ok(code), Some(local)) = (
+        u32::try_from(l.grpc_status),
+        resp.extensions_mut().get_mut::<super::grpc::LocalReply>(),
+    ) {
+        local.grpc_status = Some(code);
+    }
     for (k, v) in l.headers {
         if let (Ok(k), Ok(v)) = (
             HeaderName::from_bytes(k.as_bytes()),

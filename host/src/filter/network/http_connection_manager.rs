@@ -28,7 +28,6 @@ use crate::config::path::{index, join};
 use crate::config::{CodecType, HttpConnectionManagerConfig, HttpFilterConfig, ValidationError};
 use crate::filter::http::body::{BoxError, ResponseBody};
 use crate::filter::http::codec::{Codec, CountedIo, detect};
-use crate::filter::http::h1;
 use crate::filter::http::h2::{self, Http2Settings};
 use crate::filter::http::mutation::{
     RequestMutation, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS,
@@ -40,6 +39,7 @@ use crate::filter::http::route::{self, Action, RouteTable, redirect_location};
 use crate::filter::http::router::{self, Body, Upstream};
 use crate::filter::http::tunnel::ConnectTunnel;
 use crate::filter::http::wasm::{Stop, WasmStream};
+use crate::filter::http::{grpc, h1};
 use crate::filter::network::gated::Gated;
 use crate::stats::{Counter, Gauge, Histogram, Scope};
 use crate::wasm::{ConnectionFacts, PluginHandle, PluginSettings};
@@ -480,9 +480,11 @@ impl HttpConnectionManager {
         // stream's deadline is the router's to keep (see `route`).
         let deadline = self.settings.response_deadline;
         let result = if !readied.path_accepted {
-            Ok(router::local(StatusCode::BAD_REQUEST, "Bad Request").map(ResponseBody::from))
+            let refused = router::local(StatusCode::BAD_REQUEST, "Bad Request");
+            Ok(grpc::answer_for(req.headers(), refused).map(ResponseBody::from))
         } else if self.filters.is_empty() {
-            let mut resp = self.route(&mut req, client, deadline, started).await;
+            let resp = self.route(&mut req, client, deadline, started).await;
+            let mut resp = grpc::answer_for(req.headers(), resp);
             if let Some(id) = mutation.request_id_for_response(req.headers()) {
                 resp.headers_mut().insert(X_REQUEST_ID, id);
             }
@@ -492,12 +494,13 @@ impl HttpConnectionManager {
             // (Taken here rather than before the branches, where it would
             // live across the router's await and widen its future.)
             let id = mutation.request_id_for_response(req.headers());
-            let filtered = Box::pin(self.filtered(req, conn, client));
+            let grpc = grpc::is_grpc(req.headers());
+            let filtered = Box::pin(self.filtered(req, conn, client, grpc));
             let result = match deadline {
                 None => filtered.await,
                 Some(limit) => match clock::timeout_at(started + limit, filtered).await {
                     Ok(r) => r,
-                    Err(_) => Ok(stream_timeout().map(ResponseBody::from)),
+                    Err(_) => Ok(grpc::answer_if(grpc, stream_timeout()).map(ResponseBody::from)),
                 },
             };
             result.map(|mut r| {
@@ -538,6 +541,7 @@ impl HttpConnectionManager {
         req: Request<Body>,
         conn: &StreamInfo,
         client: SocketAddr,
+        grpc: bool,
     ) -> Result<Response<ResponseBody>, BoxError> {
         let facts = ConnectionFacts {
             id: conn.connection_id,
@@ -552,15 +556,17 @@ impl HttpConnectionManager {
         };
         let stream = match started {
             Ok(s) => s,
-            Err(stop) => return stopped(stop),
+            Err(stop) => return stopped(stop, grpc),
         };
         let (parts, body) = req.into_parts();
         let end = hyper::body::Body::is_end_stream(&body);
         let parts = match stream.request_headers(parts, end).await {
             Ok(p) => p,
             // A local reply still passes the response callbacks.
-            Err(Stop::Reply(r)) => return self.respond(&stream, *r).await,
-            Err(Stop::Reset) => return stopped(Stop::Reset),
+            Err(Stop::Reply(r)) => {
+                return self.respond(&stream, grpc::answer_if(grpc, *r), grpc).await;
+            }
+            Err(Stop::Reset) => return stopped(Stop::Reset, grpc),
         };
         let (body, aborted) = stream.request_body(body);
         let mut req = Request::from_parts(parts, body);
@@ -574,15 +580,16 @@ impl HttpConnectionManager {
                 biased;
                 Ok(stop) = aborted => match stop {
                     Stop::Reply(r) => *r,
-                    Stop::Reset => return stopped(Stop::Reset),
+                    Stop::Reset => return stopped(Stop::Reset, grpc),
                 },
                 r = route => r,
             },
         };
+        let resp = grpc::answer_if(grpc, resp);
         if let Some(u) = resp.extensions().get::<router::UpstreamHost>() {
             stream.set_upstream(u.0);
         }
-        self.respond(&stream, resp).await
+        self.respond(&stream, resp, grpc).await
     }
 
     /// A response through the wasm filters' response callbacks.
@@ -590,12 +597,13 @@ impl HttpConnectionManager {
         &self,
         stream: &Rc<WasmStream>,
         resp: Response<Body>,
+        grpc: bool,
     ) -> Result<Response<ResponseBody>, BoxError> {
         let (parts, body) = resp.into_parts();
         let end = hyper::body::Body::is_end_stream(&body);
         match stream.response_headers(parts, end).await {
             Ok(parts) => Ok(Response::from_parts(parts, stream.response_body(body))),
-            Err(stop) => stopped(stop),
+            Err(stop) => stopped(stop, grpc),
         }
     }
 
@@ -711,7 +719,7 @@ impl HttpConnectionManager {
                     // Boxed: rare, and inline it would widen every request's future.
                     return match Box::pin(upstream.connect(how)).await {
                         Ok(stream) => {
-                            let mut resp = router::local(StatusCode::OK, "");
+                            let mut resp = Response::new(Body::empty());
                             resp.extensions_mut().insert(ConnectTunnel::new(stream));
                             resp
                         }
@@ -909,9 +917,9 @@ fn stream_timeout() -> Response<Body> {
 }
 
 /// What a stream stopped by a wasm filter answers: its reply, or a reset.
-fn stopped(stop: Stop) -> Result<Response<ResponseBody>, BoxError> {
+fn stopped(stop: Stop, grpc: bool) -> Result<Response<ResponseBody>, BoxError> {
     match stop {
-        Stop::Reply(r) => Ok(r.map(ResponseBody::from)),
+        Stop::Reply(r) => Ok(grpc::answer_if(grpc, *r).map(ResponseBody::from)),
         Stop::Reset => Err("stream closed by a wasm filter".into()),
     }
 }
