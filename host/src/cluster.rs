@@ -281,6 +281,7 @@ impl ClusterConfig {
         }
         let Some(t) = typed else {
             let common = self.common_http_protocol_options.as_ref();
+            no_upstream_stream_duration(common, &join(path, "common_http_protocol_options"))?;
             let http2 = match &self.http2_protocol_options {
                 Some(h2) => {
                     Http2Settings::validate_upstream(h2, &join(path, "http2_protocol_options"))?
@@ -338,6 +339,7 @@ impl ClusterConfig {
             None => Http2Settings::default(),
         };
         let common = t.common_http_protocol_options.as_ref();
+        no_upstream_stream_duration(common, &format!("{at}.common_http_protocol_options"))?;
         Ok(UpstreamHttp::new(
             protocol,
             http2,
@@ -950,5 +952,20 @@ impl WorkerClusters {
 
     pub fn get(&self, name: &str) -> Option<Rc<WorkerCluster>> {
         self.by_name.get(name).cloned()
+    }
+}
+
+/// A cluster's `max_stream_duration` would bound its upstream streams,
+/// which wasp does not do: refused rather than ignored.
+fn no_upstream_stream_duration(
+    common: Option<&crate::config::HttpProtocolOptionsConfig>,
+    at: &str,
+) -> Result<(), ValidationError> {
+    match common.and_then(|c| c.max_stream_duration) {
+        Some(_) => Err(ValidationError::new(
+            join(at, "max_stream_duration"),
+            "a cluster's max_stream_duration is not supported (a connection manager's or route's is)",
+        )),
+        None => Ok(()),
     }
 }

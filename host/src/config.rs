@@ -48,11 +48,11 @@ pub use http_connection_manager::{
     ClusterWeightConfig, CodecType, DirectResponseActionConfig, EscapedSlashesAction,
     ForwardClientCertDetails, HashPolicyConfig, HeaderMatcherConfig, HeaderValueOptionConfig,
     Http2ProtocolOptionsConfig, HttpConnectionManagerConfig, HttpFilterConfig,
-    HttpProtocolOptionsConfig, InternalAddressConfig, KeepaliveSettingsConfig, PerFilterConfig,
-    RedirectActionConfig, RedirectResponseCode, RegexMatcherConfig, RetryBackOffConfig,
-    RetryHostPredicateConfig, RetryPolicyConfig, RouteActionConfig, RouteConfigurationConfig,
-    RouteEntryConfig, RouteMatchConfig, RouteWeightedClustersConfig, StringMatcherConfig,
-    VirtualHostConfig,
+    HttpProtocolOptionsConfig, InternalAddressConfig, KeepaliveSettingsConfig,
+    MaxStreamDurationConfig, PerFilterConfig, RedirectActionConfig, RedirectResponseCode,
+    RegexMatcherConfig, RetryBackOffConfig, RetryHostPredicateConfig, RetryPolicyConfig,
+    RouteActionConfig, RouteConfigurationConfig, RouteEntryConfig, RouteMatchConfig,
+    RouteWeightedClustersConfig, StringMatcherConfig, VirtualHostConfig,
 };
 pub use listener::{FilterChainConfig, ListenerConfig, TrafficDirection};
 pub use network_filter::{ConnectionLimitConfig, DirectResponseConfig, NetworkFilterConfig};

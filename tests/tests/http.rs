@@ -2717,7 +2717,9 @@ fn local_replies_to_grpc_requests_as_envoy() {
     let ask = |port: u16, path: &str, h2: bool, content_type: &str| {
         let url = format!("http://127.0.0.1:{port}{path}");
         let ct = format!("content-type: {content_type}");
-        let mut args = vec!["-H", &ct, "--data-binary", "grpc!", &url];
+        // No body: a client still sending one when the answer comes may see
+        // the stream reset after it (curl reports error 92 then, with Envoy too).
+        let mut args = vec!["-H", &ct, "-X", "POST", &url];
         if h2 {
             args.push("--http2-prior-knowledge");
         }
@@ -2772,4 +2774,143 @@ fn local_replies_to_grpc_requests_as_envoy() {
             .iter()
             .all(|a| a.1 != "application/grpc" || a.5.is_empty())
     );
+}
+
+/// `max_stream_duration` as Envoy keeps it: the connection manager's
+/// (`common_http_protocol_options`), a route's own (0: none, and the
+/// route's `timeout` no longer applies), a request's `grpc-timeout` where
+/// the route sets `grpc_timeout_header_max` (capped by it, less the
+/// offset). Before the response starts the answer is 504 `downstream
+/// duration timeout` (DEADLINE_EXCEEDED to a gRPC client); a response
+/// still streaming is cut off. Through wasp and Envoy: the same answers,
+/// each about as late, and the same count in
+/// `downstream_rq_max_duration_reached`.
+#[test]
+fn max_stream_duration_as_envoy() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let backend = HttpBackend::start("duration");
+    // Answers a head and half its body, then waits before the rest.
+    let stalling = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stalling_addr = stalling.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in stalling.incoming().take(4) {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0; 4096];
+                let _ = conn.read(&mut buf);
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nab");
+                std::thread::sleep(Duration::from_secs(2));
+                let _ = conn.write_all(b"cd");
+            });
+        }
+    });
+    let clusters = wasp_tests::config::cluster("b", "ROUND_ROBIN", &[(backend.addr, 1)], "")
+        + &wasp_tests::config::cluster("stall", "ROUND_ROBIN", &[(stalling_addr, 1)], "");
+    let route = |prefix: &str, action: &str| {
+        format!(
+            "              - match: {{ prefix: \"{prefix}\" }}\n                route: {{ {action} }}\n"
+        )
+    };
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n"
+        .to_string()
+        + &route(
+            "/own",
+            "cluster: b, max_stream_duration: { max_stream_duration: 0.2s }",
+        )
+        + &route(
+            "/off",
+            "cluster: b, timeout: 0.1s, max_stream_duration: { max_stream_duration: 0s }",
+        )
+        + &route(
+            "/grpc",
+            "cluster: b, max_stream_duration: { grpc_timeout_header_max: 0s }",
+        )
+        + &route(
+            "/capped",
+            "cluster: b, max_stream_duration: { grpc_timeout_header_max: 0.2s, grpc_timeout_header_offset: 0.05s }",
+        )
+        + &route("/stall", "cluster: stall")
+        + &route("/", "cluster: b");
+    let extra = "          common_http_protocol_options: { max_stream_duration: 0.4s }\n";
+    let mut seen = Vec::new();
+    for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
+        let port = free_port();
+        let proxy = one_worker(kind, &hcm(port, &vhosts, extra, &clusters));
+        let ask = |path: &str, headers: &[&str]| {
+            let url = format!("http://127.0.0.1:{port}{path}");
+            let mut args = vec![url.as_str()];
+            for h in headers {
+                args.extend(["-H", h]);
+            }
+            let began = Instant::now();
+            let r = curl(&args);
+            let took = began.elapsed();
+            (
+                (
+                    r.status,
+                    r.header("grpc-status").map(String::from),
+                    r.body.clone(),
+                ),
+                took,
+            )
+        };
+        let (mut answers, took): (Vec<_>, Vec<_>) = [
+            ask("/x?delay_ms=1000", &[]),
+            ask("/own?delay_ms=1000", &[]),
+            ask("/off?delay_ms=600", &[]),
+            ask("/grpc?delay_ms=1000", &[]),
+            ask("/grpc?delay_ms=1000", &["grpc-timeout: 200m"]),
+            ask(
+                "/grpc?delay_ms=1000",
+                &["grpc-timeout: 200m", "content-type: application/grpc"],
+            ),
+            ask("/capped?delay_ms=1000", &["grpc-timeout: 5S"]),
+        ]
+        .into_iter()
+        .unzip();
+        for a in &mut answers {
+            if a.0 == 200 && a.1.is_none() {
+                a.2 = "(backend's)".into();
+            }
+        }
+        // Each answer came when its deadline (or the backend) said, give or
+        // take a slow machine: 0.4 s (the connection manager's), 0.2 s
+        // (the route's), 0.6 s (the backend: no limit, no route timeout),
+        // 0.4 s (no grpc-timeout), 0.2 s (grpc-timeout), 0.15 s (capped).
+        let due = [400, 200, 600, 400, 200, 200, 150];
+        for (took, due) in took.iter().zip(due) {
+            let due = Duration::from_millis(due);
+            assert!(
+                *took >= due && *took < due + Duration::from_millis(700),
+                "{took:?} for {due:?}"
+            );
+        }
+        // A response cut off: the client gets the head and half the body,
+        // then a reset stream, when the connection manager's 0.4 s is up.
+        let began = Instant::now();
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--http2-prior-knowledge", "--max-time", "10"])
+            .arg(format!("http://127.0.0.1:{port}/stall"))
+            .output()
+            .unwrap();
+        let cut = (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            began.elapsed() < Duration::from_millis(1500),
+        );
+        let reached = wasp_tests::eventually(Duration::from_secs(5), "the stat", || {
+            let n = proxy.stat("http.edge.downstream_rq_max_duration_reached");
+            (n >= 7).then_some(n)
+        });
+        seen.push((answers, cut, reached));
+    }
+    assert_eq!(seen[0], seen[1], "wasp, then Envoy");
+    let (answers, cut, reached) = &seen[0];
+    let statuses: Vec<_> = answers.iter().map(|a| a.0).collect();
+    assert_eq!(statuses, [504, 504, 200, 504, 504, 200, 504]);
+    assert_eq!(answers[0].2, "downstream duration timeout");
+    assert_eq!(answers[5].1.as_deref(), Some("4"));
+    assert_eq!(cut, &(false, "ab".to_string(), true));
+    assert_eq!(*reached, 7);
 }

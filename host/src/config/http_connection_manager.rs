@@ -210,12 +210,23 @@ pub struct Http1ProtocolOptionsConfig {
 
 /// Envoy's `HttpProtocolOptions` (`common_http_protocol_options`), of
 /// which wasp has a connection's `idle_timeout` and
-/// `max_requests_per_connection`.
+/// `max_requests_per_connection`, and (downstream only) a stream's
+/// `max_stream_duration`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpProtocolOptionsConfig {
     pub idle_timeout: Option<Duration>,
     pub max_requests_per_connection: Option<u32>,
+    pub max_stream_duration: Option<Duration>,
+}
+
+/// A route's `max_stream_duration`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaxStreamDurationConfig {
+    pub max_stream_duration: Option<Duration>,
+    pub grpc_timeout_header_max: Option<Duration>,
+    pub grpc_timeout_header_offset: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -382,6 +393,8 @@ pub struct RouteActionConfig {
     #[serde(default)]
     pub auto_host_rewrite: bool,
     pub timeout: Option<Duration>,
+    /// With it, `timeout` is not used (Envoy's "new timeouts").
+    pub max_stream_duration: Option<MaxStreamDurationConfig>,
     pub retry_policy: Option<RetryPolicyConfig>,
     #[serde(default)]
     pub hash_policy: Vec<HashPolicyConfig>,

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -18,6 +18,7 @@ use super::h1::client::UpstreamBody;
 use super::h1::server::RequestBody;
 use super::pool::{H2Stream, Tunnel};
 use super::replay::ReplayBody;
+use crate::stats::Counter;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -114,6 +115,20 @@ pub enum ResponseBody {
     Body(Body, Option<Rc<dyn Any>>),
     /// Frames made by a producer (a wasm body pump) when polled.
     Local(LocalFrames),
+    /// A body that fails (resetting the stream) if it has not ended by a
+    /// deadline: a route's `max_stream_duration`, counted in the stat.
+    Deadline(Box<ResponseBody>, Pin<Box<tokio::time::Sleep>>, Counter),
+}
+
+impl ResponseBody {
+    /// This body, cut off at `at` (counted in `reached`).
+    pub fn until(self, at: tokio::time::Instant, reached: Counter) -> Self {
+        ResponseBody::Deadline(
+            Box::new(self),
+            Box::pin(tokio::time::sleep_until(at)),
+            reached,
+        )
+    }
 }
 
 impl From<Body> for ResponseBody {
@@ -133,6 +148,14 @@ impl hyper::body::Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Body(b, _) => Pin::new(b).poll_frame(cx),
             ResponseBody::Local(l) => l.poll_frame(cx),
+            ResponseBody::Deadline(b, at, reached) => {
+                if let Poll::Ready(frame) = Pin::new(&mut **b).poll_frame(cx) {
+                    return Poll::Ready(frame);
+                }
+                ready!(at.as_mut().poll(cx));
+                reached.inc();
+                Poll::Ready(Some(Err("max stream duration reached".into())))
+            }
         }
     }
 
@@ -140,6 +163,7 @@ impl hyper::body::Body for ResponseBody {
         match self {
             ResponseBody::Body(b, _) => b.is_end_stream(),
             ResponseBody::Local(l) => l.producer.is_none() && l.queue.borrow().is_empty(),
+            ResponseBody::Deadline(b, ..) => b.is_end_stream(),
         }
     }
 
@@ -147,6 +171,7 @@ impl hyper::body::Body for ResponseBody {
         match self {
             ResponseBody::Body(b, _) => b.size_hint(),
             ResponseBody::Local(_) => SizeHint::default(),
+            ResponseBody::Deadline(b, ..) => b.size_hint(),
         }
     }
 }

@@ -43,6 +43,27 @@ pub fn answer_if(grpc: bool, resp: Response<Body>) -> Response<Body> {
     }
 }
 
+/// A request's `grpc-timeout` (up to 8 digits and a unit: H, M, S, m,
+/// u, n), if it has a valid one.
+pub fn timeout(request: &HeaderMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let v = request.get("grpc-timeout")?.as_bytes();
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n * 3600),
+        b"M" => Duration::from_secs(n * 60),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// A local reply recast for a gRPC client; any other response as it is.
 pub fn answer(resp: Response<Body>) -> Response<Body> {
     let Some(local) = resp.extensions().get::<LocalReply>() else {
@@ -108,6 +129,24 @@ mod tests {
         assert!(!with("application/grpc-web"));
         assert!(!with("application/json"));
         assert!(!is_grpc(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn grpc_timeouts_are_read() {
+        let t = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("grpc-timeout", HeaderValue::from_static(v));
+            timeout(&h)
+        };
+        use std::time::Duration;
+        assert_eq!(t("300m"), Some(Duration::from_millis(300)));
+        assert_eq!(t("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(t("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(t("5u"), Some(Duration::from_micros(5)));
+        assert_eq!(t("123456789S"), None);
+        assert_eq!(t("10x"), None);
+        assert_eq!(t("S"), None);
+        assert_eq!(t(""), None);
     }
 
     #[test]

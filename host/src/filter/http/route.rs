@@ -132,6 +132,8 @@ pub struct Forward {
     /// `priority`: whose circuit breakers the requests count against.
     pub priority: crate::cluster::Priority,
     pub timeout: Option<Duration>,
+    /// `max_stream_duration`.
+    pub stream_duration: Option<StreamDuration>,
     /// The route's retry policy, or its virtual host's (boxed: most
     /// routes have none).
     pub retry: Option<Box<RetryPolicy>>,
@@ -149,6 +151,50 @@ pub struct Forward {
     /// A CONNECT upgrade with `connect_config`: wasp answers the CONNECT
     /// and carries its bytes over a TCP connection to the cluster.
     pub terminate_connect: bool,
+}
+
+/// A route's `max_stream_duration`.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamDuration {
+    /// Zero: no limit, not even the connection manager's.
+    pub max: Option<Duration>,
+    pub grpc_header_max: Option<Duration>,
+    pub grpc_header_offset: Option<Duration>,
+}
+
+impl Forward {
+    /// How long a stream on this route may last from its start, as Envoy
+    /// decides it: the request's grpc-timeout when the route sets
+    /// `grpc_timeout_header_max` (capped by it unless that is 0, less
+    /// `grpc_timeout_header_offset`); else the route's
+    /// `max_stream_duration` (0: none); else `default`, the connection
+    /// manager's.
+    pub fn stream_duration(
+        &self,
+        request: &HeaderMap,
+        default: Option<Duration>,
+    ) -> Option<Duration> {
+        let Some(d) = &self.stream_duration else {
+            return default;
+        };
+        let grpc = d
+            .grpc_header_max
+            .and_then(|max| Some((super::grpc::timeout(request)?, max)));
+        match (grpc, d.max) {
+            (Some((mut t, max)), _) => {
+                if !max.is_zero() && t > max {
+                    t = max;
+                }
+                if let Some(offset) = d.grpc_header_offset.filter(|_| !t.is_zero()) {
+                    t = t.saturating_sub(offset);
+                }
+                Some(t)
+            }
+            (None, Some(max)) if max.is_zero() => None,
+            (None, Some(max)) => Some(max),
+            (None, None) => default,
+        }
+    }
 }
 
 /// One `upgrade_configs` entry (the connection manager's or a route's) at
@@ -722,11 +768,19 @@ fn forward(
             "set either prefix_rewrite or regex_rewrite, not both",
         ));
     }
-    let timeout = match a.timeout {
-        None => Some(Duration::from_secs(15)),
-        Some(d) if d.is_zero() => None,
-        Some(d) => Some(d.0),
+    // A route with max_stream_duration has no router timeout of its own:
+    // Envoy's "new timeouts" bound the whole stream instead.
+    let timeout = match (a.timeout, &a.max_stream_duration) {
+        (_, Some(_)) => None,
+        (None, None) => Some(Duration::from_secs(15)),
+        (Some(d), None) if d.is_zero() => None,
+        (Some(d), None) => Some(d.0),
     };
+    let stream_duration = a.max_stream_duration.as_ref().map(|m| StreamDuration {
+        max: m.max_stream_duration.map(|d| d.0),
+        grpc_header_max: m.grpc_timeout_header_max.map(|d| d.0),
+        grpc_header_offset: m.grpc_timeout_header_offset.map(|d| d.0),
+    });
     let per_try = retry.as_ref().and_then(|r| r.per_try_timeout);
     let expected = match (per_try, timeout) {
         (Some(p), Some(g)) => Some(p.min(g)),
@@ -768,6 +822,7 @@ fn forward(
         auto_host_rewrite: a.auto_host_rewrite,
         priority: a.priority.into(),
         timeout,
+        stream_duration,
         retry,
         attempt_count: host.attempt_count,
         hash_policy,

@@ -64,6 +64,9 @@ pub struct HcmSettings {
     /// shorter of request_timeout and stream_idle_timeout (Envoy's default
     /// stream idle timeout is 5 minutes).
     pub response_deadline: Option<Duration>,
+    /// `common_http_protocol_options.max_stream_duration`: how long a
+    /// stream may last, unless its route says otherwise.
+    pub max_stream_duration: Option<Duration>,
     /// `stream_idle_timeout` alone: how long an upgraded connection's
     /// tunnel may carry nothing either way before it is closed.
     pub stream_idle_timeout: Option<Duration>,
@@ -225,6 +228,12 @@ impl HcmSettings {
                 .map_or(Some(Duration::from_secs(3600)), |d| {
                     Some(d.0).filter(|d| !d.is_zero())
                 }),
+            max_stream_duration: c
+                .common_http_protocol_options
+                .as_ref()
+                .and_then(|o| o.max_stream_duration)
+                .map(|d| d.0)
+                .filter(|d| !d.is_zero()),
             stream_idle_timeout: Some(
                 c.stream_idle_timeout
                     .map_or(Duration::from_secs(300), |d| d.0),
@@ -274,6 +283,7 @@ struct HttpStats {
     downstream_rq_completed: Counter,
     downstream_rq_xx: [Counter; 5],
     downstream_rq_time: Histogram,
+    downstream_rq_max_duration_reached: Counter,
     no_route: Counter,
     rq_direct_response: Counter,
     rq_redirect: Counter,
@@ -324,6 +334,7 @@ impl HttpConnectionManager {
             downstream_rq_xx: ["1xx", "2xx", "3xx", "4xx", "5xx"]
                 .map(|c| scope.counter(&format!("downstream_rq_{c}"))),
             downstream_rq_time: scope.histogram("downstream_rq_time"),
+            downstream_rq_max_duration_reached: scope.counter("downstream_rq_max_duration_reached"),
             no_route: scope.counter("no_route"),
             rq_direct_response: scope.counter("rq_direct_response"),
             rq_redirect: scope.counter("rq_redirect"),
@@ -483,7 +494,9 @@ impl HttpConnectionManager {
             let refused = router::local(StatusCode::BAD_REQUEST, "Bad Request");
             Ok(grpc::answer_for(req.headers(), refused).map(ResponseBody::from))
         } else if self.filters.is_empty() {
-            let resp = self.route(&mut req, client, deadline, started).await;
+            let resp = self
+                .route(&mut req, client, deadline, started, started)
+                .await;
             let mut resp = grpc::answer_for(req.headers(), resp);
             if let Some(id) = mutation.request_id_for_response(req.headers()) {
                 resp.headers_mut().insert(X_REQUEST_ID, id);
@@ -495,7 +508,7 @@ impl HttpConnectionManager {
             // live across the router's await and widen its future.)
             let id = mutation.request_id_for_response(req.headers());
             let grpc = grpc::is_grpc(req.headers());
-            let filtered = Box::pin(self.filtered(req, conn, client, grpc));
+            let filtered = Box::pin(self.filtered(req, conn, client, grpc, started));
             let result = match deadline {
                 None => filtered.await,
                 Some(limit) => match clock::timeout_at(started + limit, filtered).await {
@@ -529,6 +542,10 @@ impl HttpConnectionManager {
         stats
             .downstream_rq_time
             .record(started.elapsed().as_millis() as u64);
+        if let Some(&StreamDeadline(at)) = resp.extensions().get() {
+            let reached = stats.downstream_rq_max_duration_reached.clone();
+            resp = resp.map(|b| b.until(at, reached));
+        }
         if let Some(mut http) = log_request {
             self.log(conn, client, &mut http, &resp);
         }
@@ -542,6 +559,7 @@ impl HttpConnectionManager {
         conn: &StreamInfo,
         client: SocketAddr,
         grpc: bool,
+        started: Instant,
     ) -> Result<Response<ResponseBody>, BoxError> {
         let facts = ConnectionFacts {
             id: conn.connection_id,
@@ -550,11 +568,11 @@ impl HttpConnectionManager {
             direction: 0,
         };
         let protocol = protocol_name(req.version());
-        let started = match self.enabled_filters(&req) {
+        let opened = match self.enabled_filters(&req) {
             None => WasmStream::start(self.filters.iter(), &facts, protocol),
             Some(enabled) => WasmStream::start(enabled.into_iter(), &facts, protocol),
         };
-        let stream = match started {
+        let stream = match opened {
             Ok(s) => s,
             Err(stop) => return stopped(stop, grpc),
         };
@@ -570,7 +588,7 @@ impl HttpConnectionManager {
         };
         let (body, aborted) = stream.request_body(body);
         let mut req = Request::from_parts(parts, body);
-        let route = self.route(&mut req, client, None, Instant::now());
+        let route = self.route(&mut req, client, None, started, Instant::now());
         let resp = match aborted {
             None => route.await,
             // A plugin may stop the stream while the body streams up.
@@ -640,15 +658,17 @@ impl HttpConnectionManager {
     }
 
     /// Routes a request and forwards it, answering 408 if `deadline`
-    /// passes before the response head (with one timer: the route's own
-    /// timeout when it is the shorter, which then always fires first).
-    /// `sent` is when the request left for the router (the clock read that
-    /// started the stream, when no filter came between).
+    /// passes before the response head, and 504 if the route's
+    /// `max_stream_duration` (from `started`, the stream's start) does
+    /// (with one timer: the route's own timeout when it is the shorter,
+    /// which then always fires first). `sent` is when the request left for
+    /// the router (`started`, when no filter came between).
     async fn route(
         &self,
         req: &mut Request<Body>,
         client: SocketAddr,
         deadline: Option<std::time::Duration>,
+        started: Instant,
         sent: Instant,
     ) -> Response<Body> {
         // Owned but cheap: both share the bytes hyper read the request into.
@@ -769,6 +789,9 @@ impl HttpConnectionManager {
                     auto_host: fwd.auto_host_rewrite,
                     priority: fwd.priority,
                 };
+                let duration = fwd
+                    .stream_duration(req.headers(), self.settings.max_stream_duration)
+                    .map(|d| started + d);
                 let forwarded = std::pin::pin!(upstream.forward(
                     req,
                     timeout,
@@ -777,15 +800,29 @@ impl HttpConnectionManager {
                     how,
                     sent
                 ));
-                match deadline {
-                    Some(d) if timeout.is_none_or(|t| t > d) => {
-                        match clock::timeout_at(sent + d, forwarded).await {
+                // The first of the two deadlines, and whether it is the
+                // stream duration's.
+                let end = match (deadline.map(|d| sent + d), duration) {
+                    (Some(d), Some(m)) if m < d => Some((m, true)),
+                    (Some(d), _) => Some((d, false)),
+                    (None, m) => m.map(|m| (m, true)),
+                };
+                let mut resp = match end {
+                    Some((at, by_duration)) if timeout.is_none_or(|t| sent + t > at) => {
+                        match clock::timeout_at(at, forwarded).await {
                             Ok(r) => r,
+                            Err(_) if by_duration => return self.duration_reached(),
                             Err(_) => return stream_timeout(),
                         }
                     }
                     _ => forwarded.await,
+                };
+                // A response that started in time is cut off if it is
+                // still going when the duration is up.
+                if let Some(at) = duration {
+                    resp.extensions_mut().insert(StreamDeadline(at));
                 }
+                resp
             }
         };
         // Most specific last, so a route's value wins over its virtual host's.
@@ -793,6 +830,17 @@ impl HttpConnectionManager {
             level.1.apply(resp.headers_mut());
         }
         resp
+    }
+
+    /// Envoy's answer when a stream outlives its `max_stream_duration`
+    /// before the response starts (to a gRPC client, DEADLINE_EXCEEDED).
+    fn duration_reached(&self) -> Response<Body> {
+        self.stats.downstream_rq_max_duration_reached.inc();
+        let mut resp = router::local(StatusCode::GATEWAY_TIMEOUT, "downstream duration timeout");
+        if let Some(local) = resp.extensions_mut().get_mut::<grpc::LocalReply>() {
+            local.grpc_status = Some(4);
+        }
+        router::flagged(resp, ResponseFlags::DURATION_TIMEOUT)
     }
 
     /// The route for a request to `host` and `path`. A CONNECT matches only
@@ -835,6 +883,11 @@ impl HttpConnectionManager {
             .into()
     }
 }
+
+/// When a response must have ended (`max_stream_duration`): a response
+/// extension from the router's part to the connection manager's.
+#[derive(Debug, Clone, Copy)]
+struct StreamDeadline(Instant);
 
 /// What a request's route and its `x-envoy-*` headers say about its
 /// retries and timeouts.
