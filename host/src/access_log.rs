@@ -5,6 +5,7 @@
 //! A file is opened once with O_APPEND and shared by all workers; each entry
 //! is one `write(2)`, so lines from different workers never interleave.
 
+mod filter;
 mod format;
 mod stream_info;
 
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use crate::config::path::join;
 use crate::config::{AccessLogConfig, Extension, LogFormatConfig, ValidationError};
 
+pub use filter::LogFilter;
 pub use format::Format;
 pub use stream_info::{HttpInfo, ResponseFlags, StreamInfo};
 
@@ -34,6 +36,8 @@ pub enum SinkSettings {
 pub struct AccessLogSettings {
     pub sink: SinkSettings,
     pub format: Format,
+    /// Which entries are written (all without one).
+    pub filter: Option<LogFilter>,
 }
 
 impl AccessLogSettings {
@@ -73,7 +77,16 @@ impl AccessLogSettings {
             ),
         };
         let format = format.map_err(|m| ValidationError::new(at, m))?;
-        Ok(AccessLogSettings { sink, format })
+        let filter = config
+            .filter
+            .as_ref()
+            .map(|f| LogFilter::validate(f, &join(path, "filter")))
+            .transpose()?;
+        Ok(AccessLogSettings {
+            sink,
+            format,
+            filter,
+        })
     }
 
     /// Opens the sink.
@@ -91,6 +104,7 @@ impl AccessLogSettings {
         Ok(AccessLog {
             sink,
             format: self.format.clone(),
+            filter: self.filter.clone(),
         })
     }
 }
@@ -118,12 +132,16 @@ enum Sink {
 pub struct AccessLog {
     sink: Sink,
     format: Format,
+    filter: Option<LogFilter>,
 }
 
 impl AccessLog {
     /// Renders and writes one entry. Errors are logged, never returned: a full
     /// disk must not break proxying.
     pub fn log(&self, info: &StreamInfo) {
+        if self.filter.as_ref().is_some_and(|f| !f.allows(info)) {
+            return;
+        }
         let line = self.format.render(info);
         let result = match &self.sink {
             Sink::File(f) => (&*f).write_all(line.as_bytes()),

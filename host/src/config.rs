@@ -26,7 +26,8 @@ mod tcp_proxy;
 mod wasm;
 
 pub use access_log::{
-    AccessLogConfig, FileAccessLogConfig, LogFormatConfig, StreamAccessLogConfig,
+    AccessLogConfig, AccessLogFilterConfig, ComparisonFilterConfig, ComparisonOp,
+    FileAccessLogConfig, LogFormatConfig, StreamAccessLogConfig,
 };
 pub use address::{AddressConfig, Protocol, SocketAddressConfig};
 pub use bootstrap::{AdminConfig, BootstrapConfig, NodeConfig, StaticResourcesConfig};

@@ -2914,3 +2914,96 @@ fn max_stream_duration_as_envoy() {
     assert_eq!(cut, &(false, "ab".to_string(), true));
     assert_eq!(*reached, 7);
 }
+
+/// Access log `filter`s as Envoy applies them (and, or, status code,
+/// response flags, a request header, duration): through wasp and Envoy,
+/// the same requests leave the same entries, and an entry's
+/// `%DURATION%` counts from the request's start.
+#[test]
+fn access_log_filters_as_envoy() {
+    let backend = HttpBackend::start("logged");
+    let dead = free_port();
+    let clusters = wasp_tests::config::cluster("b", "ROUND_ROBIN", &[(backend.addr, 1)], "")
+        + &wasp_tests::config::cluster(
+            "dead",
+            "ROUND_ROBIN",
+            &[(SocketAddr::from(([127, 0, 0, 1], dead)), 1)],
+            "",
+        );
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/dead\" }\n                route: { cluster: dead }\n              - match: { prefix: \"/direct\" }\n                direct_response: { status: 503 }\n              - match: { prefix: \"/ok\" }\n                route: { cluster: b }\n";
+    let mut seen = Vec::new();
+    for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
+        let log = wasp_tests::temp_dir("filtered-log").join("access.log");
+        let extra = format!(
+            r#"          access_log:
+          - name: envoy.access_loggers.file
+            filter:
+              or_filter:
+                filters:
+                - and_filter:
+                    filters:
+                    - status_code_filter: {{ comparison: {{ op: GE, value: {{ default_value: 500, runtime_key: errors }} }} }}
+                    - response_flag_filter: {{ flags: [UF, UH] }}
+                - header_filter: {{ header: {{ name: x-log, present_match: true }} }}
+                - duration_filter: {{ comparison: {{ op: GE, value: {{ default_value: 300, runtime_key: slow }} }} }}
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {}
+              log_format: {{ text_format_source: {{ inline_string: "%RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(:PATH)% %DURATION%\n" }} }}
+"#,
+            log.display()
+        );
+        let mut args = vec!["--concurrency", "1"];
+        if kind == wasp_tests::Kind::Envoy {
+            // Envoy writes its log file every 10 s by default.
+            args.extend(["--file-flush-interval-msec", "20"]);
+        }
+        let port = free_port();
+        let _p = Proxy::launch(kind, &hcm(port, vhosts, &extra, &clusters), &args);
+        let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+        for (path, header) in [
+            ("/ok/plain", None),
+            ("/dead", None),
+            ("/direct", None),
+            ("/nowhere", None),
+            ("/ok/asked", Some("x-log: yes")),
+            ("/ok/slow?delay_ms=400", None),
+        ] {
+            let u = url(path);
+            let mut a = vec![u.as_str()];
+            if let Some(h) = header {
+                a.extend(["-H", h]);
+            }
+            curl(&a);
+        }
+        // One more entry, so that its arrival says the others are in.
+        curl(&["-H", "x-log: last", &url("/ok/last")]);
+        let lines = wasp_tests::eventually(std::time::Duration::from_secs(10), "the log", || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.contains("/ok/last").then_some(text)
+        });
+        // The duration as slow (at least the 400 ms the backend waited) or
+        // not: the two proxies' milliseconds differ.
+        let entries: Vec<String> = lines
+            .lines()
+            .map(|l| match l.rsplit_once(' ') {
+                Some((rest, ms)) if ms.parse::<u64>().is_ok_and(|ms| ms >= 400) => {
+                    format!("{rest} slow")
+                }
+                Some((rest, _)) => rest.to_string(),
+                None => l.to_string(),
+            })
+            .collect();
+        seen.push(entries);
+    }
+    assert_eq!(seen[0], seen[1], "wasp, then Envoy");
+    assert_eq!(
+        seen[0],
+        [
+            "503 UF /dead",
+            "200 - /ok/asked",
+            "200 - /ok/slow?delay_ms=400 slow",
+            "200 - /ok/last"
+        ]
+    );
+}

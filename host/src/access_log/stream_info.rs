@@ -132,6 +132,35 @@ impl ResponseFlags {
         (Self::UPSTREAM_REMOTE_RESET, "UR"),
     ];
 
+    /// Envoy's names of the flags wasp never sets: a filter may name
+    /// them (and then never matches).
+    const OTHER_NAMES: [&'static str; 24] = [
+        "LH", "LR", "DI", "FI", "RL", "UAEX", "RLSE", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "UPE",
+        "NC", "OM", "DF", "DO", "DR", "UDO", "ODO", "UHCE", "DIEE", "IHE", "PFCE",
+    ];
+
+    /// The flag Envoy names `name` (no flag at all if wasp never sets it).
+    pub fn from_name(name: &str) -> Option<ResponseFlags> {
+        Self::NAMES
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(f, _)| *f)
+            .or_else(|| {
+                Self::OTHER_NAMES
+                    .contains(&name)
+                    .then_some(ResponseFlags(0))
+            })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether any flag of `other` is set here.
+    pub fn intersects(&self, other: ResponseFlags) -> bool {
+        self.0 & other.0 != 0
+    }
+
     pub fn set(&mut self, flag: ResponseFlags) {
         self.0 |= flag.0;
     }

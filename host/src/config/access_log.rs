@@ -1,8 +1,8 @@
 use serde::Deserialize;
 use serde::de::Deserializer;
 
-use super::DataSourceConfig;
 use super::extension::{Extensions, unsupported};
+use super::{DataSourceConfig, HeaderMatcherConfig};
 
 /// The access loggers wasp has.
 #[derive(Debug, Clone)]
@@ -57,6 +57,7 @@ const NAMES: &[&str] = &[
 
 impl Extensions for AccessLogConfig {
     const KIND: &'static str = "access logger";
+    const FILTERED: bool = true;
 
     fn from_type<'de, D: Deserializer<'de>>(type_name: &str, d: D) -> Result<Self, D::Error> {
         match TYPES.iter().position(|t| *t == type_name) {
@@ -77,4 +78,113 @@ impl Extensions for AccessLogConfig {
             None => Err(unsupported(Self::KIND, name, NAMES)),
         }
     }
+}
+
+/// Envoy's `AccessLogFilter`: which entries an access log writes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "OneFilter")]
+pub enum AccessLogFilterConfig {
+    StatusCodeFilter(ComparisonFilterConfig),
+    DurationFilter(ComparisonFilterConfig),
+    NotHealthCheckFilter,
+    /// Empty: any flag.
+    ResponseFlagFilter(Vec<String>),
+    HeaderFilter(Box<HeaderMatcherConfig>),
+    AndFilter(Vec<AccessLogFilterConfig>),
+    OrFilter(Vec<AccessLogFilterConfig>),
+}
+
+/// The proto's `oneof`, as YAML spells it: a map with one of these keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OneFilter {
+    status_code_filter: Option<Comparing>,
+    duration_filter: Option<Comparing>,
+    not_health_check_filter: Option<super::extension::Empty>,
+    response_flag_filter: Option<Flags>,
+    header_filter: Option<Header>,
+    and_filter: Option<Filters>,
+    or_filter: Option<Filters>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Comparing {
+    comparison: ComparisonFilterConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Flags {
+    #[serde(default)]
+    flags: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    header: HeaderMatcherConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Filters {
+    filters: Vec<AccessLogFilterConfig>,
+}
+
+impl TryFrom<OneFilter> for AccessLogFilterConfig {
+    type Error = String;
+
+    fn try_from(f: OneFilter) -> Result<Self, String> {
+        use AccessLogFilterConfig as F;
+        let all = [
+            f.status_code_filter
+                .map(|c| F::StatusCodeFilter(c.comparison)),
+            f.duration_filter.map(|c| F::DurationFilter(c.comparison)),
+            f.not_health_check_filter.map(|_| F::NotHealthCheckFilter),
+            f.response_flag_filter
+                .map(|r| F::ResponseFlagFilter(r.flags)),
+            f.header_filter.map(|h| F::HeaderFilter(Box::new(h.header))),
+            f.and_filter.map(|a| F::AndFilter(a.filters)),
+            f.or_filter.map(|o| F::OrFilter(o.filters)),
+        ];
+        let mut set = all.into_iter().flatten();
+        match (set.next(), set.next()) {
+            (Some(one), None) => Ok(one),
+            _ => Err("an access log filter needs exactly one of status_code_filter, duration_filter, \
+                      not_health_check_filter, response_flag_filter, header_filter, and_filter, or_filter"
+                .to_string()),
+        }
+    }
+}
+
+/// `ComparisonFilter`: `op` against a runtime value's default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComparisonFilterConfig {
+    #[serde(default)]
+    pub op: ComparisonOp,
+    pub value: RuntimeUInt32Config,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+pub enum ComparisonOp {
+    #[default]
+    #[serde(rename = "EQ")]
+    Eq,
+    #[serde(rename = "GE")]
+    Ge,
+    #[serde(rename = "LE")]
+    Le,
+    #[serde(rename = "NE")]
+    Ne,
+}
+
+/// `RuntimeUInt32`: wasp has no runtime, so the default is the value.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeUInt32Config {
+    #[serde(default)]
+    pub default_value: u32,
+    pub runtime_key: Option<String>,
 }

@@ -24,6 +24,9 @@ pub trait Extensions: Sized {
     /// config, as Envoy's HTTP filters may.
     const SWITCHABLE: bool = false;
 
+    /// Whether an entry may carry an access log `filter`.
+    const FILTERED: bool = false;
+
     /// Reads the config of the extension whose proto message is `type_name`
     /// (`envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy`).
     fn from_type<'de, D: Deserializer<'de>>(type_name: &str, d: D) -> Result<Self, D::Error>;
@@ -48,6 +51,8 @@ pub struct Extension<E> {
     /// `disabled` (families that are [`Extensions::SWITCHABLE`]): off
     /// unless a route turns it on.
     pub disabled: bool,
+    /// `filter` (families that are [`Extensions::FILTERED`]).
+    pub filter: Option<super::AccessLogFilterConfig>,
 }
 
 impl<'de, E: Extensions> Deserialize<'de> for Extension<E> {
@@ -69,6 +74,7 @@ impl<'de, E: Extensions> Visitor<'de> for ExtensionVisitor<E> {
         let mut name: Option<String> = None;
         let mut config: Option<E> = None;
         let mut disabled = false;
+        let mut filter = None;
         // A legacy `config:` that came before `name:`.
         let mut early_config: Option<serde_norway::Value> = None;
         while let Some(key) = map.next_key::<String>()? {
@@ -80,6 +86,7 @@ impl<'de, E: Extensions> Visitor<'de> for ExtensionVisitor<E> {
                     None => early_config = Some(map.next_value()?),
                 },
                 "disabled" if E::SWITCHABLE => disabled = map.next_value()?,
+                "filter" if E::FILTERED => filter = Some(map.next_value()?),
                 // Whether a proxy without the filter may go on without it:
                 // wasp still refuses filters it does not have.
                 "is_optional" if E::SWITCHABLE => {
@@ -88,9 +95,12 @@ impl<'de, E: Extensions> Visitor<'de> for ExtensionVisitor<E> {
                 other => {
                     return Err(de::Error::unknown_field(
                         other,
-                        match E::SWITCHABLE {
-                            true => &["name", "typed_config", "config", "disabled", "is_optional"],
-                            false => &["name", "typed_config", "config"],
+                        match (E::SWITCHABLE, E::FILTERED) {
+                            (true, _) => {
+                                &["name", "typed_config", "config", "disabled", "is_optional"]
+                            }
+                            (_, true) => &["name", "typed_config", "config", "filter"],
+                            _ => &["name", "typed_config", "config"],
                         },
                     ));
                 }
@@ -106,6 +116,7 @@ impl<'de, E: Extensions> Visitor<'de> for ExtensionVisitor<E> {
             name,
             config,
             disabled,
+            filter,
         })
     }
 }

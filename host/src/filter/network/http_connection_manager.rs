@@ -547,7 +547,7 @@ impl HttpConnectionManager {
             resp = resp.map(|b| b.until(at, reached));
         }
         if let Some(mut http) = log_request {
-            self.log(conn, client, &mut http, &resp);
+            self.log(conn, started, client, &mut http, &resp);
         }
         Ok(resp)
     }
@@ -631,12 +631,16 @@ impl HttpConnectionManager {
     fn log(
         &self,
         conn: &StreamInfo,
+        started: Instant,
         client: SocketAddr,
         http: &mut HttpInfo,
         resp: &Response<ResponseBody>,
     ) {
         let mut info = StreamInfo::new(conn.connection_id, client, conn.downstream_local);
         info.downstream_direct_remote = conn.downstream_remote;
+        // The request's start, for %START_TIME% and %DURATION%.
+        info.start_time -= started.elapsed();
+        info.start = started;
         let length = |h: &http::HeaderMap| {
             h.get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse().ok())
