@@ -109,7 +109,8 @@ impl AccessLogSettings {
     }
 }
 
-fn format_of(lf: &LogFormatConfig) -> Result<Format, String> {
+/// A `SubstitutionFormatString`'s format.
+pub fn format_of(lf: &LogFormatConfig) -> Result<Format, String> {
     match (&lf.text_format, &lf.text_format_source, &lf.json_format) {
         (Some(t), None, None) => Format::text(t),
         (None, Some(src), None) => {

@@ -49,11 +49,11 @@ pub use http_connection_manager::{
     ClusterWeightConfig, CodecType, DirectResponseActionConfig, EscapedSlashesAction,
     ForwardClientCertDetails, HashPolicyConfig, HeaderMatcherConfig, HeaderValueOptionConfig,
     Http2ProtocolOptionsConfig, HttpConnectionManagerConfig, HttpFilterConfig,
-    HttpProtocolOptionsConfig, InternalAddressConfig, KeepaliveSettingsConfig,
+    HttpProtocolOptionsConfig, InternalAddressConfig, KeepaliveSettingsConfig, LocalReplyConfig,
     MaxStreamDurationConfig, PerFilterConfig, RedirectActionConfig, RedirectResponseCode,
-    RegexMatcherConfig, RetryBackOffConfig, RetryHostPredicateConfig, RetryPolicyConfig,
-    RouteActionConfig, RouteConfigurationConfig, RouteEntryConfig, RouteMatchConfig,
-    RouteWeightedClustersConfig, StringMatcherConfig, VirtualHostConfig,
+    RegexMatcherConfig, ResponseMapperConfig, RetryBackOffConfig, RetryHostPredicateConfig,
+    RetryPolicyConfig, RouteActionConfig, RouteConfigurationConfig, RouteEntryConfig,
+    RouteMatchConfig, RouteWeightedClustersConfig, StringMatcherConfig, VirtualHostConfig,
 };
 pub use listener::{FilterChainConfig, ListenerConfig, TrafficDirection};
 pub use network_filter::{ConnectionLimitConfig, DirectResponseConfig, NetworkFilterConfig};

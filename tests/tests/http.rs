@@ -3007,3 +3007,76 @@ fn access_log_filters_as_envoy() {
         ]
     );
 }
+
+/// `local_reply_config` as Envoy applies it: the first mapper whose filter
+/// takes a local reply rewrites its status, body and headers; a body
+/// format (the mapper's JSON override, else the config's text one)
+/// renders `%LOCAL_REPLY_BODY%` and request fields, with its content
+/// type. Upstream answers are untouched. Through wasp and Envoy alike.
+#[test]
+fn local_reply_config_as_envoy() {
+    let backend = HttpBackend::start("unmapped");
+    let dead = free_port();
+    let clusters = wasp_tests::config::cluster("b", "ROUND_ROBIN", &[(backend.addr, 1)], "")
+        + &wasp_tests::config::cluster(
+            "dead",
+            "ROUND_ROBIN",
+            &[(SocketAddr::from(([127, 0, 0, 1], dead)), 1)],
+            "",
+        );
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/dead\" }\n                route: { cluster: dead }\n              - match: { prefix: \"/direct\" }\n                direct_response: { status: 503, body: { inline_string: \"direct body\" } }\n              - match: { prefix: \"/ok\" }\n                route: { cluster: b }\n";
+    let extra = r#"          local_reply_config:
+            mappers:
+            - filter: { status_code_filter: { comparison: { op: EQ, value: { default_value: 404, runtime_key: k } } } }
+              status_code: 410
+              body: { inline_string: "gone: nothing here" }
+              headers_to_add: [ { header: { key: x-mapped, value: "yes" } } ]
+            - filter: { header_filter: { header: { name: x-json, present_match: true } } }
+              body_format_override:
+                json_format: { code: "%RESPONSE_CODE%", message: "%LOCAL_REPLY_BODY%", path: "%REQ(:PATH)%" }
+            body_format:
+              text_format: "[%RESPONSE_CODE%] %LOCAL_REPLY_BODY% (%REQ(:PATH)%)\n"
+              content_type: "text/x-wasp"
+"#;
+    let mut seen = Vec::new();
+    for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
+        let port = free_port();
+        let _p = one_worker(kind, &hcm(port, vhosts, extra, &clusters));
+        let mut answers = Vec::new();
+        for (path, json) in [
+            ("/dead", false),
+            ("/direct", false),
+            ("/nothing", false),
+            ("/nothing", true),
+            ("/dead", true),
+            ("/ok", false),
+        ] {
+            let url = format!("http://127.0.0.1:{port}{path}");
+            let mut args = vec![url.as_str()];
+            if json {
+                args.extend(["-H", "x-json: 1"]);
+            }
+            let r = curl(&args);
+            let header = |n: &str| r.header(n).map(String::from);
+            let body = match path {
+                "/ok" => "(the backend's)".to_string(),
+                _ => r.body.clone(),
+            };
+            answers.push((r.status, header("content-type"), header("x-mapped"), body));
+        }
+        seen.push(answers);
+    }
+    assert_eq!(seen[0], seen[1], "wasp, then Envoy");
+    let answers = &seen[0];
+    assert_eq!(answers[1].3, "[503] direct body (/direct)\n");
+    assert_eq!(answers[2].0, 410);
+    assert_eq!(answers[2].2.as_deref(), Some("yes"));
+    assert_eq!(answers[2].3, "[410] gone: nothing here (/nothing)\n");
+    assert_eq!(answers[4].1.as_deref(), Some("application/json"));
+    assert!(
+        answers[4].3.starts_with("{\"code\":503,"),
+        "{}",
+        answers[4].3
+    );
+    assert_eq!(answers[5].0, 200);
+}

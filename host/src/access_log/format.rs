@@ -48,6 +48,7 @@ pub enum Operator {
     DownstreamLocalAddressWithoutPort,
     ConnectionId,
     Hostname,
+    LocalReplyBody,
     /// `%REQ(A?B)%`: the first of the named request headers present.
     Request(Vec<String>),
     /// `%RESP(A?B)%`.
@@ -230,6 +231,7 @@ fn operator(token: &str) -> Result<(Operator, Option<usize>), String> {
         "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Operator::DownstreamLocalAddressWithoutPort,
         "CONNECTION_ID" => Operator::ConnectionId,
         "HOSTNAME" => Operator::Hostname,
+        "LOCAL_REPLY_BODY" => Operator::LocalReplyBody,
         "REQ" | "RESP" | "TRAILER" if arg.is_some() => {
             let names = arg
                 .unwrap_or_default()
@@ -321,6 +323,10 @@ fn render_operator(op: &Operator, info: &StreamInfo, out: &mut String) {
         }
         Operator::ConnectionId => write!(out, "{}", info.connection_id),
         Operator::Hostname => out.write_str(hostname()),
+        Operator::LocalReplyBody => match info.http.as_ref().map(|h| h.local_reply_body.as_str()) {
+            Some(body) if !body.is_empty() => out.write_str(body),
+            _ => out.write_str("-"),
+        },
         Operator::Trailer | Operator::Unavailable => out.write_str("-"),
     };
 }
@@ -458,6 +464,7 @@ mod tests {
             request_headers: req,
             response_code: 200,
             response_headers: resp,
+            ..Default::default()
         }));
         let f = Format::text(super::super::DEFAULT_FORMAT).unwrap();
         assert_eq!(

@@ -40,6 +40,8 @@ pub struct HttpInfo {
     pub request_headers: http::HeaderMap,
     pub response_code: u16,
     pub response_headers: http::HeaderMap,
+    /// `%LOCAL_REPLY_BODY%`: the body of a reply wasp made itself.
+    pub local_reply_body: String,
 }
 
 impl HttpInfo {

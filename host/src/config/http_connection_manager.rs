@@ -21,6 +21,7 @@ pub struct HttpConnectionManagerConfig {
     pub internal_address_config: Option<InternalAddressConfig>,
     #[serde(default)]
     pub skip_xff_append: bool,
+    pub local_reply_config: Option<LocalReplyConfig>,
     #[serde(default)]
     pub xff_num_trusted_hops: u32,
     pub via: Option<String>,
@@ -673,4 +674,25 @@ impl<'de> Deserialize<'de> for PerFilterConfig {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         serde::de::DeserializeSeed::deserialize(super::TypedConfig::<Self>::new(), d)
     }
+}
+
+/// `local_reply_config`: how wasp's own answers are rewritten.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalReplyConfig {
+    #[serde(default)]
+    pub mappers: Vec<ResponseMapperConfig>,
+    pub body_format: Option<super::LogFormatConfig>,
+}
+
+/// One of `local_reply_config.mappers`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseMapperConfig {
+    pub filter: super::AccessLogFilterConfig,
+    pub status_code: Option<u16>,
+    pub body: Option<DataSourceConfig>,
+    pub body_format_override: Option<super::LogFormatConfig>,
+    #[serde(default)]
+    pub headers_to_add: Vec<HeaderValueOptionConfig>,
 }

@@ -6,6 +6,7 @@ pub mod codec;
 pub mod grpc;
 pub mod h1;
 pub mod h2;
+pub mod local_reply;
 pub mod mutation;
 pub mod path;
 pub mod pool;

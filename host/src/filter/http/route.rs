@@ -23,7 +23,7 @@ pub struct HeaderOps {
 }
 
 impl HeaderOps {
-    fn build(
+    pub fn build(
         add: &[HeaderValueOptionConfig],
         remove: &[String],
         path: &str,

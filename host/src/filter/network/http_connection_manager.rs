@@ -29,6 +29,7 @@ use crate::config::{CodecType, HttpConnectionManagerConfig, HttpFilterConfig, Va
 use crate::filter::http::body::{BoxError, ResponseBody};
 use crate::filter::http::codec::{Codec, CountedIo, detect};
 use crate::filter::http::h2::{self, Http2Settings};
+use crate::filter::http::local_reply::{LocalReplies, RequestHead};
 use crate::filter::http::mutation::{
     RequestMutation, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS,
     X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS, X_REQUEST_ID,
@@ -89,6 +90,8 @@ pub struct HcmSettings {
     pub access_logs: Vec<AccessLogSettings>,
     /// The wasm HTTP filters before the router, in order.
     pub wasm_filters: Vec<Arc<PluginSettings>>,
+    /// `local_reply_config`.
+    pub local_replies: Option<LocalReplies>,
     /// When some filter is off by default (`disabled`) or some level of
     /// the route table switches one: each wasm filter's name and whether
     /// it is off by default. A request then finds its route before the
@@ -266,6 +269,11 @@ impl HcmSettings {
             access_logs,
             wasm_filters,
             filter_switches,
+            local_replies: c
+                .local_reply_config
+                .as_ref()
+                .map(|l| LocalReplies::validate(l, &join(path, "local_reply_config")))
+                .transpose()?,
         })
     }
 }
@@ -469,6 +477,13 @@ impl HttpConnectionManager {
         let started = Instant::now();
         last_request.set(started);
         let version = req.version();
+        // What local_reply_config may look at, kept only when there is one
+        // (boxed: it would otherwise widen every request's future).
+        let head = self
+            .settings
+            .local_replies
+            .as_ref()
+            .map(|_| Box::new(RequestHead::of(&req)));
         // What the access log needs of the request, taken before it moves on.
         // (Boxed: it would otherwise widen every request's future.)
         let log_request = (!self.logs.is_empty()).then(|| {
@@ -530,6 +545,15 @@ impl HttpConnectionManager {
                 return Err(e);
             }
         };
+        if let (Some(replies), Some(head)) = (&self.settings.local_replies, &head) {
+            if !head.is_grpc() {
+                let (mut parts, body) = resp.into_parts();
+                resp = match replies.rewrite(head, conn, started, &mut parts) {
+                    Some(new) => Response::from_parts(parts, Body::full(new).into()),
+                    None => Response::from_parts(parts, body),
+                };
+            }
+        }
         // Answer in the client's HTTP version, whatever the upstream spoke.
         *resp.version_mut() = version;
         resp.headers_mut()
