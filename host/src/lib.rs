@@ -15,10 +15,14 @@
 //!                                              http_connection_manager: HTTP/1.1 by
 //!                                                http::h1::server on the connection's
 //!                                                task (HTTP/2 by hyper's server) →
-//!                                                http::route, http::router →
+//!                                                http::mutation (x-forwarded-*, ids) →
+//!                                                http::wasm filters (those the route
+//!                                                enables) → http::route, http::router →
 //!                                                http::pool per cluster (http::h1::client
 //!                                                on the stream's task, or hyper's
-//!                                                HTTP/2 client)
+//!                                                HTTP/2 client); wasp's own answers
+//!                                                through http::local_reply and
+//!                                                http::grpc on the way back
 //! ```
 //!
 //! The main thread owns configuration, DNS, admin and shutdown; it publishes

@@ -72,7 +72,7 @@ pub struct RequestMutation {
     /// `skip_xff_append`: use_remote_address without adding to x-forwarded-for.
     skip_xff_append: bool,
     /// How many proxies in front, each having appended to x-forwarded-for,
-    /// are trusted (see [`Self::client`]).
+    /// are trusted (see `client`).
     xff_num_trusted_hops: u32,
     /// `via`: appended to the Via of requests and responses.
     via: Option<HeaderValue>,
@@ -134,7 +134,7 @@ impl RequestMutation {
     }
 
     /// Readies a request from `peer` (on the listener at `local`) for the
-    /// filters. Returns who the client is (see [`Self::client`]) and
+    /// filters. Returns who the client is (see `client` below) and
     /// whether its path is accepted; a refused one is answered 400, with
     /// the headers still readied for the access log.
     pub fn request<B>(&self, req: &mut Request<B>, peer: SocketAddr, local: SocketAddr) -> Readied {
