@@ -2922,14 +2922,7 @@ fn max_stream_duration_as_envoy() {
 #[test]
 fn access_log_filters_as_envoy() {
     let backend = HttpBackend::start("logged");
-    let dead = free_port();
-    let clusters = wasp_tests::config::cluster("b", "ROUND_ROBIN", &[(backend.addr, 1)], "")
-        + &wasp_tests::config::cluster(
-            "dead",
-            "ROUND_ROBIN",
-            &[(SocketAddr::from(([127, 0, 0, 1], dead)), 1)],
-            "",
-        );
+    let clusters = live_and_dead(&backend);
     let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/dead\" }\n                route: { cluster: dead }\n              - match: { prefix: \"/direct\" }\n                direct_response: { status: 503 }\n              - match: { prefix: \"/ok\" }\n                route: { cluster: b }\n";
     let mut seen = Vec::new();
     for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
@@ -3016,14 +3009,7 @@ fn access_log_filters_as_envoy() {
 #[test]
 fn local_reply_config_as_envoy() {
     let backend = HttpBackend::start("unmapped");
-    let dead = free_port();
-    let clusters = wasp_tests::config::cluster("b", "ROUND_ROBIN", &[(backend.addr, 1)], "")
-        + &wasp_tests::config::cluster(
-            "dead",
-            "ROUND_ROBIN",
-            &[(SocketAddr::from(([127, 0, 0, 1], dead)), 1)],
-            "",
-        );
+    let clusters = live_and_dead(&backend);
     let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/dead\" }\n                route: { cluster: dead }\n              - match: { prefix: \"/direct\" }\n                direct_response: { status: 503, body: { inline_string: \"direct body\" } }\n              - match: { prefix: \"/ok\" }\n                route: { cluster: b }\n";
     let extra = r#"          local_reply_config:
             mappers:
@@ -3079,4 +3065,12 @@ fn local_reply_config_as_envoy() {
         answers[4].3
     );
     assert_eq!(answers[5].0, 200);
+}
+
+/// Clusters `b`, of `backend`, and `dead`, whose one endpoint is a free
+/// port nothing listens on.
+fn live_and_dead(backend: &HttpBackend) -> String {
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    wasp_tests::config::cluster("b", "ROUND_ROBIN", &[(backend.addr, 1)], "")
+        + &wasp_tests::config::cluster("dead", "ROUND_ROBIN", &[(dead, 1)], "")
 }
