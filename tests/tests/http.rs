@@ -3074,3 +3074,54 @@ fn live_and_dead(backend: &HttpBackend) -> String {
     wasp_tests::config::cluster("b", "ROUND_ROBIN", &[(backend.addr, 1)], "")
         + &wasp_tests::config::cluster("dead", "ROUND_ROBIN", &[(dead, 1)], "")
 }
+
+/// A retry tells the upstream the time left: `x-envoy-expected-rq-timeout-ms`
+/// on the second try is the route's timeout less what the first took (the
+/// first try, which failed after 500 ms, had the whole 3 s). Through wasp
+/// and Envoy alike.
+#[test]
+fn retries_are_told_the_time_left_as_envoy() {
+    use std::io::{Read, Write};
+    // Answers 503 after 500 ms to a first try, else 200 with the expected
+    // timeout it was told as its body.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(8) {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0; 4096];
+                let n = conn.read(&mut buf).unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                let told = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("x-envoy-expected-rq-timeout-ms: "))
+                    .unwrap_or("-")
+                    .to_string();
+                let answer = if head.contains("x-envoy-attempt-count: 1\r") {
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        .to_string()
+                } else {
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{told}",
+                        told.len()
+                    )
+                };
+                let _ = conn.write_all(answer.as_bytes());
+            });
+        }
+    });
+    let clusters = wasp_tests::config::cluster("b", "ROUND_ROBIN", &[(addr, 1)], "");
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              include_request_attempt_count: true\n              routes:\n              - match: { prefix: \"/\" }\n                route: { cluster: b, timeout: 3s, retry_policy: { retry_on: 5xx, num_retries: 1 } }\n";
+    for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
+        let port = free_port();
+        let _p = one_worker(kind, &hcm(port, vhosts, "", &clusters));
+        let r = curl(&[&format!("http://127.0.0.1:{port}/")]);
+        assert_eq!(r.status, 200, "{kind:?}: {}", r.body);
+        let told: u64 = r.body.parse().unwrap_or(0);
+        // 3000 less the first try's 500 ms and a back-off of at most 25 ms,
+        // give or take a slow machine.
+        assert!((2000..=2500).contains(&told), "{kind:?} told {told} ms");
+    }
+}

@@ -16,6 +16,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 use tokio::time::Instant;
 
+use super::mutation::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS;
 use super::pool::{InFlight, Pools, SendError};
 use super::replay::Replay;
 use super::retry::{Failure, RetryState};
@@ -167,6 +168,20 @@ impl Upstream {
                 (Some(p), Some(r)) => Some(p.min(r)),
                 (p, r) => p.or(r),
             };
+            // A retry tells the upstream the time it has left, as Envoy's
+            // does (the first try's value came with the request's headers).
+            if tries > 1
+                && attempt
+                    .headers()
+                    .contains_key(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS)
+            {
+                if let Some(t) = per_try {
+                    let ms = (t.as_millis() as u64).max(1);
+                    attempt
+                        .headers_mut()
+                        .insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, HeaderValue::from(ms));
+                }
+            }
             let began = Began {
                 request: sent,
                 attempt: began_try,
