@@ -2787,23 +2787,14 @@ fn local_replies_to_grpc_requests_as_envoy() {
 /// `downstream_rq_max_duration_reached`.
 #[test]
 fn max_stream_duration_as_envoy() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::time::{Duration, Instant};
     let backend = HttpBackend::start("duration");
     // Answers a head and half its body, then waits before the rest.
-    let stalling = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let stalling_addr = stalling.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in stalling.incoming().take(4) {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0; 4096];
-                let _ = conn.read(&mut buf);
-                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nab");
-                std::thread::sleep(Duration::from_secs(2));
-                let _ = conn.write_all(b"cd");
-            });
-        }
+    let stalling_addr = raw_backend(|_, conn| {
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nab");
+        std::thread::sleep(Duration::from_secs(2));
+        let _ = conn.write_all(b"cd");
     });
     let clusters = wasp_tests::config::cluster("b", "ROUND_ROBIN", &[(backend.addr, 1)], "")
         + &wasp_tests::config::cluster("stall", "ROUND_ROBIN", &[(stalling_addr, 1)], "");
@@ -3081,36 +3072,27 @@ fn live_and_dead(backend: &HttpBackend) -> String {
 /// and Envoy alike.
 #[test]
 fn retries_are_told_the_time_left_as_envoy() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     // Answers 503 after 500 ms to a first try, else 200 with the expected
     // timeout it was told as its body.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().take(8) {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0; 4096];
-                let n = conn.read(&mut buf).unwrap_or(0);
-                let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
-                let told = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("x-envoy-expected-rq-timeout-ms: "))
-                    .unwrap_or("-")
-                    .to_string();
-                let answer = if head.contains("x-envoy-attempt-count: 1\r") {
-                    std::thread::sleep(std::time::Duration::from_millis(500));
-                    "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                        .to_string()
-                } else {
-                    format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{told}",
-                        told.len()
-                    )
-                };
-                let _ = conn.write_all(answer.as_bytes());
-            });
-        }
+    let addr = raw_backend(|head, conn| {
+        let head = head.to_ascii_lowercase();
+        let told = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-envoy-expected-rq-timeout-ms: "))
+            .unwrap_or("-")
+            .to_string();
+        let answer = if head.contains("x-envoy-attempt-count: 1\r") {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                .to_string()
+        } else {
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{told}",
+                told.len()
+            )
+        };
+        let _ = conn.write_all(answer.as_bytes());
     });
     let clusters = wasp_tests::config::cluster("b", "ROUND_ROBIN", &[(addr, 1)], "");
     let vhosts = "            - name: all\n              domains: [\"*\"]\n              include_request_attempt_count: true\n              routes:\n              - match: { prefix: \"/\" }\n                route: { cluster: b, timeout: 3s, retry_policy: { retry_on: 5xx, num_retries: 1 } }\n";
@@ -3124,4 +3106,29 @@ fn retries_are_told_the_time_left_as_envoy() {
         // give or take a slow machine.
         assert!((2000..=2500).contains(&told), "{kind:?} told {told} ms");
     }
+}
+
+/// A backend written by hand, for answers no HTTP server library gives
+/// (a body that stalls, a first try that fails): each connection, on a
+/// thread of its own, has its first read (the request head) passed to
+/// `answer` with the connection to write to.
+fn raw_backend(
+    answer: impl Fn(&str, &mut std::net::TcpStream) + Send + Sync + 'static,
+) -> SocketAddr {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer = std::sync::Arc::new(answer);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0; 4096];
+                let n = conn.read(&mut buf).unwrap_or(0);
+                answer(&String::from_utf8_lossy(&buf[..n]), &mut conn);
+            });
+        }
+    });
+    addr
 }

@@ -36,6 +36,17 @@ admin:
 /// `GOOD`'s filter, for tests that put another in its place.
 const TCP_PROXY: &str = "      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: tcp\n          cluster: c1\n          idle_timeout: 10s\n";
 
+/// Validates `config` and expects it to pass.
+fn accepts(config: &str) -> std::process::Output {
+    let out = validate(config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Validates `GOOD` with `from` replaced by `to` and expects an error that
 /// names `path` and `line`.
 fn rejects(from: &str, to: &str, path: &str, line: usize, message: &str) {
@@ -57,12 +68,7 @@ fn rejects(from: &str, to: &str, path: &str, line: usize, message: &str) {
 
 #[test]
 fn the_good_config_validates() {
-    let out = validate(GOOD);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = accepts(GOOD);
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
 }
 
@@ -314,12 +320,7 @@ fn upgrade_configs_are_checked() {
         ),
         1,
     );
-    let out = validate(&good);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    accepts(&good);
     // CONNECT: enabled on the manager, ended by a route with connect_config.
     let connect = GOOD.replacen(
         tcp,
@@ -329,12 +330,7 @@ fn upgrade_configs_are_checked() {
         ),
         1,
     );
-    let out = validate(&connect);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    accepts(&connect);
     rejects(
         tcp,
         &hcm(
@@ -375,12 +371,7 @@ fn retry_policies_are_checked() {
         &hcm("                    retry_on: connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes\n                    num_retries: 2\n                    retry_back_off: { base_interval: 0.05s }\n                    retry_host_predicate: [{ name: envoy.retry_host_predicates.previous_hosts }]\n                    host_selection_retry_max_attempts: 5\n"),
         1,
     );
-    let out = validate(&good);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    accepts(&good);
     rejects(
         tcp,
         &hcm("                    retry_on: 5xx,sometimes\n"),
@@ -431,12 +422,7 @@ fn per_route_filter_configs_are_checked() {
         ),
         1,
     );
-    let out = validate(&good);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    accepts(&good);
     rejects(
         tcp,
         &hcm("", &format!("                  empty: {{ {fc} }}\n")),
