@@ -33,6 +33,7 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let dir = temp_dir("redis");
+        let log = dir.join("redis.log");
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -46,6 +47,8 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(&dir)
+            .arg("--logfile")
+            .arg(&log)
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -55,6 +58,15 @@ impl RedisServer {
         self.child = Some(child);
         let addr = self.addr();
         eventually(Duration::from_secs(10), "redis-server to start", || {
+            // A server that exited (a port taken meanwhile, a bad flag)
+            // fails the test at once, with redis-server's own words.
+            if let Ok(Some(status)) = self.child.as_mut().expect("spawned").try_wait() {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!(
+                    "redis-server on port {} exited ({status}):\n{said}",
+                    self.port
+                );
+            }
             TcpStream::connect(addr).ok().map(|_| ())
         });
     }
@@ -152,11 +164,17 @@ impl RedisCluster {
         let nodes: Vec<_> = (0..n)
             .map(|i| {
                 let conf = format!("nodes-{}-{i}.conf", std::process::id());
+                // The bus port defaults to port + 10000, which nothing
+                // reserved; a free one of its own keeps nodes from
+                // colliding with other tests' ports.
+                let bus = free_port().to_string();
                 RedisServer::start_with(&[
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
                     &conf,
+                    "--cluster-port",
+                    &bus,
                 ])
             })
             .collect();
