@@ -3015,23 +3015,27 @@ fn local_reply_config_as_envoy() {
               text_format: "[%RESPONSE_CODE%] %LOCAL_REPLY_BODY% (%REQ(:PATH)%)\n"
               content_type: "text/x-wasp"
 "#;
+    const GRPC: &str = "content-type: application/grpc";
     let mut seen = Vec::new();
     for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
         let port = free_port();
         let _p = one_worker(kind, &hcm(port, vhosts, extra, &clusters));
         let mut answers = Vec::new();
-        for (path, json) in [
-            ("/dead", false),
-            ("/direct", false),
-            ("/nothing", false),
-            ("/nothing", true),
-            ("/dead", true),
-            ("/ok", false),
+        for (path, extra) in [
+            ("/dead", &[][..]),
+            ("/direct", &[]),
+            ("/nothing", &[]),
+            ("/nothing", &["x-json: 1"]),
+            ("/dead", &["x-json: 1"]),
+            ("/ok", &[]),
+            // Rewritten first, then in the gRPC form.
+            ("/nothing", &[GRPC]),
+            ("/dead", &[GRPC, "x-json: 1"]),
         ] {
             let url = format!("http://127.0.0.1:{port}{path}");
             let mut args = vec![url.as_str()];
-            if json {
-                args.extend(["-H", "x-json: 1"]);
+            for h in extra {
+                args.extend(["-H", h]);
             }
             let r = curl(&args);
             let header = |n: &str| r.header(n).map(String::from);
@@ -3039,23 +3043,47 @@ fn local_reply_config_as_envoy() {
                 "/ok" => "(the backend's)".to_string(),
                 _ => r.body.clone(),
             };
-            answers.push((r.status, header("content-type"), header("x-mapped"), body));
+            answers.push((
+                r.status,
+                [
+                    header("content-type"),
+                    header("x-mapped"),
+                    header("grpc-status"),
+                    header("grpc-message"),
+                ],
+                body,
+            ));
         }
         seen.push(answers);
     }
     assert_eq!(seen[0], seen[1], "wasp, then Envoy");
     let answers = &seen[0];
-    assert_eq!(answers[1].3, "[503] direct body (/direct)\n");
+    assert_eq!(answers[1].2, "[503] direct body (/direct)\n");
     assert_eq!(answers[2].0, 410);
-    assert_eq!(answers[2].2.as_deref(), Some("yes"));
-    assert_eq!(answers[2].3, "[410] gone: nothing here (/nothing)\n");
-    assert_eq!(answers[4].1.as_deref(), Some("application/json"));
+    assert_eq!(answers[2].1[1].as_deref(), Some("yes"));
+    assert_eq!(answers[2].2, "[410] gone: nothing here (/nothing)\n");
+    assert_eq!(answers[4].1[0].as_deref(), Some("application/json"));
     assert!(
-        answers[4].3.starts_with("{\"code\":503,"),
+        answers[4].2.starts_with("{\"code\":503,"),
         "{}",
-        answers[4].3
+        answers[4].2
     );
     assert_eq!(answers[5].0, 200);
+    let grpc = &answers[6];
+    assert_eq!((grpc.0, grpc.1[1].as_deref()), (200, Some("yes")));
+    // 410 maps to UNKNOWN; the rendered text body is the message.
+    assert_eq!(grpc.1[2].as_deref(), Some("2"));
+    assert_eq!(
+        grpc.1[3].as_deref(),
+        Some("[410] gone: nothing here (/nothing)%0A")
+    );
+    // A JSON one loses its newline.
+    assert!(
+        answers[7].1[3]
+            .as_deref()
+            .unwrap_or("")
+            .ends_with("\"/dead\"}")
+    );
 }
 
 /// Clusters `b`, of `backend`, and `dead`, whose one endpoint is a free

@@ -300,6 +300,37 @@ fn local_responses() {
     pair.finish("probe");
 }
 
+/// `local_reply_config` rewrites a filter's reply where it is made, so the
+/// filter's own response callback already sees the new status
+/// (`x-probe-response-seen`), in wasp as in Envoy; and a gRPC client gets
+/// the rewritten reply in the gRPC form.
+#[test]
+fn local_replies_are_rewritten_before_the_response_callbacks() {
+    let backend = HttpBackend::start("backend");
+    let code = filter("probe");
+    let filters = http_filter("probe", code.to_str().unwrap(), "", "");
+    let clusters = cluster("backend", backend.addr) + &cluster("auth", backend.addr);
+    let replies = r#"          local_reply_config:
+            mappers:
+            - filter: { status_code_filter: { comparison: { op: EQ, value: { default_value: 403, runtime_key: k } } } }
+              status_code: 429
+            body_format: { text_format: "mapped: %LOCAL_REPLY_BODY%" }
+          http_filters:
+"#;
+    let pair = Pair::start(Box::new(backend), |port| {
+        http_config(port, &filters, &clusters).replacen("          http_filters:\n", replies, 1)
+    });
+    let (e, _) = probe_same(&pair, "deny", &[]);
+    assert_eq!(e.status, 429);
+    assert_eq!(e.header("x-probe-response-seen"), Some("429"));
+    assert_eq!(e.body, "mapped: denied by probe\n");
+    let (e, _) = probe_same(&pair, "deny", &["content-type: application/grpc"]);
+    // 429 is UNAVAILABLE.
+    assert_eq!((e.status, e.header("grpc-status")), (200, Some("14")));
+    assert_eq!(e.header("grpc-message"), Some("mapped: denied by probe%0A"));
+    pair.finish("probe");
+}
+
 #[test]
 fn buffered_bodies() {
     let pair = probe_pair("");

@@ -26,23 +26,6 @@ pub fn is_grpc(request: &HeaderMap) -> bool {
         .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
 }
 
-/// `resp` to `request`: recast if it is a local reply and the request
-/// is gRPC (the request's headers looked at only then).
-pub fn answer_for(request: &HeaderMap, resp: Response<Body>) -> Response<Body> {
-    match resp.extensions().get::<LocalReply>().is_some() && is_grpc(request) {
-        true => answer(resp),
-        false => resp,
-    }
-}
-
-/// `resp` to a request that is gRPC or not (`grpc`).
-pub fn answer_if(grpc: bool, resp: Response<Body>) -> Response<Body> {
-    match grpc {
-        true => answer(resp),
-        false => resp,
-    }
-}
-
 /// A request's `grpc-timeout` (up to 8 digits and a unit: H, M, S, m,
 /// u, n), if it has a valid one.
 pub fn timeout(request: &HeaderMap) -> Option<std::time::Duration> {
@@ -72,7 +55,17 @@ pub fn answer(resp: Response<Body>) -> Response<Body> {
     let status = local
         .grpc_status
         .unwrap_or_else(|| from_http(resp.status()));
-    let message = (!local.message.is_empty()).then(|| percent_encode(&local.message));
+    // A JSON body loses the newline its format ends with, as in Envoy
+    // (which keeps a text one's, percent-encoded).
+    let json = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|t| t == "application/json");
+    let text = match json {
+        true => local.message.strip_suffix(b"\n").unwrap_or(&local.message),
+        false => &local.message,
+    };
+    let message = (!text.is_empty()).then(|| percent_encode(text));
     let (mut parts, _) = resp.into_parts();
     parts.status = StatusCode::OK;
     let headers = &mut parts.headers;

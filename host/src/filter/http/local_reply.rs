@@ -6,10 +6,12 @@
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
+use tokio::time::Instant;
 
-use super::grpc::LocalReply;
+use super::grpc::{self, LocalReply};
 use super::route::HeaderOps;
+use super::router::Body;
 use crate::access_log::{Format, HttpInfo, LogFilter, ResponseFlags, StreamInfo, format_of};
 use crate::config::path::{index, join};
 use crate::config::{LocalReplyConfig, LogFormatConfig, ValidationError};
@@ -98,17 +100,17 @@ impl LocalReplies {
         Ok(LocalReplies { mappers, format })
     }
 
-    /// The new body of a local reply (`parts` being its head, changed in
-    /// place), or `None` for any other response. `request` is the
-    /// request's head, for header filters and `%REQ(...)%`.
-    pub fn rewrite(
+    /// A local reply rewritten by the first mapper that takes it and the
+    /// body format. `request` is the request's head, for header filters
+    /// and `%REQ(...)%`.
+    fn rewrite(
         &self,
         request: &RequestHead,
         conn: &StreamInfo,
-        started: tokio::time::Instant,
-        parts: &mut http::response::Parts,
-    ) -> Option<Bytes> {
-        let local = parts.extensions.get::<LocalReply>()?.clone();
+        started: Instant,
+        local: LocalReply,
+        mut parts: http::response::Parts,
+    ) -> Response<Body> {
         let mut info = StreamInfo::new(
             conn.connection_id,
             conn.downstream_remote,
@@ -141,7 +143,7 @@ impl LocalReplies {
             ..HttpInfo::default()
         }));
         let mapper = self.mappers.iter().find(|m| m.filter.allows(&info));
-        let mut body = local.message.clone();
+        let mut body = local.message;
         if let Some(m) = mapper {
             if let Some(status) = m.status {
                 parts.status = status;
@@ -166,29 +168,68 @@ impl LocalReplies {
             message: body.clone(),
             grpc_status: local.grpc_status,
         });
-        Some(body)
+        Response::from_parts(parts, Body::full(body))
+    }
+}
+
+/// How one stream's local replies are finished, at each point one is made,
+/// so that the wasm filters' response callbacks see them finished, as in
+/// Envoy: `local_reply_config`'s rewrite first, then the gRPC form if the
+/// request is gRPC. Any other response passes untouched.
+pub struct StreamReplies<'s> {
+    /// The config, with the request's head it looks at (kept only when
+    /// there is a config; boxed, as it would otherwise widen every
+    /// request's future).
+    config: Option<(&'s LocalReplies, Box<RequestHead>)>,
+    grpc: bool,
+    conn: &'s StreamInfo,
+    started: Instant,
+}
+
+impl<'s> StreamReplies<'s> {
+    pub fn new<B>(
+        config: Option<&'s LocalReplies>,
+        req: &http::Request<B>,
+        conn: &'s StreamInfo,
+        started: Instant,
+    ) -> Self {
+        StreamReplies {
+            config: config.map(|c| {
+                let head = RequestHead {
+                    method: req.method().clone(),
+                    uri: req.uri().clone(),
+                    headers: req.headers().clone(),
+                };
+                (c, Box::new(head))
+            }),
+            grpc: grpc::is_grpc(req.headers()),
+            conn,
+            started,
+        }
+    }
+
+    pub fn finish(&self, resp: Response<Body>) -> Response<Body> {
+        let Some(local) = resp.extensions().get::<LocalReply>() else {
+            return resp;
+        };
+        let resp = match &self.config {
+            Some((replies, head)) => {
+                let local = local.clone();
+                let (parts, _) = resp.into_parts();
+                replies.rewrite(head, self.conn, self.started, local, parts)
+            }
+            None => resp,
+        };
+        match self.grpc {
+            true => grpc::answer(resp),
+            false => resp,
+        }
     }
 }
 
 /// What a local reply's rewriting may look at of its request.
-pub struct RequestHead {
+struct RequestHead {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-}
-
-impl RequestHead {
-    /// Whether the request was gRPC (whose local replies are recast as
-    /// gRPC statuses instead: see `super::grpc`).
-    pub fn is_grpc(&self) -> bool {
-        super::grpc::is_grpc(&self.headers)
-    }
-
-    pub fn of<B>(req: &http::Request<B>) -> Self {
-        RequestHead {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            headers: req.headers().clone(),
-        }
-    }
 }

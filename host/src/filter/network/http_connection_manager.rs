@@ -29,7 +29,7 @@ use crate::config::{CodecType, HttpConnectionManagerConfig, HttpFilterConfig, Va
 use crate::filter::http::body::{BoxError, ResponseBody};
 use crate::filter::http::codec::{Codec, CountedIo, detect};
 use crate::filter::http::h2::{self, Http2Settings};
-use crate::filter::http::local_reply::{LocalReplies, RequestHead};
+use crate::filter::http::local_reply::{LocalReplies, StreamReplies};
 use crate::filter::http::mutation::{
     RequestMutation, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS,
     X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS, X_REQUEST_ID,
@@ -477,13 +477,7 @@ impl HttpConnectionManager {
         let started = Instant::now();
         last_request.set(started);
         let version = req.version();
-        // What local_reply_config may look at, kept only when there is one
-        // (boxed: it would otherwise widen every request's future).
-        let head = self
-            .settings
-            .local_replies
-            .as_ref()
-            .map(|_| Box::new(RequestHead::of(&req)));
+        let replies = StreamReplies::new(self.settings.local_replies.as_ref(), &req, conn, started);
         // What the access log needs of the request, taken before it moves on.
         // (Boxed: it would otherwise widen every request's future.)
         let log_request = (!self.logs.is_empty()).then(|| {
@@ -507,12 +501,12 @@ impl HttpConnectionManager {
         let deadline = self.settings.response_deadline;
         let result = if !readied.path_accepted {
             let refused = router::local(StatusCode::BAD_REQUEST, "Bad Request");
-            Ok(grpc::answer_for(req.headers(), refused).map(ResponseBody::from))
+            Ok(replies.finish(refused).map(ResponseBody::from))
         } else if self.filters.is_empty() {
             let resp = self
                 .route(&mut req, client, deadline, started, started)
                 .await;
-            let mut resp = grpc::answer_for(req.headers(), resp);
+            let mut resp = replies.finish(resp);
             if let Some(id) = mutation.request_id_for_response(req.headers()) {
                 resp.headers_mut().insert(X_REQUEST_ID, id);
             }
@@ -522,13 +516,12 @@ impl HttpConnectionManager {
             // (Taken here rather than before the branches, where it would
             // live across the router's await and widen its future.)
             let id = mutation.request_id_for_response(req.headers());
-            let grpc = grpc::is_grpc(req.headers());
-            let filtered = Box::pin(self.filtered(req, conn, client, grpc, started));
+            let filtered = Box::pin(self.filtered(req, conn, client, &replies, started));
             let result = match deadline {
                 None => filtered.await,
                 Some(limit) => match clock::timeout_at(started + limit, filtered).await {
                     Ok(r) => r,
-                    Err(_) => Ok(grpc::answer_if(grpc, stream_timeout()).map(ResponseBody::from)),
+                    Err(_) => Ok(replies.finish(stream_timeout()).map(ResponseBody::from)),
                 },
             };
             result.map(|mut r| {
@@ -545,15 +538,6 @@ impl HttpConnectionManager {
                 return Err(e);
             }
         };
-        if let (Some(replies), Some(head)) = (&self.settings.local_replies, &head) {
-            if !head.is_grpc() {
-                let (mut parts, body) = resp.into_parts();
-                resp = match replies.rewrite(head, conn, started, &mut parts) {
-                    Some(new) => Response::from_parts(parts, Body::full(new).into()),
-                    None => Response::from_parts(parts, body),
-                };
-            }
-        }
         // Answer in the client's HTTP version, whatever the upstream spoke.
         *resp.version_mut() = version;
         resp.headers_mut()
@@ -582,7 +566,7 @@ impl HttpConnectionManager {
         req: Request<Body>,
         conn: &StreamInfo,
         client: SocketAddr,
-        grpc: bool,
+        replies: &StreamReplies<'_>,
         started: Instant,
     ) -> Result<Response<ResponseBody>, BoxError> {
         let facts = ConnectionFacts {
@@ -598,7 +582,7 @@ impl HttpConnectionManager {
         };
         let stream = match opened {
             Ok(s) => s,
-            Err(stop) => return stopped(stop, grpc),
+            Err(stop) => return stopped(stop, replies),
         };
         let (parts, body) = req.into_parts();
         let end = hyper::body::Body::is_end_stream(&body);
@@ -606,9 +590,9 @@ impl HttpConnectionManager {
             Ok(p) => p,
             // A local reply still passes the response callbacks.
             Err(Stop::Reply(r)) => {
-                return self.respond(&stream, grpc::answer_if(grpc, *r), grpc).await;
+                return self.respond(&stream, replies.finish(*r), replies).await;
             }
-            Err(Stop::Reset) => return stopped(Stop::Reset, grpc),
+            Err(Stop::Reset) => return stopped(Stop::Reset, replies),
         };
         let (body, aborted) = stream.request_body(body);
         let mut req = Request::from_parts(parts, body);
@@ -622,16 +606,16 @@ impl HttpConnectionManager {
                 biased;
                 Ok(stop) = aborted => match stop {
                     Stop::Reply(r) => *r,
-                    Stop::Reset => return stopped(Stop::Reset, grpc),
+                    Stop::Reset => return stopped(Stop::Reset, replies),
                 },
                 r = route => r,
             },
         };
-        let resp = grpc::answer_if(grpc, resp);
+        let resp = replies.finish(resp);
         if let Some(u) = resp.extensions().get::<router::UpstreamHost>() {
             stream.set_upstream(u.0);
         }
-        self.respond(&stream, resp, grpc).await
+        self.respond(&stream, resp, replies).await
     }
 
     /// A response through the wasm filters' response callbacks.
@@ -639,13 +623,13 @@ impl HttpConnectionManager {
         &self,
         stream: &Rc<WasmStream>,
         resp: Response<Body>,
-        grpc: bool,
+        replies: &StreamReplies<'_>,
     ) -> Result<Response<ResponseBody>, BoxError> {
         let (parts, body) = resp.into_parts();
         let end = hyper::body::Body::is_end_stream(&body);
         match stream.response_headers(parts, end).await {
             Ok(parts) => Ok(Response::from_parts(parts, stream.response_body(body))),
-            Err(stop) => stopped(stop, grpc),
+            Err(stop) => stopped(stop, replies),
         }
     }
 
@@ -998,9 +982,9 @@ fn stream_timeout() -> Response<Body> {
 }
 
 /// What a stream stopped by a wasm filter answers: its reply, or a reset.
-fn stopped(stop: Stop, grpc: bool) -> Result<Response<ResponseBody>, BoxError> {
+fn stopped(stop: Stop, replies: &StreamReplies<'_>) -> Result<Response<ResponseBody>, BoxError> {
     match stop {
-        Stop::Reply(r) => Ok(grpc::answer_if(grpc, *r).map(ResponseBody::from)),
+        Stop::Reply(r) => Ok(replies.finish(*r).map(ResponseBody::from)),
         Stop::Reset => Err("stream closed by a wasm filter".into()),
     }
 }
