@@ -3160,3 +3160,64 @@ fn raw_backend(
     });
     addr
 }
+
+/// An answer that goes out before the client has sent all of its body
+/// says `connection: close`, reaches the client whole (no reset, though
+/// the client is still sending), and counts in
+/// `downstream_rq_response_before_rq_complete`, in wasp as in Envoy; a
+/// small body already in hand is skipped by wasp and the connection kept.
+#[test]
+fn early_answers_close_the_connection_as_envoy() {
+    use std::io::{Read, Write};
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/direct\" }\n                direct_response: { status: 200, body: { inline_string: \"direct\" } }\n";
+    for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
+        let port = free_port();
+        let proxy = one_worker(kind, &hcm(port, vhosts, "", ""));
+        for path in ["/direct", "/nowhere"] {
+            let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            // 1 MiB announced, 64 KiB sent: the answer comes mid-body.
+            let head =
+                format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 1048576\r\n\r\n");
+            conn.write_all(head.as_bytes()).unwrap();
+            conn.write_all(&[b'x'; 64 * 1024]).unwrap();
+            let mut answer = Vec::new();
+            let end = conn.read_to_end(&mut answer);
+            let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+            assert!(end.is_ok(), "{kind:?} {path}: {end:?} after {answer:?}");
+            let status = if path == "/direct" { "200" } else { "404" };
+            assert!(
+                answer.starts_with(&format!("http/1.1 {status} ")),
+                "{kind:?}: {answer}"
+            );
+            assert!(
+                answer.contains("\r\nconnection: close\r\n"),
+                "{kind:?}: {answer}"
+            );
+            if path == "/direct" {
+                assert!(answer.ends_with("\r\n\r\ndirect"), "{kind:?}: {answer}");
+            }
+        }
+        wasp_tests::eventually(std::time::Duration::from_secs(5), "the stat", || {
+            let n = proxy.stat("http.edge.downstream_rq_response_before_rq_complete");
+            (n == 2).then_some(())
+        });
+    }
+    // wasp: a body all in hand when the answer goes is skipped, and the
+    // connection serves the next request.
+    let port = free_port();
+    let _wasp = one_worker(wasp_tests::Kind::Wasp, &hcm(port, vhosts, "", ""));
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let request = b"POST /direct HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello";
+    for _ in 0..2 {
+        conn.write_all(request).unwrap();
+        let mut buf = [0u8; 1024];
+        let n = conn.read(&mut buf).unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+        assert!(answer.starts_with("http/1.1 200 "), "{answer}");
+        assert!(!answer.contains("connection: close"), "{answer}");
+    }
+}

@@ -50,6 +50,7 @@ pub struct HttpConnectionManagerConfig {
     pub stream_idle_timeout: Option<Duration>,
     pub request_timeout: Option<Duration>,
     pub request_headers_timeout: Option<Duration>,
+    pub delayed_close_timeout: Option<Duration>,
     pub max_request_headers_kb: Option<u32>,
     pub common_http_protocol_options: Option<HttpProtocolOptionsConfig>,
     pub http_protocol_options: Option<Http1ProtocolOptionsConfig>,

@@ -57,6 +57,10 @@ pub struct HcmSettings {
     pub mutation: RequestMutation,
     pub server_name: HeaderValue,
     pub request_headers_timeout: Option<Duration>,
+    /// How long an HTTP/1.1 connection closed with request bytes still
+    /// unread waits for the client to close first (`delayed_close_timeout`,
+    /// 1 s by default; 0: not at all).
+    pub delayed_close_timeout: Option<Duration>,
     /// How long a connection may go without a new request before it is
     /// closed (common_http_protocol_options.idle_timeout; Envoy's default
     /// is an hour).
@@ -224,6 +228,10 @@ impl HcmSettings {
                 .request_headers_timeout
                 .map(|d| d.0)
                 .filter(|d| !d.is_zero()),
+            delayed_close_timeout: c
+                .delayed_close_timeout
+                .map_or(Some(Duration::from_secs(1)), |d| Some(d.0))
+                .filter(|d| !d.is_zero()),
             idle_timeout: c
                 .common_http_protocol_options
                 .as_ref()
@@ -292,6 +300,7 @@ struct HttpStats {
     downstream_rq_xx: [Counter; 5],
     downstream_rq_time: Histogram,
     downstream_rq_max_duration_reached: Counter,
+    downstream_rq_response_before_rq_complete: Counter,
     no_route: Counter,
     rq_direct_response: Counter,
     rq_redirect: Counter,
@@ -343,6 +352,8 @@ impl HttpConnectionManager {
                 .map(|c| scope.counter(&format!("downstream_rq_{c}"))),
             downstream_rq_time: scope.histogram("downstream_rq_time"),
             downstream_rq_max_duration_reached: scope.counter("downstream_rq_max_duration_reached"),
+            downstream_rq_response_before_rq_complete: scope
+                .counter("downstream_rq_response_before_rq_complete"),
             no_route: scope.counter("no_route"),
             rq_direct_response: scope.counter("rq_direct_response"),
             rq_redirect: scope.counter("rq_redirect"),
@@ -364,6 +375,10 @@ impl HttpConnectionManager {
                 rx_bytes: http_stats.downstream_cx_rx_bytes_total.clone(),
                 tx_bytes: http_stats.downstream_cx_tx_bytes_total.clone(),
                 max_requests_reached: http_stats.downstream_cx_max_requests_reached.clone(),
+                delayed_close_timeout: settings.delayed_close_timeout,
+                response_before_rq_complete: http_stats
+                    .downstream_rq_response_before_rq_complete
+                    .clone(),
             },
             stats: http_stats,
             settings,

@@ -357,7 +357,7 @@ fn encode_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
 }
 
 /// How a message body ends.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) enum Decoder {
     /// After this many more bytes.
     Length(u64),
@@ -367,7 +367,7 @@ pub(super) enum Decoder {
     Done,
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) enum Chunk {
     Size,
     Data(u64),

@@ -66,6 +66,11 @@ pub struct Settings {
     pub rx_bytes: Counter,
     pub tx_bytes: Counter,
     pub max_requests_reached: Counter,
+    /// How long a connection closed with request bytes unread drains them
+    /// before it closes (`delayed_close_timeout`).
+    pub delayed_close_timeout: Option<Duration>,
+    /// Answers that went out before their request had all come in.
+    pub response_before_rq_complete: Counter,
 }
 
 /// Response bytes gathered before they are written; a frame this large
@@ -316,7 +321,16 @@ pub async fn serve<H, F>(
         if last && head.keep_alive {
             settings.max_requests_reached.inc();
         }
-        let keep_alive = head.keep_alive && !draining && !last;
+        // An answer before the whole request is in (a local reply, an
+        // upstream's early answer) ends the connection, and says so, as
+        // Envoy does: wasp will not read a body nobody wants. (Envoy also
+        // ends it when the rest of the body is already here; wasp skips
+        // that and keeps the connection.)
+        let complete = body_arrived(&conn);
+        if !complete {
+            settings.response_before_rq_complete.inc();
+        }
+        let keep_alive = head.keep_alive && !draining && !last && complete;
         // The response goes out with the others of this pass.
         super::write_turn().await;
         let written = respond(&conn, &mut out, resp, head_request, version, keep_alive).await;
@@ -324,10 +338,42 @@ pub async fn serve<H, F>(
         // The connection is good for another request only if this one's
         // body was all read (or is all here to be skipped).
         let body_done = skip_buffered_body(&conn);
+        if written.is_ok() && !body_done {
+            if let Some(timeout) = settings.delayed_close_timeout {
+                linger(&conn, timeout).await;
+            }
+        }
         if !matches!(written, Ok(true)) || !body_done {
             return;
         }
     }
+}
+
+/// Closes a connection the client may still be sending on without losing
+/// the answer just written: closing a socket with unread bytes sends a
+/// reset, and a client that gets it before reading the answer never sees
+/// the answer. So the write side is shut first, and what comes in is read
+/// and dropped until the client closes too or `timeout` passes (Envoy's
+/// delayed close).
+async fn linger(conn: &Shared, timeout: Duration) {
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    // The socket is borrowed only within a poll: a request body still held
+    // elsewhere may poll it in between.
+    let shut = poll_fn(|cx| Pin::new(&mut *conn.io.borrow_mut()).poll_shutdown(cx)).await;
+    if shut.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let drain = poll_fn(|cx| {
+        loop {
+            let mut buf = ReadBuf::new(&mut sink);
+            match ready!(Pin::new(&mut *conn.io.borrow_mut()).poll_read(cx, &mut buf)) {
+                Ok(()) if !buf.filled().is_empty() => {}
+                _ => return Poll::Ready(()),
+            }
+        }
+    });
+    let _ = tokio::time::timeout(timeout, drain).await;
 }
 
 /// Reads and parses the next request head: `Quiet` if the client closes
@@ -461,6 +507,31 @@ async fn client_closed(conn: &Shared, max_head: usize) {
         }
     })
     .await
+}
+
+/// Whether all of the request's body has come in: read, or waiting in
+/// the buffer (looked at, not taken: a body still held by an upstream
+/// request may yet read it).
+fn body_arrived(conn: &Shared) -> bool {
+    let body = conn.body.borrow();
+    let read = conn.read.borrow();
+    match &*body {
+        Decoder::Done | Decoder::Length(0) => true,
+        Decoder::Length(n) => read.len() as u64 >= *n,
+        Decoder::Eof => false,
+        // Rare enough (a chunked body, answered before it was read) for a
+        // copy of the buffer to be the simple way to look ahead.
+        Decoder::Chunked(_) => {
+            let (mut body, mut read) = (body.clone(), read.clone());
+            loop {
+                match body.decode(&mut read) {
+                    Ok(Decoded::Data(_)) => {}
+                    Ok(Decoded::Trailers(_) | Decoded::End) => return true,
+                    Ok(Decoded::NeedMore) | Err(_) => return false,
+                }
+            }
+        }
+    }
 }
 
 /// Skips what is left of the request body if all of it is already read;
@@ -772,6 +843,8 @@ mod tests {
             rx_bytes: Counter::default(),
             tx_bytes: Counter::default(),
             max_requests_reached: Counter::default(),
+            delayed_close_timeout: None,
+            response_before_rq_complete: Counter::default(),
         }
     }
 
