@@ -3221,3 +3221,81 @@ fn early_answers_close_the_connection_as_envoy() {
         assert!(!answer.contains("connection: close"), "{answer}");
     }
 }
+
+/// `max_grpc_timeout` and `grpc_timeout_offset` (deprecated in Envoy, still
+/// taken by it): a gRPC request's own `grpc-timeout`, less the offset and
+/// capped by the maximum, is its router timeout, and the upstream is told
+/// it in `grpc-timeout` and `x-envoy-expected-rq-timeout-ms`. Other
+/// requests keep the route's timeout. Through wasp and Envoy alike.
+#[test]
+fn max_grpc_timeout_as_envoy() {
+    use std::io::Write;
+    // Tells what it was told; sleeps 1 s first when asked to.
+    let addr = raw_backend(|head, conn| {
+        let head = head.to_ascii_lowercase();
+        let told = |name: &str| {
+            head.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                .unwrap_or("-")
+                .to_string()
+        };
+        if head.contains("x-sleep: 1") {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+        let body = format!(
+            "{} {}",
+            told("grpc-timeout"),
+            told("x-envoy-expected-rq-timeout-ms")
+        );
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = conn.write_all(answer.as_bytes());
+    });
+    let clusters = wasp_tests::config::cluster("b", "ROUND_ROBIN", &[(addr, 1)], "");
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/capped\" }\n                route: { cluster: b, timeout: 3s, max_grpc_timeout: 2s, grpc_timeout_offset: 0.1s }\n              - match: { prefix: \"/open\" }\n                route: { cluster: b, timeout: 3s, max_grpc_timeout: 0s }\n";
+    const GRPC: &str = "content-type: application/grpc";
+    let cases: &[(&str, &[&str])] = &[
+        ("/capped", &[GRPC, "grpc-timeout: 500m"]),
+        ("/capped", &[GRPC, "grpc-timeout: 10S"]),
+        ("/capped", &[GRPC]),
+        ("/capped", &[]),
+        ("/open", &[GRPC, "grpc-timeout: 1S"]),
+        ("/open", &[GRPC]),
+        ("/capped", &[GRPC, "grpc-timeout: 300m", "x-sleep: 1"]),
+    ];
+    let mut seen = Vec::new();
+    for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
+        let port = free_port();
+        let _p = one_worker(kind, &hcm(port, vhosts, "", &clusters));
+        let answers: Vec<_> = cases
+            .iter()
+            .map(|(path, headers)| {
+                let url = format!("http://127.0.0.1:{port}{path}");
+                let mut args = vec![url.as_str()];
+                for h in *headers {
+                    args.extend(["-H", h]);
+                }
+                let r = curl(&args);
+                (r.status, r.header("grpc-status").map(String::from), r.body)
+            })
+            .collect();
+        seen.push(answers);
+    }
+    assert_eq!(seen[0], seen[1], "wasp, then Envoy");
+    let bodies: Vec<&str> = seen[0].iter().map(|a| a.2.as_str()).collect();
+    assert_eq!(
+        &bodies[..6],
+        &[
+            "400m 400",
+            "2000m 2000",
+            "2000m 2000",
+            "- 3000",
+            "1000m 1000",
+            "- -"
+        ]
+    );
+    // Timed out after 200 ms: 504, to a gRPC client UNAVAILABLE.
+    assert_eq!((seen[0][6].0, seen[0][6].1.as_deref()), (200, Some("14")));
+}

@@ -397,6 +397,10 @@ pub struct RouteActionConfig {
     pub timeout: Option<Duration>,
     /// With it, `timeout` is not used (Envoy's "new timeouts").
     pub max_stream_duration: Option<MaxStreamDurationConfig>,
+    /// Deprecated in Envoy, still taken: a gRPC request's `grpc-timeout`
+    /// as its router timeout (unless `max_stream_duration` is set).
+    pub max_grpc_timeout: Option<Duration>,
+    pub grpc_timeout_offset: Option<Duration>,
     pub retry_policy: Option<RetryPolicyConfig>,
     #[serde(default)]
     pub hash_policy: Vec<HashPolicyConfig>,

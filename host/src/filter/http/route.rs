@@ -134,6 +134,8 @@ pub struct Forward {
     pub timeout: Option<Duration>,
     /// `max_stream_duration`.
     pub stream_duration: Option<StreamDuration>,
+    /// `max_grpc_timeout`, and `grpc_timeout_offset`.
+    pub grpc_timeout: Option<GrpcTimeout>,
     /// The route's retry policy, or its virtual host's (boxed: most
     /// routes have none).
     pub retry: Option<Box<RetryPolicy>>,
@@ -160,6 +162,31 @@ pub struct StreamDuration {
     pub max: Option<Duration>,
     pub grpc_header_max: Option<Duration>,
     pub grpc_header_offset: Option<Duration>,
+}
+
+/// A route's `max_grpc_timeout` (0: no cap) and `grpc_timeout_offset`:
+/// Envoy's older way for a gRPC request's own deadline to be its router
+/// timeout.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcTimeout {
+    pub max: Duration,
+    pub offset: Option<Duration>,
+}
+
+impl GrpcTimeout {
+    /// The router timeout of a gRPC request (`None`: none), as Envoy works
+    /// it out: its `grpc-timeout` (none: unbounded), less the offset unless
+    /// that leaves nothing, capped by the maximum unless that is 0.
+    pub fn of(&self, request: &HeaderMap) -> Option<Duration> {
+        let mut t = super::grpc::timeout(request).unwrap_or_default();
+        if let Some(offset) = self.offset.filter(|&o| o < t) {
+            t -= offset;
+        }
+        if !self.max.is_zero() && (t.is_zero() || t > self.max) {
+            t = self.max;
+        }
+        Some(t).filter(|t| !t.is_zero())
+    }
 }
 
 impl Forward {
@@ -776,6 +803,14 @@ fn forward(
         (Some(d), None) if d.is_zero() => None,
         (Some(d), None) => Some(d.0),
     };
+    // Only for routes without the "new timeouts", as in Envoy.
+    let grpc_timeout = match (&a.max_stream_duration, a.max_grpc_timeout) {
+        (None, Some(max)) => Some(GrpcTimeout {
+            max: max.0,
+            offset: a.grpc_timeout_offset.map(|d| d.0),
+        }),
+        _ => None,
+    };
     let stream_duration = a.max_stream_duration.as_ref().map(|m| StreamDuration {
         max: m.max_stream_duration.map(|d| d.0),
         grpc_header_max: m.grpc_timeout_header_max.map(|d| d.0),
@@ -823,6 +858,7 @@ fn forward(
         priority: a.priority.into(),
         timeout,
         stream_duration,
+        grpc_timeout,
         retry,
         attempt_count: host.attempt_count,
         hash_policy,

@@ -937,10 +937,41 @@ struct Controls<'p> {
 /// of these go upstream. Requests with no `x-envoy-*` header at all (most)
 /// pay a scan of the names and no hashed lookups.
 fn controls<'p>(fwd: &'p route::Forward, headers: &mut http::HeaderMap) -> Controls<'p> {
+    let Some(grpc) = fwd.grpc_timeout.filter(|_| grpc::is_grpc(headers)) else {
+        return steered_controls(fwd, fwd.timeout, fwd.expected_timeout.clone(), headers);
+    };
+    // A gRPC request on a route with max_grpc_timeout: its own deadline is
+    // the route's timeout, and the upstream is told in its grpc-timeout
+    // what it is given in the end, as Envoy does.
+    let timeout = grpc.of(headers);
+    let per_try = fwd.retry.as_ref().and_then(|p| p.per_try_timeout);
+    let expected = per_try
+        .filter(|p| timeout.is_none_or(|t| *p < t))
+        .or(timeout)
+        .map(|t| HeaderValue::from(t.as_millis() as u64));
+    let controls = steered_controls(fwd, timeout, expected, headers);
+    if let Some(ms) = &controls.expected {
+        let mut value = ms.as_bytes().to_vec();
+        value.push(b'm');
+        if let Ok(v) = HeaderValue::from_bytes(&value) {
+            headers.insert("grpc-timeout", v);
+        }
+    }
+    controls
+}
+
+/// The controls given the route's timeout and what the upstream is told
+/// of it, and what the request's `x-envoy-*` headers change.
+fn steered_controls<'p>(
+    fwd: &'p route::Forward,
+    timeout: Option<Duration>,
+    expected: Option<HeaderValue>,
+    headers: &mut http::HeaderMap,
+) -> Controls<'p> {
     let mut plain = Controls {
         retry: None,
-        timeout: fwd.timeout,
-        expected: fwd.expected_timeout.clone(),
+        timeout,
+        expected,
     };
     let steered = headers.keys().any(|k| k.as_str().starts_with("x-envoy-"));
     let mut retry = match (&fwd.retry, steered) {
@@ -966,7 +997,7 @@ fn controls<'p>(fwd: &'p route::Forward, headers: &mut http::HeaderMap) -> Contr
     let timeout = match global {
         Some(t) if t.is_zero() => None,
         Some(t) => Some(t),
-        None => fwd.timeout,
+        None => plain.timeout,
     };
     let per_try = per_try
         .or_else(|| fwd.retry.as_ref().and_then(|p| p.per_try_timeout))
