@@ -134,8 +134,8 @@ pub struct Forward {
     pub timeout: Option<Duration>,
     /// `max_stream_duration`.
     pub stream_duration: Option<StreamDuration>,
-    /// `max_grpc_timeout`, and `grpc_timeout_offset`.
-    pub grpc_timeout: Option<GrpcTimeout>,
+    /// `max_grpc_timeout`, and `grpc_timeout_offset` (boxed: rare).
+    pub grpc_timeout: Option<Box<GrpcTimeout>>,
     /// The route's retry policy, or its virtual host's (boxed: most
     /// routes have none).
     pub retry: Option<Box<RetryPolicy>>,
@@ -805,10 +805,10 @@ fn forward(
     };
     // Only for routes without the "new timeouts", as in Envoy.
     let grpc_timeout = match (&a.max_stream_duration, a.max_grpc_timeout) {
-        (None, Some(max)) => Some(GrpcTimeout {
+        (None, Some(max)) => Some(Box::new(GrpcTimeout {
             max: max.0,
             offset: a.grpc_timeout_offset.map(|d| d.0),
-        }),
+        })),
         _ => None,
     };
     let stream_duration = a.max_stream_duration.as_ref().map(|m| StreamDuration {

@@ -937,7 +937,7 @@ struct Controls<'p> {
 /// of these go upstream. Requests with no `x-envoy-*` header at all (most)
 /// pay a scan of the names and no hashed lookups.
 fn controls<'p>(fwd: &'p route::Forward, headers: &mut http::HeaderMap) -> Controls<'p> {
-    let Some(grpc) = fwd.grpc_timeout.filter(|_| grpc::is_grpc(headers)) else {
+    let Some(grpc) = fwd.grpc_timeout.as_ref().filter(|_| grpc::is_grpc(headers)) else {
         return steered_controls(fwd, fwd.timeout, fwd.expected_timeout.clone(), headers);
     };
     // A gRPC request on a route with max_grpc_timeout: its own deadline is
