@@ -3299,3 +3299,72 @@ fn max_grpc_timeout_as_envoy() {
     // Timed out after 200 ms: 504, to a gRPC client UNAVAILABLE.
     assert_eq!((seen[0][6].0, seen[0][6].1.as_deref()), (200, Some("14")));
 }
+
+/// CONNECT forwarded to the cluster (a `connect_matcher` route without
+/// `connect_config`), through wasp and Envoy alike: the cluster, itself a
+/// proxy, gets an HTTP/1.1 CONNECT for the client's target, and once it
+/// answers 200 the client's bytes reach what it tunnels to, from an
+/// HTTP/1.1 client (curl's proxy tunnel) and an HTTP/2 one.
+#[test]
+fn connect_requests_are_forwarded_as_envoy() {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+    let backend = HttpBackend::start("beyond");
+    let beyond = backend.addr;
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen_heads = heads.clone();
+    // The upstream proxy: ends each CONNECT and pipes it to `beyond`.
+    let next_proxy = raw_backend(move |head, conn| {
+        let mut lines: Vec<String> = head
+            .trim_end()
+            .lines()
+            .map(str::to_ascii_lowercase)
+            .filter(|l| !l.starts_with("x-request-id:"))
+            .collect();
+        lines[1..].sort();
+        seen_heads.lock().unwrap().push(lines);
+        if !head.starts_with("CONNECT ") {
+            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+            return;
+        }
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\n\r\n");
+        let Ok(mut up) = std::net::TcpStream::connect(beyond) else {
+            return;
+        };
+        let (mut from_client, mut to_up) = (conn.try_clone().unwrap(), up.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from_client, &mut to_up);
+            let _ = to_up.shutdown(std::net::Shutdown::Write);
+        });
+        let _ = std::io::copy(&mut up, conn);
+        let _ = conn.shutdown(std::net::Shutdown::Write);
+    });
+    let clusters = wasp_tests::config::cluster("up", "ROUND_ROBIN", &[(next_proxy, 1)], "");
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { connect_matcher: {} }\n                route: { cluster: up }\n";
+    let extra = "          http2_protocol_options: { allow_connect: true }\n          upgrade_configs: [{ upgrade_type: CONNECT }]\n";
+    let mut seen = Vec::new();
+    for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
+        let port = free_port();
+        let _proxy = one_worker(kind, &hcm(port, vhosts, extra, &clusters));
+        let proxy_url = format!("http://127.0.0.1:{port}");
+        let r = curl(&[
+            "-p",
+            "--suppress-connect-headers",
+            "-x",
+            &proxy_url,
+            "http://somewhere.example:1234/through",
+        ]);
+        let h1 = (r.status, r.json()["name"].clone(), r.json()["path"].clone());
+        let h2 = h2_connect(port, false);
+        let heads = std::mem::take(&mut *heads.lock().unwrap());
+        seen.push((h1, h2, heads));
+    }
+    assert_eq!(seen[0], seen[1], "wasp, then Envoy");
+    let s = &seen[0];
+    assert_eq!(s.0, (200, "beyond".into(), "/through".into()));
+    assert_eq!(s.1, (200, "beyond".into()));
+    assert_eq!(s.2.len(), 2, "{:?}", s.2);
+    for head in &s.2 {
+        assert_eq!(head[0], "connect somewhere.example:1234 http/1.1");
+    }
+}

@@ -299,9 +299,8 @@ fn http2_protocol_options_are_checked() {
 }
 
 /// `upgrade_configs` in the connection manager and in a route: CONNECT
-/// that a route would forward upstream (rather than end, with
-/// `connect_config`) and per-upgrade filter chains are refused where they
-/// are written.
+/// ended (`connect_config`) or forwarded is taken; per-upgrade filter
+/// chains are refused where they are written.
 #[test]
 fn upgrade_configs_are_checked() {
     let tcp = TCP_PROXY;
@@ -341,16 +340,15 @@ fn upgrade_configs_are_checked() {
         15,
         "filter chains of their own for upgrades are not supported",
     );
-    rejects(
+    // A route without connect_config forwards the CONNECT to its cluster.
+    accepts(&GOOD.replacen(
         tcp,
         &hcm(
             "          - upgrade_type: websocket\n",
             ", upgrade_configs: [{ upgrade_type: CONNECT }]",
         ),
-        &format!("{at}.route_config.virtual_hosts[0].routes[0].route.upgrade_configs[0]"),
-        21,
-        "forwarding CONNECT to an upstream is not supported",
-    );
+        1,
+    ));
 }
 
 /// Retry policies: Envoy's conditions, back-off and host predicates are

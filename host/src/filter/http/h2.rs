@@ -147,7 +147,10 @@ pub fn answer_upgrade(
     if resp.extensions().get::<ConnectTunnel>().is_some() {
         return answer_connect(resp, client, idle);
     }
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+    // A 101 to an upgrade, or the upstream's 2xx to a CONNECT it took.
+    let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        || (resp.status().is_success() && resp.extensions().get::<OnUpgrade>().is_some());
+    if !switched {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();

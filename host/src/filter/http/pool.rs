@@ -246,11 +246,16 @@ impl Pools {
         req: &mut Request<Body>,
         request: InFlight,
     ) -> Result<Response<Body>, SendError> {
-        if let Some(super::h1::Upgrade(upgrade)) = req.extensions().get() {
+        let upgrade = match req.extensions().get() {
+            Some(super::h1::Upgrade(upgrade)) => Some(Some(upgrade.clone())),
+            None if req.method() == http::Method::CONNECT => Some(None),
+            None => None,
+        };
+        if let Some(upgrade) = upgrade {
             // Rare: behind a dynamic call, so that none of it is inlined
             // into (and widens) every request's path.
             let upgrade: Pin<Box<dyn Future<Output = _> + '_>> =
-                Box::pin(self.send_upgrade(endpoint, req, request, upgrade.clone()));
+                Box::pin(self.send_upgrade(endpoint, req, request, upgrade));
             return upgrade.await;
         }
         // The router set the version the cluster's settings call for.
@@ -434,18 +439,19 @@ impl Pools {
         taken
     }
 
-    /// Sends a request that asks to switch protocols (WebSocket, ...) on a
-    /// new HTTP/1.1 connection of its own, whatever the cluster's protocol:
-    /// hyper's client makes the exchange and, if the upstream switches,
-    /// hands the connection over for the downstream side to tunnel to
-    /// (see `h1::server`). Its stats, and the request's place in flight,
-    /// last as long as the tunnel.
+    /// Sends a request that asks to switch protocols (WebSocket, ...), or
+    /// a CONNECT (`upgrade` `None`), on a new HTTP/1.1 connection of its
+    /// own, whatever the cluster's protocol: hyper's client makes the
+    /// exchange and, if the upstream switches (101) or takes the CONNECT
+    /// (2xx), hands the connection over for the downstream side to tunnel
+    /// to (see `h1::server`). Its stats, and the request's place in
+    /// flight, last as long as the tunnel.
     async fn send_upgrade(
         &self,
         endpoint: &Arc<Endpoint>,
         req: &mut Request<Body>,
         request: InFlight,
-        upgrade: HeaderValue,
+        upgrade: Option<HeaderValue>,
     ) -> Result<Response<Body>, SendError> {
         let held = self
             .try_connection(endpoint, request.priority())
@@ -462,14 +468,31 @@ impl Pools {
             }
         });
         let mut req = std::mem::replace(req, Request::new(Body::empty()));
-        // An HTTP/1.1 request line, whatever the router made for HTTP/2.
-        if let Some(path) = req.uri().path_and_query().cloned() {
-            *req.uri_mut() = path.into();
-        }
         *req.version_mut() = Version::HTTP_11;
-        let headers = req.headers_mut();
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(UPGRADE, upgrade);
+        match upgrade {
+            Some(upgrade) => {
+                // An HTTP/1.1 request line, whatever the router made for
+                // HTTP/2.
+                if let Some(path) = req.uri().path_and_query().cloned() {
+                    *req.uri_mut() = path.into();
+                }
+                let headers = req.headers_mut();
+                headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                headers.insert(UPGRADE, upgrade);
+            }
+            // A CONNECT names its target as an authority alone: its Host
+            // (the router has made the URI a path).
+            None => {
+                let authority = req
+                    .headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+                    .ok_or_else(|| {
+                        SendError::Upstream("a CONNECT without a host:port target".into())
+                    })?;
+                *req.uri_mut() = http::Uri::from(authority);
+            }
+        }
         let resp = sender
             .send_request(req)
             .await

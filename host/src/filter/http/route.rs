@@ -837,12 +837,6 @@ fn forward(
                 terminate_connect = true;
                 "CONNECT"
             }
-            None if u.upgrade_type.eq_ignore_ascii_case("connect") => {
-                return Err(ValidationError::new(
-                    at,
-                    "forwarding CONNECT to an upstream is not supported; add connect_config: {} to end it here",
-                ));
-            }
             None => &u.upgrade_type,
         };
         upgrades.push(upgrade_entry(kind, u.enabled));

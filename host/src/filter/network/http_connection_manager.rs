@@ -711,11 +711,7 @@ impl HttpConnectionManager {
         // A CONNECT needs the CONNECT upgrade enabled.
         if connect {
             if let Some(Action::Forward(fwd)) = matched.as_ref().map(|m| &m.route.action) {
-                // Only ended here: forwarding CONNECT upstream is not
-                // supported (a route can only enable it with connect_config).
-                if !fwd.terminate_connect
-                    || !route::upgrade_allowed(&self.settings.upgrades, &fwd.upgrades, "CONNECT")
-                {
+                if !route::upgrade_allowed(&self.settings.upgrades, &fwd.upgrades, "CONNECT") {
                     return router::local(StatusCode::FORBIDDEN, "");
                 }
             }
@@ -757,7 +753,9 @@ impl HttpConnectionManager {
                     return router::local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
                 };
                 let hash = fwd.hash(req.headers(), req.uri().query(), client.ip());
-                if connect {
+                // A CONNECT without connect_config goes on to the cluster,
+                // as any request does (see `pool`).
+                if connect && fwd.terminate_connect {
                     let how = router::Sending {
                         hash,
                         auto_host: false,

@@ -570,11 +570,19 @@ async fn respond(
     mut keep_alive: bool,
 ) -> io::Result<bool> {
     let (mut parts, mut body) = resp.into_parts();
-    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+    // (Most responses carry no extension: the check is one branch.) An
+    // upstream's 2xx to a CONNECT carries the connection to tunnel to.
+    let switched = parts.status == StatusCode::SWITCHING_PROTOCOLS
+        || (!parts.extensions.is_empty()
+            && parts.status.is_success()
+            && parts
+                .extensions
+                .get::<hyper::upgrade::OnUpgrade>()
+                .is_some());
+    if switched {
         // Boxed: rare, and it would widen every response's future.
         return Box::pin(tunnel(conn, out, parts, body)).await;
     }
-    // (Most responses carry no extension: the check is one branch.)
     let tunnel = match parts.extensions.is_empty() {
         true => None,
         false => parts.extensions.remove::<ConnectTunnel>(),
@@ -713,11 +721,12 @@ async fn respond(
     Ok(keep_alive && matches!(left, None | Some(0)))
 }
 
-/// Answers an upgrade the upstream took (101), then carries bytes both
-/// ways between the client and the upstream's connection until both have
-/// closed their side, or nothing has gone either way for
-/// `stream_idle_timeout` (as Envoy closes an idle upgraded stream). The
-/// connection takes no other request after.
+/// Answers an upgrade the upstream took (101), or a CONNECT it took (2xx,
+/// without framing fields), then carries bytes both ways between the
+/// client and the upstream's connection until both have closed their
+/// side, or nothing has gone either way for `stream_idle_timeout` (as
+/// Envoy closes an idle upgraded stream). The connection takes no other
+/// request after.
 // The connection is the tunnel's alone from here: the serving loop waits
 // on this call, and an upgrade request has no body reading it.
 #[allow(clippy::await_holding_refcell_ref)]
@@ -734,15 +743,22 @@ async fn tunnel(
         return Ok(false);
     };
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    let upgrade = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
     for (name, value) in &parts.headers {
-        if !is_connection_field(name) {
+        if !is_connection_field(name) && (upgrade || name != CONTENT_LENGTH) {
             encode_field(out, name, value);
         }
     }
-    out.extend_from_slice(b"connection: upgrade\r\n");
-    if let Some(protocol) = parts.headers.get(UPGRADE) {
-        encode_field(out, &UPGRADE, protocol);
+    if upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+        if let Some(protocol) = parts.headers.get(UPGRADE) {
+            encode_field(out, &UPGRADE, protocol);
+        }
     }
     out.extend_from_slice(b"\r\n");
     conn.write_all(out, &[]).await?;
