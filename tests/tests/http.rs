@@ -2907,7 +2907,8 @@ fn max_stream_duration_as_envoy() {
 }
 
 /// Access log `filter`s as Envoy applies them (and, or, status code,
-/// response flags, a request header, duration): through wasp and Envoy,
+/// response flags, a request header, duration, a sample by request id):
+/// through wasp and Envoy,
 /// the same requests leave the same entries, and an entry's
 /// `%DURATION%` counts from the request's start.
 #[test]
@@ -2930,6 +2931,10 @@ fn access_log_filters_as_envoy() {
                     - response_flag_filter: {{ flags: [UF, UH] }}
                 - header_filter: {{ header: {{ name: x-log, present_match: true }} }}
                 - duration_filter: {{ comparison: {{ op: GE, value: {{ default_value: 300, runtime_key: slow }} }} }}
+                - and_filter:
+                    filters:
+                    - header_filter: {{ header: {{ name: x-sampled, present_match: true }} }}
+                    - runtime_filter: {{ runtime_key: sampled, percent_sampled: {{ numerator: 10, denominator: HUNDRED }} }}
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
               path: {}
@@ -2952,11 +2957,22 @@ fn access_log_filters_as_envoy() {
             ("/nowhere", None),
             ("/ok/asked", Some("x-log: yes")),
             ("/ok/slow?delay_ms=400", None),
+            // Sampled by request id: 0x09 % 100 is in the 10%, 0x0a and
+            // 0x63 are not.
+            ("/ok/id-09", Some("00000009-0000-4000-8000-000000000000")),
+            ("/ok/id-0a", Some("0000000a-0000-4000-8000-000000000000")),
+            ("/ok/id-63", Some("00000063-0000-4000-8000-000000000000")),
         ] {
             let u = url(path);
             let mut a = vec![u.as_str()];
-            if let Some(h) = header {
-                a.extend(["-H", h]);
+            let id;
+            match header {
+                Some(h) if path.starts_with("/ok/id-") => {
+                    id = format!("x-request-id: {h}");
+                    a.extend(["-H", "x-sampled: 1", "-H", &id]);
+                }
+                Some(h) => a.extend(["-H", h]),
+                None => {}
             }
             curl(&a);
         }
@@ -2987,6 +3003,7 @@ fn access_log_filters_as_envoy() {
             "503 UF /dead",
             "200 - /ok/asked",
             "200 - /ok/slow?delay_ms=400 slow",
+            "200 - /ok/id-09",
             "200 - /ok/last"
         ]
     );

@@ -20,6 +20,14 @@ pub enum LogFilter {
     Flags(Vec<ResponseFlags>),
     /// A request header (entries without a request never pass).
     Header(HeaderMatch),
+    /// `runtime_filter`: `numerator` in `denominator` entries, chosen by
+    /// the request id (so that the entries of one request's hops agree)
+    /// unless `independent`, or when there is none.
+    Sampled {
+        numerator: u64,
+        denominator: u64,
+        independent: bool,
+    },
     And(Vec<LogFilter>),
     Or(Vec<LogFilter>),
 }
@@ -80,6 +88,11 @@ impl LogFilter {
                 header,
                 &join(&join(at, "header_filter"), "header"),
             )?),
+            AccessLogFilterConfig::RuntimeFilter(r) => LogFilter::Sampled {
+                numerator: r.percent_sampled.numerator.into(),
+                denominator: r.percent_sampled.denominator.value(),
+                independent: r.use_independent_randomness,
+            },
             AccessLogFilterConfig::AndFilter(filters) => {
                 LogFilter::And(all(filters, "and_filter")?)
             }
@@ -104,10 +117,26 @@ impl LogFilter {
                 .http
                 .as_ref()
                 .is_some_and(|http| h.matches(&http.request_headers)),
+            LogFilter::Sampled {
+                numerator,
+                denominator,
+                independent,
+            } => {
+                let by_id = (!independent).then(|| request_id_number(info)).flatten();
+                by_id.unwrap_or_else(|| fastrand::u64(..)) % denominator < *numerator
+            }
             LogFilter::And(all) => all.iter().all(|f| f.allows(info)),
             LogFilter::Or(any) => any.iter().any(|f| f.allows(info)),
         }
     }
+}
+
+/// The number Envoy's UUID request ids stand for in sampling: their first
+/// eight hex digits.
+fn request_id_number(info: &StreamInfo) -> Option<u64> {
+    let http = info.http.as_ref()?;
+    let id = http.request_headers.get("x-request-id")?.to_str().ok()?;
+    u64::from_str_radix(id.get(..8)?, 16).ok()
 }
 
 #[cfg(test)]

@@ -90,6 +90,7 @@ pub enum AccessLogFilterConfig {
     /// Empty: any flag.
     ResponseFlagFilter(Vec<String>),
     HeaderFilter(Box<HeaderMatcherConfig>),
+    RuntimeFilter(RuntimeFilterConfig),
     AndFilter(Vec<AccessLogFilterConfig>),
     OrFilter(Vec<AccessLogFilterConfig>),
 }
@@ -103,6 +104,7 @@ struct OneFilter {
     not_health_check_filter: Option<super::extension::Empty>,
     response_flag_filter: Option<Flags>,
     header_filter: Option<Header>,
+    runtime_filter: Option<RuntimeFilterConfig>,
     and_filter: Option<Filters>,
     or_filter: Option<Filters>,
 }
@@ -145,6 +147,7 @@ impl TryFrom<OneFilter> for AccessLogFilterConfig {
             f.response_flag_filter
                 .map(|r| F::ResponseFlagFilter(r.flags)),
             f.header_filter.map(|h| F::HeaderFilter(Box::new(h.header))),
+            f.runtime_filter.map(F::RuntimeFilter),
             f.and_filter.map(|a| F::AndFilter(a.filters)),
             f.or_filter.map(|o| F::OrFilter(o.filters)),
         ];
@@ -152,8 +155,52 @@ impl TryFrom<OneFilter> for AccessLogFilterConfig {
         match (set.next(), set.next()) {
             (Some(one), None) => Ok(one),
             _ => Err("an access log filter needs exactly one of status_code_filter, duration_filter, \
-                      not_health_check_filter, response_flag_filter, header_filter, and_filter, or_filter"
+                      not_health_check_filter, response_flag_filter, header_filter, runtime_filter, and_filter, \
+                      or_filter"
                 .to_string()),
+        }
+    }
+}
+
+/// `RuntimeFilter`: a sample of the entries, `percent_sampled` being the
+/// share (wasp has no runtime to override it by `runtime_key`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeFilterConfig {
+    pub runtime_key: String,
+    #[serde(default)]
+    pub percent_sampled: FractionalPercentConfig,
+    #[serde(default)]
+    pub use_independent_randomness: bool,
+}
+
+/// Envoy's `FractionalPercent`: `numerator` out of `denominator`.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FractionalPercentConfig {
+    #[serde(default)]
+    pub numerator: u32,
+    #[serde(default)]
+    pub denominator: Denominator,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum Denominator {
+    #[default]
+    #[serde(rename = "HUNDRED")]
+    Hundred,
+    #[serde(rename = "TEN_THOUSAND")]
+    TenThousand,
+    #[serde(rename = "MILLION")]
+    Million,
+}
+
+impl Denominator {
+    pub fn value(self) -> u64 {
+        match self {
+            Denominator::Hundred => 100,
+            Denominator::TenThousand => 10_000,
+            Denominator::Million => 1_000_000,
         }
     }
 }
