@@ -17,12 +17,14 @@
 //!                                                task (HTTP/2 by hyper's server) →
 //!                                                http::mutation (x-forwarded-*, ids) →
 //!                                                http::wasm filters (those the route
-//!                                                enables) → http::route, http::router →
+//!                                                enables) → http::route (and
+//!                                                http::controls: timeouts,
+//!                                                retries), http::router →
 //!                                                http::pool per cluster (http::h1::client
 //!                                                on the stream's task, or hyper's
 //!                                                HTTP/2 client); wasp's own answers
 //!                                                through http::local_reply and
-//!                                                http::grpc on the way back
+//!                                                http::grpc where they are made
 //! ```
 //!
 //! The main thread owns configuration, DNS, admin and shutdown; it publishes

@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod codec;
+pub mod controls;
 pub mod grpc;
 pub mod h1;
 pub mod h2;

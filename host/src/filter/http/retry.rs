@@ -4,7 +4,8 @@
 //! A route's [`RetryPolicy`] is built once at load; each request that has
 //! one gets a [`RetryState`], which also takes the `x-envoy-retry-*`
 //! headers of requests the connection manager trusts. The router asks it
-//! after every try ([`RetryState::retry`]), and replays the request body
+//! after every try ([`RetryState::retries_response`],
+//! [`RetryState::retries_failure`]), and replays the request body
 //! through [`super::replay`].
 
 use std::time::Duration;

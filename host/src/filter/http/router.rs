@@ -82,7 +82,7 @@ impl Upstream {
 
     /// Sends `req` (its URI holding only path and query) to an endpoint and
     /// waits for the response head, within `timeout` over all tries,
-    /// retrying as `retry` says (see [`Self::retried`]). `sent` is when the
+    /// retrying as `retry` says (see `Self::retried`). `sent` is when the
     /// router took the request: `timeout` and
     /// `x-envoy-upstream-service-time` count from it.
     ///

@@ -215,7 +215,7 @@ fn upgrade(head: &Bytes, spans: &[Span], fields: &Fields) -> Option<Upgrade> {
 
 /// Whether a field is about the connection it came on rather than the
 /// message (RFC 9110 §7.6.1): such fields are never forwarded. A head's
-/// map leaves them out (its [`Fields`] keep what they said), and the
+/// map leaves them out (its `Fields` keep what they said), and the
 /// encoders skip any a filter added.
 pub fn is_connection_field(name: &HeaderName) -> bool {
     const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");

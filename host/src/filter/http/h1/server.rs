@@ -17,7 +17,7 @@
 //! 426 for HTTP/1.0 unless `accept_http_10` is set.
 //!
 //! A request that asks to switch protocols (WebSocket) and is answered 101
-//! turns the connection into a tunnel to the upstream's (see [`tunnel`]).
+//! turns the connection into a tunnel to the upstream's (see `tunnel`).
 
 use std::cell::{Cell, RefCell};
 use std::future::{Future, poll_fn};
