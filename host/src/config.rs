@@ -34,8 +34,8 @@ pub use bootstrap::{AdminConfig, BootstrapConfig, NodeConfig, StaticResourcesCon
 pub use cluster::{
     CircuitBreakersConfig, ClusterConfig, DiscoveryType, DnsLookupFamily, EndpointConfig,
     HttpVersionsConfig, LbEndpointConfig, LbPolicy, LeastRequestLbConfig, LoadAssignmentConfig,
-    LocalityConfig, LocalityLbEndpointsConfig, MaglevLbConfig, RingHashLbConfig, RoutingPriority,
-    ThresholdsConfig, UpstreamHttpProtocolOptionsConfig,
+    LocalityConfig, LocalityLbEndpointsConfig, MaglevLbConfig, PercentConfig, RingHashLbConfig,
+    RoutingPriority, ThresholdsConfig, UpstreamHttpProtocolOptionsConfig,
 };
 pub use cluster_type::{ClusterTypeConfig, RedisClusterConfig};
 pub use data_source::DataSourceConfig;
@@ -53,7 +53,8 @@ pub use http_connection_manager::{
     MaxStreamDurationConfig, PerFilterConfig, RedirectActionConfig, RedirectResponseCode,
     RegexMatcherConfig, ResponseMapperConfig, RetryBackOffConfig, RetryHostPredicateConfig,
     RetryPolicyConfig, RouteActionConfig, RouteConfigurationConfig, RouteEntryConfig,
-    RouteMatchConfig, RouteWeightedClustersConfig, StringMatcherConfig, VirtualHostConfig,
+    RouteMatchConfig, RouteWeightedClustersConfig, StringMatcherConfig, TracingConfig,
+    VirtualHostConfig,
 };
 pub use listener::{FilterChainConfig, ListenerConfig, TrafficDirection};
 pub use network_filter::{ConnectionLimitConfig, DirectResponseConfig, NetworkFilterConfig};

@@ -3385,3 +3385,74 @@ fn connect_requests_are_forwarded_as_envoy() {
         assert_eq!(head[0], "connect somewhere.example:1234 http/1.1");
     }
 }
+
+/// `tracing` (no provider): the connection manager's decision, written into
+/// the x-request-id the upstream gets and counted in
+/// `http.<prefix>.tracing.*`, through wasp and Envoy alike: half the ids
+/// sampled by their first hex digits, `x-client-trace-id` and
+/// `x-envoy-force-trace` forcing it, a decision already in the id kept.
+#[test]
+fn tracing_decisions_as_envoy() {
+    let backend = HttpBackend::start("traced");
+    let clusters = wasp_tests::config::cluster("b", "ROUND_ROBIN", &[(backend.addr, 1)], "");
+    let vhosts = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/\" }\n                route: { cluster: b }\n";
+    let extra = "          tracing: { random_sampling: { value: 50 }, client_sampling: { value: 100 } }\n          internal_address_config: { cidr_ranges: [{ address_prefix: 10.0.0.0, prefix_len: 8 }] }\n";
+    let cases: &[(&str, &[&str])] = &[
+        ("00001387-0000-4000-8000-000000000000", &[]),
+        ("00001388-0000-4000-8000-000000000000", &[]),
+        (
+            "00001388-0000-4000-8000-000000000001",
+            &["x-client-trace-id: c1"],
+        ),
+        // Forced only by an internal client.
+        (
+            "00001388-0000-4000-8000-000000000002",
+            &["x-envoy-force-trace: 1"],
+        ),
+        (
+            "00001388-0000-4000-8000-000000000004",
+            &["x-envoy-force-trace: 1", "x-forwarded-for: 10.0.0.1"],
+        ),
+        ("00001388-0000-9000-8000-000000000003", &[]),
+        ("not-a-uuid", &[]),
+    ];
+    let mut seen = Vec::new();
+    for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
+        let port = free_port();
+        let proxy = one_worker(kind, &hcm(port, vhosts, extra, &clusters));
+        let url = format!("http://127.0.0.1:{port}/");
+        let ids: Vec<String> = cases
+            .iter()
+            .map(|(id, headers)| {
+                let id_header = format!("x-request-id: {id}");
+                let mut args = vec![url.as_str(), "-H", &id_header];
+                for h in *headers {
+                    args.extend(["-H", h]);
+                }
+                let r = curl(&args);
+                let got = &r.json()["headers"];
+                let forced = got.get("x-envoy-force-trace").is_some();
+                format!("{} {forced}", got["x-request-id"].as_str().unwrap_or(""))
+            })
+            .collect();
+        let stats: Vec<i64> = [
+            "random_sampling",
+            "service_forced",
+            "client_enabled",
+            "not_traceable",
+        ]
+        .iter()
+        .map(|s| proxy.stat(&format!("http.edge.tracing.{s}")))
+        .collect();
+        seen.push((ids, stats));
+    }
+    assert_eq!(seen[0], seen[1], "wasp, then Envoy");
+    let (ids, stats) = &seen[0];
+    let marks: Vec<&str> = ids[..6].iter().map(|id| &id[14..15]).collect();
+    // 0x1387 = 4999 is within 50% of 10,000; 0x1388 = 5000 is not. An
+    // external client's x-envoy-force-trace is dropped, not followed.
+    assert_eq!(marks, ["9", "4", "b", "4", "a", "9"], "{ids:?}");
+    assert!(ids[3].ends_with(" false") && ids[4].ends_with(" true"));
+    assert_eq!(ids[6], "not-a-uuid false");
+    assert_eq!(stats, &[2, 1, 1, 3]);
+}

@@ -449,3 +449,34 @@ fn per_route_filter_configs_are_checked() {
         "the router, the last HTTP filter, cannot be disabled",
     );
 }
+
+/// `tracing`: the sampling options are taken; a provider (wasp sends no
+/// spans) and a percentage over 100 are refused where they are written.
+#[test]
+fn tracing_is_checked() {
+    let hcm = |tracing: &str| {
+        format!(
+            "      - name: envoy.filters.network.http_connection_manager\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n          stat_prefix: h\n          http_filters: [{{ name: envoy.filters.http.router }}]\n          tracing: {tracing}\n          route_config:\n            virtual_hosts:\n            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {{ prefix: \"/\" }}\n                route: {{ cluster: c1 }}\n"
+        )
+    };
+    let at = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.tracing";
+    accepts(&GOOD.replacen(
+        TCP_PROXY,
+        &hcm("{ random_sampling: { value: 10 }, verbose: true, custom_tags: [] }"),
+        1,
+    ));
+    rejects(
+        TCP_PROXY,
+        &hcm("{ provider: { name: envoy.tracers.zipkin } }"),
+        &format!("{at}.provider"),
+        13,
+        "tracing providers are not supported",
+    );
+    rejects(
+        TCP_PROXY,
+        &hcm("{ overall_sampling: { value: 120 } }"),
+        &format!("{at}.overall_sampling.value"),
+        13,
+        "a percentage from 0 to 100",
+    );
+}

@@ -2,7 +2,9 @@ use serde::Deserialize;
 use serde::de::Deserializer;
 
 use super::extension::{Empty, Extensions, unsupported};
-use super::{AccessLogConfig, DataSourceConfig, Duration, Extension, WasmFilterConfig};
+use super::{
+    AccessLogConfig, DataSourceConfig, Duration, Extension, PercentConfig, WasmFilterConfig,
+};
 
 /// `envoy.filters.network.http_connection_manager`.
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +43,7 @@ pub struct HttpConnectionManagerConfig {
     pub set_current_client_cert_details: Option<serde_json::Value>,
     /// Only the UUID extension, which is what wasp makes.
     pub request_id_extension: Option<RequestIdExtension>,
+    pub tracing: Option<TracingConfig>,
     pub normalize_path: Option<bool>,
     #[serde(default)]
     pub merge_slashes: bool,
@@ -83,7 +86,48 @@ pub struct RequestIdExtension {
 
 /// The request id extension's config: `envoy.request_id.uuid`'s.
 #[derive(Debug, Clone)]
-pub struct RequestIdExtensionConfig;
+pub struct RequestIdExtensionConfig {
+    /// Whether the tracing decision is written into the id (its 15th
+    /// character).
+    pub pack_trace_reason: bool,
+    /// Whether random sampling draws on the id (else nothing is sampled
+    /// by the connection manager).
+    pub use_request_id_for_trace_sampling: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UuidRequestIdConfig {
+    pack_trace_reason: Option<bool>,
+    use_request_id_for_trace_sampling: Option<bool>,
+}
+
+impl Default for RequestIdExtensionConfig {
+    fn default() -> Self {
+        RequestIdExtensionConfig {
+            pack_trace_reason: true,
+            use_request_id_for_trace_sampling: true,
+        }
+    }
+}
+
+/// The connection manager's `tracing`: which requests are traced. wasp
+/// has no tracer to send spans to, so a `provider` is refused, and the
+/// options that only shape spans (tags, verbosity) have nothing to act on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    pub client_sampling: Option<PercentConfig>,
+    pub random_sampling: Option<PercentConfig>,
+    pub overall_sampling: Option<PercentConfig>,
+    #[serde(default)]
+    pub verbose: bool,
+    pub max_path_tag_length: Option<u32>,
+    #[serde(default)]
+    pub custom_tags: Vec<serde_json::Value>,
+    pub spawn_upstream_span: Option<bool>,
+    pub provider: Option<serde_json::Value>,
+}
 
 impl<'de> Deserialize<'de> for RequestIdExtensionConfig {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -101,10 +145,14 @@ impl Extensions for RequestIdExtensionConfig {
         if !REQUEST_ID_TYPES.contains(&type_name) {
             return Err(unsupported(Self::KIND, type_name, REQUEST_ID_TYPES));
         }
-        // Its options are about trace sampling and packing the trace
-        // decision into the id, which wasp (no tracing) has no use for.
-        serde_json::Value::deserialize(d)?;
-        Ok(RequestIdExtensionConfig)
+        let c = UuidRequestIdConfig::deserialize(d)?;
+        let default = RequestIdExtensionConfig::default();
+        Ok(RequestIdExtensionConfig {
+            pack_trace_reason: c.pack_trace_reason.unwrap_or(default.pack_trace_reason),
+            use_request_id_for_trace_sampling: c
+                .use_request_id_for_trace_sampling
+                .unwrap_or(default.use_request_id_for_trace_sampling),
+        })
     }
 
     fn from_name<'de, D: Deserializer<'de>>(name: &str, d: D) -> Result<Self, D::Error> {

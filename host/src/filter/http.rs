@@ -15,5 +15,6 @@ pub mod replay;
 pub mod retry;
 pub mod route;
 pub mod router;
+pub mod tracing;
 pub mod tunnel;
 pub mod wasm;

@@ -21,6 +21,7 @@ use crate::config::{
 };
 use crate::filter::http::path::{self, EscapedSlashes, Normalization};
 use crate::filter::http::retry::RETRY_HEADERS;
+use crate::filter::http::tracing::{TraceReason, TraceSampling};
 
 // Consts, so that their names are checked once, at compile time, and not
 // on every request.
@@ -54,6 +55,8 @@ pub struct Readied {
     /// `source.address` and the source IP hash policies hash.
     pub client: SocketAddr,
     pub path_accepted: bool,
+    /// The tracing decision, when `tracing` is configured.
+    pub traced: Option<TraceReason>,
 }
 
 /// The connection manager's settings for what it does to requests and
@@ -83,6 +86,8 @@ pub struct RequestMutation {
     /// `forward_client_cert_details: ALWAYS_FORWARD_ONLY`: the client's
     /// x-forwarded-client-cert goes on (else it is removed).
     forward_client_cert: bool,
+    /// `tracing`: the decision made for each request.
+    tracing: Option<TraceSampling>,
 }
 
 impl RequestMutation {
@@ -114,6 +119,7 @@ impl RequestMutation {
             },
             forward_client_cert: c.forward_client_cert_details
                 == ForwardClientCertDetails::AlwaysForwardOnly,
+            tracing: TraceSampling::validate(c, path)?,
             paths: Normalization {
                 dot_segments: c.normalize_path.unwrap_or(false),
                 merge_slashes: c.merge_slashes,
@@ -140,9 +146,11 @@ impl RequestMutation {
     pub fn request<B>(&self, req: &mut Request<B>, peer: SocketAddr, local: SocketAddr) -> Readied {
         let path_accepted = self.paths.is_off() || self.normalize_path(req);
         let client = self.headers(req, peer, local);
+        let traced = self.tracing.as_ref().map(|t| t.decide(req.headers_mut()));
         Readied {
             client,
             path_accepted,
+            traced,
         }
     }
 
@@ -389,8 +397,9 @@ fn internal_ranges(
 /// What Envoy strips from requests that are not internal, besides the
 /// retry headers: `x-envoy-*` headers that would steer this hop or that
 /// only Envoy itself may set.
-const EXTERNAL_STRIPPED: [HeaderName; 11] = [
+const EXTERNAL_STRIPPED: [HeaderName; 12] = [
     X_ENVOY_INTERNAL,
+    HeaderName::from_static("x-envoy-force-trace"),
     HeaderName::from_static("x-envoy-decorator-operation"),
     HeaderName::from_static("x-envoy-downstream-service-cluster"),
     HeaderName::from_static("x-envoy-downstream-service-node"),

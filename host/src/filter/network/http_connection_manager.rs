@@ -37,6 +37,7 @@ use crate::filter::http::mutation::{
 use crate::filter::http::pool::LocalExec;
 use crate::filter::http::route::{self, Action, RouteTable, redirect_location};
 use crate::filter::http::router::{self, Body, Upstream};
+use crate::filter::http::tracing::TraceReason;
 use crate::filter::http::tunnel::ConnectTunnel;
 use crate::filter::http::wasm::{Stop, WasmStream};
 use crate::filter::http::{grpc, h1};
@@ -300,6 +301,8 @@ struct HttpStats {
     downstream_rq_time: Histogram,
     downstream_rq_max_duration_reached: Counter,
     downstream_rq_response_before_rq_complete: Counter,
+    /// `tracing.*`, by [`TraceReason::index`].
+    tracing: [Counter; 5],
     no_route: Counter,
     rq_direct_response: Counter,
     rq_redirect: Counter,
@@ -353,6 +356,7 @@ impl HttpConnectionManager {
             downstream_rq_max_duration_reached: scope.counter("downstream_rq_max_duration_reached"),
             downstream_rq_response_before_rq_complete: scope
                 .counter("downstream_rq_response_before_rq_complete"),
+            tracing: TraceReason::STATS.map(|s| scope.counter(&format!("tracing.{s}"))),
             no_route: scope.counter("no_route"),
             rq_direct_response: scope.counter("rq_direct_response"),
             rq_redirect: scope.counter("rq_redirect"),
@@ -486,6 +490,9 @@ impl HttpConnectionManager {
         let readied = mutation.request(&mut req, conn.downstream_remote, conn.downstream_local);
         let client = readied.client;
         let stats = &self.stats;
+        if let Some(reason) = readied.traced {
+            stats.tracing[reason.index()].inc();
+        }
         stats.downstream_rq_total.inc();
         stats.downstream_rq_active.inc();
         let started = Instant::now();
