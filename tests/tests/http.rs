@@ -3344,6 +3344,10 @@ fn connect_requests_are_forwarded_as_envoy() {
             let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
             return;
         }
+        if head.starts_with("CONNECT denied.example") {
+            let _ = conn.write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 6\r\n\r\ndenied");
+            return;
+        }
         let _ = conn.write_all(b"HTTP/1.1 200 OK\r\n\r\n");
         let Ok(mut up) = std::net::TcpStream::connect(beyond) else {
             return;
@@ -3373,15 +3377,30 @@ fn connect_requests_are_forwarded_as_envoy() {
         ]);
         let h1 = (r.status, r.json()["name"].clone(), r.json()["path"].clone());
         let h2 = h2_connect(port, false);
+        // A CONNECT the upstream proxy refuses: its answer comes back.
+        let refused = {
+            use std::io::Read;
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            s.write_all(b"CONNECT denied.example:1 HTTP/1.1\r\nhost: denied.example:1\r\n\r\n")
+                .unwrap();
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer);
+            let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+            let status = answer.lines().next().unwrap_or("").to_string();
+            (status, answer.ends_with("\r\n\r\ndenied"))
+        };
         let heads = std::mem::take(&mut *heads.lock().unwrap());
-        seen.push((h1, h2, heads));
+        seen.push((h1, h2, refused, heads));
     }
     assert_eq!(seen[0], seen[1], "wasp, then Envoy");
     let s = &seen[0];
     assert_eq!(s.0, (200, "beyond".into(), "/through".into()));
     assert_eq!(s.1, (200, "beyond".into()));
-    assert_eq!(s.2.len(), 2, "{:?}", s.2);
-    for head in &s.2 {
+    assert_eq!(s.2, ("http/1.1 403 forbidden".to_string(), true));
+    assert_eq!(s.3.len(), 3, "{:?}", s.3);
+    for head in &s.3[..2] {
         assert_eq!(head[0], "connect somewhere.example:1234 http/1.1");
     }
 }
