@@ -2324,7 +2324,6 @@ fn a_retried_route_streams_the_request_body() {
 /// Envoy's text; over HTTP/2 (`allow_connect`) the stream is the tunnel.
 #[test]
 fn connect_requests_end_at_the_proxy_as_envoy() {
-    use std::io::{Read, Write};
     let backend = HttpBackend::start("beyond");
     let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let clusters = wasp_tests::config::cluster("beyond", "ROUND_ROBIN", &[(backend.addr, 1)], "")
@@ -2343,29 +2342,12 @@ fn connect_requests_end_at_the_proxy_as_envoy() {
                 route: { cluster: beyond }
 "#;
     let extra = "          http2_protocol_options: { allow_connect: true }\n          upgrade_configs: [{ upgrade_type: CONNECT }]\n";
-    let raw = |port: u16, wire: &[u8]| {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .unwrap();
-        s.write_all(wire).unwrap();
-        let mut answer = vec![0u8; 4096];
-        let n = s.read(&mut answer).unwrap_or(0);
-        String::from_utf8_lossy(&answer[..n]).to_ascii_lowercase()
-    };
+    let raw = |port: u16, wire: &[u8]| raw_answer(port, wire, false);
     let mut seen = Vec::new();
     for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
         let port = free_port();
         let _proxy = one_worker(kind, &hcm(port, vhosts, extra, &clusters));
-        let proxy_url = format!("http://127.0.0.1:{port}");
-        let r = curl(&[
-            "-p",
-            "--suppress-connect-headers",
-            "-x",
-            &proxy_url,
-            "--proxy-header",
-            "x-tunnel: 1",
-            "http://somewhere.example:1234/through",
-        ]);
+        let r = through_tunnel(port, &["--proxy-header", "x-tunnel: 1"]);
         let tunnelled = (r.status, r.json()["name"].clone(), r.json()["path"].clone());
         // The 200 itself: no framing fields.
         let ok = raw(
@@ -2408,6 +2390,36 @@ fn connect_requests_end_at_the_proxy_as_envoy() {
     assert_eq!(s.5, "http/1.1 503 service unavailable");
     assert!(s.6.contains("upstream connect error"), "{}", s.6);
     assert_eq!(s.7, (200, "beyond".into()));
+}
+
+/// curl's proxy tunnel through the proxy on `port` (its CONNECT headers
+/// not shown) to `http://somewhere.example:1234/through`, with `extra`
+/// arguments.
+fn through_tunnel(port: u16, extra: &[&str]) -> CurlResponse {
+    let proxy_url = format!("http://127.0.0.1:{port}");
+    let mut args = vec!["-p", "--suppress-connect-headers", "-x", &proxy_url];
+    args.extend_from_slice(extra);
+    args.push("http://somewhere.example:1234/through");
+    curl(&args)
+}
+
+/// Sends `wire` to `port` and returns the answer, lowercased: what the
+/// first read brings, or all of it until the proxy closes (`whole`).
+fn raw_answer(port: u16, wire: &[u8], whole: bool) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(wire).unwrap();
+    let mut answer = Vec::new();
+    if whole {
+        let _ = s.read_to_end(&mut answer);
+    } else {
+        answer.resize(4096, 0);
+        let n = s.read(&mut answer).unwrap_or(0);
+        answer.truncate(n);
+    }
+    String::from_utf8_lossy(&answer).to_ascii_lowercase()
 }
 
 /// A plain HTTP/2 CONNECT (no `:protocol`) to `port`, with `x-tunnel` if
@@ -3367,27 +3379,13 @@ fn connect_requests_are_forwarded_as_envoy() {
     for kind in [wasp_tests::Kind::Wasp, wasp_tests::Kind::Envoy] {
         let port = free_port();
         let _proxy = one_worker(kind, &hcm(port, vhosts, extra, &clusters));
-        let proxy_url = format!("http://127.0.0.1:{port}");
-        let r = curl(&[
-            "-p",
-            "--suppress-connect-headers",
-            "-x",
-            &proxy_url,
-            "http://somewhere.example:1234/through",
-        ]);
+        let r = through_tunnel(port, &[]);
         let h1 = (r.status, r.json()["name"].clone(), r.json()["path"].clone());
         let h2 = h2_connect(port, false);
         // A CONNECT the upstream proxy refuses: its answer comes back.
         let refused = {
-            use std::io::Read;
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-                .unwrap();
-            s.write_all(b"CONNECT denied.example:1 HTTP/1.1\r\nhost: denied.example:1\r\n\r\n")
-                .unwrap();
-            let mut answer = Vec::new();
-            let _ = s.read_to_end(&mut answer);
-            let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+            let wire = b"CONNECT denied.example:1 HTTP/1.1\r\nhost: denied.example:1\r\n\r\n";
+            let answer = raw_answer(port, wire, true);
             let status = answer.lines().next().unwrap_or("").to_string();
             (status, answer.ends_with("\r\n\r\ndenied"))
         };
