@@ -4,6 +4,7 @@
 use super::{ResponseFlags, StreamInfo};
 use crate::config::path::{index, join};
 use crate::config::{AccessLogFilterConfig, ComparisonFilterConfig, ComparisonOp, ValidationError};
+use crate::filter::http::mutation;
 use crate::filter::http::route::{HeaderMatch, header_match};
 
 /// A validated filter.
@@ -131,12 +132,10 @@ impl LogFilter {
     }
 }
 
-/// The number Envoy's UUID request ids stand for in sampling: their first
-/// eight hex digits.
+/// The number the entry's request id stands for in sampling.
 fn request_id_number(info: &StreamInfo) -> Option<u64> {
     let http = info.http.as_ref()?;
-    let id = http.request_headers.get("x-request-id")?.to_str().ok()?;
-    u64::from_str_radix(id.get(..8)?, 16).ok()
+    mutation::request_id_number(http.request_headers.get(mutation::X_REQUEST_ID)?)
 }
 
 #[cfg(test)]

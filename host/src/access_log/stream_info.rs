@@ -86,6 +86,13 @@ impl StreamInfo {
         }
     }
 
+    /// Dates the stream from `started` (for `%START_TIME%` and
+    /// `%DURATION%`), when it began before this record was made.
+    pub fn started_at(&mut self, started: Instant) {
+        self.start_time -= started.elapsed();
+        self.start = started;
+    }
+
     /// Marks the stream finished now.
     pub fn finish(&mut self) {
         self.duration = Some(self.start.elapsed());

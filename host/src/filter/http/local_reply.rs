@@ -116,8 +116,7 @@ impl LocalReplies {
             conn.downstream_remote,
             conn.downstream_local,
         );
-        info.start = started;
-        info.start_time -= started.elapsed();
+        info.started_at(started);
         info.response_flags = parts
             .extensions
             .get::<ResponseFlags>()

@@ -412,6 +412,13 @@ const EXTERNAL_STRIPPED: [HeaderName; 12] = [
     HeaderName::from_static("x-envoy-original-url"),
 ];
 
+/// The number a UUID request id stands for where Envoy samples by it
+/// (access log `runtime_filter`, tracing): its first eight hex digits.
+pub fn request_id_number(id: &HeaderValue) -> Option<u64> {
+    let digits = id.as_bytes().get(..8)?;
+    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+}
+
 /// A random (version 4) UUID as a header value. The values are cut from
 /// a per-thread block of a few KiB, one allocation per ~100 requests
 /// rather than one each.

@@ -7,7 +7,7 @@
 
 use http::{HeaderMap, HeaderValue};
 
-use super::mutation::X_REQUEST_ID;
+use super::mutation::{X_REQUEST_ID, request_id_number};
 use crate::config::path::join;
 use crate::config::{HttpConnectionManagerConfig, PercentConfig, ValidationError};
 
@@ -128,9 +128,7 @@ impl TraceSampling {
             true => TraceReason::of(id.as_bytes()),
             false => TraceReason::NotTraceable,
         };
-        let number = std::str::from_utf8(id.as_bytes())
-            .ok()
-            .and_then(|s| u64::from_str_radix(s.get(..8)?, 16).ok());
+        let number = request_id_number(id);
         let (Some(number), true) = (number, self.use_request_id) else {
             return current;
         };

@@ -667,9 +667,7 @@ impl HttpConnectionManager {
     ) {
         let mut info = StreamInfo::new(conn.connection_id, client, conn.downstream_local);
         info.downstream_direct_remote = conn.downstream_remote;
-        // The request's start, for %START_TIME% and %DURATION%.
-        info.start_time -= started.elapsed();
-        info.start = started;
+        info.started_at(started);
         let length = |h: &http::HeaderMap| {
             h.get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse().ok())
